@@ -1,0 +1,1 @@
+"""Training helpers shared by the scripts in train/ (router training lives here too)."""

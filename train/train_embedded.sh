@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Retrain the embedded default from scratch: VAE -> judge -> DiT, then install the result in
+# pipelines/shapes-dit. Every stage resumes from its newest checkpoint under $RUNS, so rerunning
+# this script after an interruption continues where it stopped. About 1.5-2 h on 2 CPU cores.
+set -euo pipefail
+RUNS=${RUNS:-runs}
+LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
+"${LAUNCH[@]}" train/train_vae.py --output "$RUNS/vae" --seed 0
+"${LAUNCH[@]}" train/train_judge.py --vae "$RUNS/vae/vae" --output "$RUNS/judge" --seed 0
+"${LAUNCH[@]}" train/train_dit.py --vae "$RUNS/vae/vae" --judge "$RUNS/judge/judge" --output "$RUNS/dit" --seed 0
+if [ "${INSTALL:-1}" = 1 ]; then
+  rm -rf pipelines/shapes-dit/{transformer,vae,scheduler,judge,model_index.json}
+  mkdir -p pipelines/shapes-dit
+  cp -r "$RUNS/dit/pipeline/." pipelines/shapes-dit/
+  cp -r "$RUNS/judge/judge" pipelines/shapes-dit/judge
+  echo "installed the trained pipeline and judge in pipelines/shapes-dit"
+fi
