@@ -1,0 +1,111 @@
+"""Registry of supported transformer blocks: which child modules are the cacheable branches.
+
+A branch is a child module whose output is added (after an optional adaLN gate) to the residual
+stream. Its *un-gated* output is what harmonica caches, so a reused branch still gets the current
+step's gate from the block's own code. Supporting a new model family is one ``register_block`` call
+with a function that names the branches of a block instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """How to find the branches of one block class."""
+
+    block_class: type
+    branches: Callable[[nn.Module], tuple[str, ...]]
+    check: Callable[[nn.Module], None] | None = None
+
+
+_REGISTRY: dict[type, BlockSpec] = {}
+
+
+def register_block(block_class: type, branches, check=None) -> None:
+    _REGISTRY[block_class] = BlockSpec(block_class, branches, check)
+
+
+def spec_for(block: nn.Module) -> BlockSpec | None:
+    for klass in type(block).__mro__:
+        if klass in _REGISTRY:
+            return _REGISTRY[klass]
+    return None
+
+
+def supported_block_classes() -> list[str]:
+    return sorted(k.__name__ for k in _REGISTRY)
+
+
+# --------------------------------------------------------------------------------- diffusers
+def _basic_branches(block) -> tuple[str, ...]:
+    return ("attn1", "attn2", "ff") if getattr(block, "attn2", None) is not None else ("attn1", "ff")
+
+
+def _basic_check(block) -> None:
+    if getattr(block, "_chunk_size", None) is not None:
+        raise ValueError(
+            "feed-forward chunking is enabled on this transformer (enable_forward_chunking); it calls the "
+            "MLP once per chunk, which a per-branch cache cannot follow. Call "
+            "transformer.disable_forward_chunking() before enabling harmonica."
+        )
+    if getattr(block, "only_cross_attention", False):
+        raise ValueError("blocks with only_cross_attention=True are not supported")
+
+
+def _register_diffusers_blocks() -> None:
+    from diffusers.models.attention import BasicTransformerBlock
+
+    register_block(BasicTransformerBlock, _basic_branches, _basic_check)
+
+
+_register_diffusers_blocks()
+
+
+def transformer_blocks(transformer: nn.Module) -> list[nn.Module]:
+    """The transformer's block list (``transformer.transformer_blocks``), checked against the registry."""
+    blocks = getattr(transformer, "transformer_blocks", None)
+    if not isinstance(blocks, (nn.ModuleList, list)) or len(blocks) == 0:
+        raise ValueError(
+            f"{type(transformer).__name__} has no `transformer_blocks` list; harmonica supports transformers "
+            f"built from {', '.join(supported_block_classes())}"
+        )
+    return list(blocks)
+
+
+def block_branches(transformer: nn.Module) -> tuple[str, ...]:
+    """The branch names shared by every block of ``transformer`` (raises if unsupported or mixed)."""
+    layouts = set()
+    for i, block in enumerate(transformer_blocks(transformer)):
+        spec = spec_for(block)
+        if spec is None:
+            raise ValueError(
+                f"block {i} of {type(transformer).__name__} is a {type(block).__name__}, which harmonica does not "
+                f"know; supported blocks: {', '.join(supported_block_classes())} (see harmonica.blocks.register_block)"
+            )
+        if spec.check is not None:
+            spec.check(block)
+        layouts.add(spec.branches(block))
+    if len(layouts) != 1:
+        raise ValueError(f"the blocks of {type(transformer).__name__} have different branch layouts: {sorted(layouts)}")
+    return layouts.pop()
+
+
+def branch_modules(transformer: nn.Module) -> list[list[nn.Module]]:
+    """``modules[block][branch]`` for every block of ``transformer``."""
+    names = block_branches(transformer)
+    return [[getattr(block, name) for name in names] for block in transformer_blocks(transformer)]
+
+
+def count_macs(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Run ``fn`` under torch's FLOP counter; return its output and multiply-accumulates (FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return out, counter.get_total_flops() // 2

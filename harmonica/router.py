@@ -1,0 +1,267 @@
+"""The learned router: one logit per (sampling step, block, branch).
+
+A branch is computed at step ``s`` when ``sigmoid(logit[s, block, branch]) > threshold`` and its
+cached output is reused otherwise. The scores do not depend on the input, so a whole sampling
+schedule is known before sampling starts and routing costs nothing at inference. The first step
+always computes everything: it fills the cache, so its logits are not used.
+
+Routers are saved as ``model.safetensors`` + ``config.json`` through huggingface_hub's
+``PyTorchModelHubMixin`` (``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``). The config
+records what the router was trained for, and ``check_compatible`` compares it with a pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+LOGIT_BOUND = 5.0
+DEFAULT_THRESHOLD = 0.1
+
+
+class RouterError(ValueError):
+    """A router that cannot be used as asked (unreadable file, bad values, wrong pipeline)."""
+
+
+@dataclass(frozen=True)
+class RouterLayout:
+    """What a router must match in a pipeline: its blocks, their branches and the sampling setup."""
+
+    num_blocks: int
+    branches: tuple[str, ...]
+    pipeline_class: str
+    transformer_class: str
+    scheduler_class: str
+
+
+def check_threshold(threshold: float) -> float:
+    if not isinstance(threshold, (int, float)) or not (0.0 < float(threshold) < 1.0) or math.isnan(threshold):
+        raise RouterError(
+            f"threshold must be a number strictly between 0 and 1 (a branch is computed when its score "
+            f"exceeds it), got {threshold!r}. The reference value for DiT is {DEFAULT_THRESHOLD}."
+        )
+    return float(threshold)
+
+
+class HarmoniCaRouter(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="harmonica",
+    tags=["harmonica", "feature-cache", "diffusion-transformer"],
+    repo_url="https://github.com/harmonica-cache/harmonica",
+):
+    """Learnable compute/reuse schedule for a diffusion transformer.
+
+    Args:
+        num_steps: number of sampling steps the router was made for (``num_inference_steps``).
+        num_blocks: number of transformer blocks.
+        branches: branch names of every block, e.g. ``["attn1", "ff"]`` (DiT) or
+            ``["attn1", "attn2", "ff"]`` (PixArt).
+        pipeline_class, transformer_class, scheduler_class: class names of the pipeline it serves.
+        threshold: default inference threshold (``score > threshold`` computes).
+        training: free-form record of how the router was made (objective, command, ...).
+    """
+
+    def __init__(
+        self,
+        num_steps: int,
+        num_blocks: int,
+        branches: Sequence[str],
+        pipeline_class: str = "",
+        transformer_class: str = "",
+        scheduler_class: str = "",
+        threshold: float = DEFAULT_THRESHOLD,
+        training: dict | None = None,
+    ):
+        super().__init__()
+        if int(num_steps) < 1 or int(num_blocks) < 1 or len(branches) < 1:
+            raise RouterError(
+                f"a router needs at least one step, block and branch; got num_steps={num_steps}, "
+                f"num_blocks={num_blocks}, branches={list(branches)}"
+            )
+        self.num_steps = int(num_steps)
+        self.num_blocks = int(num_blocks)
+        self.branches = tuple(branches)
+        self.pipeline_class = pipeline_class
+        self.transformer_class = transformer_class
+        self.scheduler_class = scheduler_class
+        self.threshold = check_threshold(threshold)
+        self.training_info = dict(training or {})
+        self.logits = nn.Parameter(torch.zeros(self.num_steps, self.num_blocks, len(self.branches)))
+
+    # ----------------------------------------------------------------- construction helpers
+    @classmethod
+    def for_layout(
+        cls,
+        layout: RouterLayout,
+        num_steps: int,
+        init: str = "random",
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> "HarmoniCaRouter":
+        """A router for ``layout``; ``init`` is ``"random"`` (randn logits), ``"compute"`` (all
+        branches computed) or ``"reuse"`` (everything after the first step reused)."""
+        router = cls(
+            num_steps=num_steps,
+            num_blocks=layout.num_blocks,
+            branches=list(layout.branches),
+            pipeline_class=layout.pipeline_class,
+            transformer_class=layout.transformer_class,
+            scheduler_class=layout.scheduler_class,
+            **kwargs,
+        )
+        with torch.no_grad():
+            if init == "random":
+                router.logits.copy_(torch.randn(router.logits.shape, generator=generator))
+            elif init == "compute":
+                router.logits.fill_(LOGIT_BOUND)
+            elif init == "reuse":
+                router.logits.fill_(-LOGIT_BOUND)
+            else:
+                raise RouterError(f"init must be 'random', 'compute' or 'reuse', got {init!r}")
+            router.logits.clamp_(-LOGIT_BOUND, LOGIT_BOUND)
+        return router
+
+    @classmethod
+    def static(cls, layout: RouterLayout, num_steps: int, compute_every: int = 2, **kwargs) -> "HarmoniCaRouter":
+        """A fixed schedule that computes every branch at every ``compute_every``-th step and reuses
+        the cache in between (FORA-style static reuse)."""
+        if int(compute_every) < 1:
+            raise RouterError(f"compute_every must be >= 1, got {compute_every}")
+        router = cls.for_layout(layout, num_steps, init="reuse", **kwargs)
+        with torch.no_grad():
+            router.logits[:: int(compute_every)] = LOGIT_BOUND
+        router.training_info.setdefault("kind", f"static, compute every {int(compute_every)} steps")
+        return router
+
+    # ----------------------------------------------------------------------- properties
+    @property
+    def layout(self) -> RouterLayout:
+        return RouterLayout(
+            self.num_blocks, self.branches, self.pipeline_class, self.transformer_class, self.scheduler_class
+        )
+
+    def scores(self) -> torch.Tensor:
+        """Sigmoid scores ``[num_steps, num_blocks, num_branches]``; the first step is fixed at 1."""
+        s = torch.sigmoid(self.logits)
+        first = torch.zeros_like(s, dtype=torch.bool)
+        first[0] = True
+        return torch.where(first, torch.ones_like(s), s)
+
+    @torch.no_grad()
+    def compute_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Boolean ``[num_steps, num_blocks, num_branches]``: True where the branch is computed."""
+        threshold = self.threshold if threshold is None else check_threshold(threshold)
+        return self.scores() > threshold
+
+    def cache_usage(self, threshold: float | None = None) -> float:
+        """Fraction of branch computations the schedule skips (reuses from the cache)."""
+        mask = self.compute_mask(threshold)
+        return 1.0 - mask.float().mean().item()
+
+    @torch.no_grad()
+    def clamp_(self) -> "HarmoniCaRouter":
+        self.logits.clamp_(-LOGIT_BOUND, LOGIT_BOUND)
+        return self
+
+    def forward(self) -> torch.Tensor:  # nn.Module API: the router's output is its score table
+        return self.scores()
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_steps={self.num_steps}, num_blocks={self.num_blocks}, branches={list(self.branches)}, "
+            f"threshold={self.threshold}, pipeline={self.pipeline_class or '?'}"
+        )
+
+    # ----------------------------------------------------------------------- validation
+    def validate(self) -> "HarmoniCaRouter":
+        expected = (self.num_steps, self.num_blocks, len(self.branches))
+        if tuple(self.logits.shape) != expected:
+            raise RouterError(
+                f"router logits have shape {tuple(self.logits.shape)} but its config says {expected} "
+                "(steps, blocks, branches): the weights and config.json do not belong together"
+            )
+        if not torch.isfinite(self.logits).all():
+            bad = (~torch.isfinite(self.logits)).nonzero()[:5].tolist()
+            raise RouterError(
+                f"router logits contain NaN or inf (first at [step, block, branch] {bad}); the router "
+                "file is corrupt or its training diverged: retrain it or load another router"
+            )
+        check_threshold(self.threshold)
+        return self
+
+    def check_compatible(self, layout: RouterLayout, num_steps: int | None = None) -> None:
+        """Raise RouterError naming every difference between this router and a pipeline."""
+        problems = []
+        if self.num_blocks != layout.num_blocks:
+            problems.append(f"it has {self.num_blocks} blocks, the transformer has {layout.num_blocks}")
+        if self.branches != tuple(layout.branches):
+            problems.append(f"its branches are {list(self.branches)}, the blocks have {list(layout.branches)}")
+        for what, mine, theirs in (
+            ("pipeline", self.pipeline_class, layout.pipeline_class),
+            ("transformer", self.transformer_class, layout.transformer_class),
+            ("scheduler", self.scheduler_class, layout.scheduler_class),
+        ):
+            if mine and theirs and mine != theirs:
+                problems.append(f"it was made for a {mine} {what}, this one is a {theirs}")
+        if num_steps is not None and num_steps != self.num_steps:
+            problems.append(
+                f"it was made for {self.num_steps} sampling steps, the pipeline runs {num_steps} "
+                f"(call the pipeline with num_inference_steps={self.num_steps} or train a router for {num_steps})"
+            )
+        if problems:
+            raise RouterError("this router does not fit the pipeline: " + "; ".join(problems) + ".")
+
+    # ------------------------------------------------------------------------------ I/O
+    @property
+    def config_dict(self) -> dict:
+        return dict(
+            num_steps=self.num_steps,
+            num_blocks=self.num_blocks,
+            branches=list(self.branches),
+            pipeline_class=self.pipeline_class,
+            transformer_class=self.transformer_class,
+            scheduler_class=self.scheduler_class,
+            threshold=self.threshold,
+            training=self.training_info,
+        )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Write ``model.safetensors`` and ``config.json`` (see huggingface_hub's ModelHubMixin)."""
+        self.validate()
+        kwargs.setdefault("config", self.config_dict)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        self.validate()
+        kwargs.setdefault("config", self.config_dict)
+        return super().push_to_hub(repo_id, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "HarmoniCaRouter":
+        """Load a router folder or hub repo (safetensors only) and check its values."""
+        from safetensors import SafetensorError
+
+        try:
+            router = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RouterError(
+                f"cannot read the router at {pretrained_model_name_or_path}: {err}. The file is truncated or "
+                "not a harmonica router; save it again with HarmoniCaRouter.save_pretrained."
+            ) from err
+        except TypeError as err:  # config.json lacks fields or has unknown ones
+            raise RouterError(
+                f"the config.json of the router at {pretrained_model_name_or_path} is not a harmonica router "
+                f"config ({err})"
+            ) from err
+        except RuntimeError as err:  # safetensors content does not match the config's shape
+            raise RouterError(
+                f"the weights of the router at {pretrained_model_name_or_path} do not match its config.json: {err}"
+            ) from err
+        return router.validate()
