@@ -1,0 +1,310 @@
+"""The cache hooks inside stock diffusers pipelines, on tiny models saved and loaded locally."""
+
+import pytest
+import torch
+from conftest import generator
+from diffusers import DiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline
+from tiny_models import pixart_call_kwargs
+
+import harmonica
+from harmonica import HarmoniCaPipeline, HarmoniCaRouter, RouterError
+from harmonica.pipeline import UnsupportedPipelineError
+
+STEPS = 5
+
+
+def dit_images(pipe, labels=(1, 2), guidance_scale=1.5, steps=STEPS, seed=0):
+    return pipe(list(labels), guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator(seed),
+                output_type="pt").images
+
+
+def router_dir(tmp_path, pipe, steps=STEPS, **kwargs):
+    kind = kwargs.pop("kind", "compute")
+    layout = harmonica.describe(pipe)
+    if kind == "static":
+        router = HarmoniCaRouter.static(layout, steps, **kwargs)
+    else:
+        router = HarmoniCaRouter.for_layout(layout, steps, init=kind, **kwargs)
+    router.save_pretrained(tmp_path / "router")
+    return tmp_path / "router"
+
+
+def module_state(module):
+    """Every attribute of every submodule, by name (what 'left exactly as it was' means)."""
+    return {name: sorted(m.__dict__.keys()) for name, m in module.named_modules()}
+
+
+# ------------------------------------------------------------------------------ exactness
+@pytest.mark.parametrize("guidance_scale", [1.0, 1.5])
+def test_all_compute_router_is_exact_dit(dit_path, tmp_path, guidance_scale):
+    stock = DiTPipeline.from_pretrained(dit_path)
+    expected = dit_images(stock, guidance_scale=guidance_scale)
+    rdir = router_dir(tmp_path, stock)
+    pipe = HarmoniCaPipeline.from_pretrained(dit_path, router=rdir)
+    assert isinstance(pipe, DiTPipeline)
+    got = dit_images(pipe, guidance_scale=guidance_scale)
+    assert torch.equal(got, expected)
+    assert harmonica.stats(pipe).cache_usage == 0.0
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 4.5])
+def test_all_compute_router_is_exact_pixart_alpha(pixart_path, tmp_path, guidance_scale):
+    stock = PixArtAlphaPipeline.from_pretrained(pixart_path)
+    kwargs = pixart_call_kwargs(guidance_scale=guidance_scale)
+    expected = stock(**kwargs, generator=generator()).images
+    pipe = HarmoniCaPipeline.from_pretrained(pixart_path, router=router_dir(tmp_path, stock, steps=4))
+    assert isinstance(pipe, PixArtAlphaPipeline)
+    assert torch.equal(pipe(**kwargs, generator=generator()).images, expected)
+
+
+def test_all_compute_router_is_exact_pixart_sigma(pixart_sigma_path, tmp_path):
+    stock = PixArtSigmaPipeline.from_pretrained(pixart_sigma_path)
+    expected = stock(**pixart_call_kwargs(), generator=generator()).images
+    pipe = HarmoniCaPipeline.from_pretrained(pixart_sigma_path, router=router_dir(tmp_path, stock, steps=4))
+    assert isinstance(pipe, PixArtSigmaPipeline)
+    assert torch.equal(pipe(**pixart_call_kwargs(), generator=generator()).images, expected)
+
+
+# ----------------------------------------------------------------------- real skipping
+def count_computations(transformer):
+    """Count real computations of every branch (hooks on their inner layers, which a reuse never runs)."""
+    counts = {}
+    handles = []
+    for b, block in enumerate(transformer.transformer_blocks):
+        for name, inner in (("attn1", block.attn1.to_q), ("ff", block.ff.net[0])):
+            counts[(b, name)] = 0
+
+            def bump(*_, key=(b, name)):
+                counts[key] += 1
+
+            handles.append(inner.register_forward_pre_hook(bump))
+    return counts, handles
+
+
+def test_reused_branch_does_not_run(dit_path, tmp_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    layout = harmonica.describe(pipe)
+    router = HarmoniCaRouter.for_layout(layout, STEPS, init="compute")
+    with torch.no_grad():
+        router.logits[2, 1, 0] = -5.0  # block 1 attn1 reused at step 2
+        router.logits[3:, 0, 1] = -5.0  # block 0 ff reused at steps 3 and 4
+    harmonica.enable(pipe, router)
+    counts, _ = count_computations(pipe.transformer)
+    dit_images(pipe)
+    assert counts[(1, "attn1")] == STEPS - 1
+    assert counts[(0, "ff")] == STEPS - 2
+    assert counts[(0, "attn1")] == STEPS and counts[(2, "ff")] == STEPS
+    stats = harmonica.stats(pipe)
+    assert stats.reused == 3 and stats.branch_calls == STEPS * 3 * 2
+    assert stats.cache_usage == pytest.approx(3 / 30)
+    assert stats.macs_spent < stats.macs_full
+
+
+def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed):
+    """A hand-written DDIM + CFG loop over the DiT's blocks with the same compute/reuse schedule."""
+    import torch.nn.functional as F
+
+    tr = pipe.transformer
+    sched = pipe.scheduler
+    sched.set_timesteps(steps)
+    n = len(labels)
+    latents = torch.randn((n, 4, 8, 8), generator=generator(seed))
+    y = torch.tensor(list(labels) + [1000] * n)
+    cache = {}
+    x = torch.cat([latents, latents])
+    for i, t in enumerate(sched.timesteps):
+        half = x[:n]
+        x = torch.cat([half, half])
+        ts = t[None].expand(2 * n)
+        h = tr.pos_embed(x)
+        for b, block in enumerate(tr.transformer_blocks):
+            nh, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(h, ts, y, hidden_dtype=h.dtype)
+            if compute[i][b][0]:
+                cache[b, 0] = block.attn1(nh)
+            h = gate_msa.unsqueeze(1) * cache[b, 0] + h
+            nh = block.norm3(h) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+            if compute[i][b][1]:
+                cache[b, 1] = block.ff(nh)
+            h = gate_mlp.unsqueeze(1) * cache[b, 1] + h
+        cond = tr.transformer_blocks[0].norm1.emb(ts, y, hidden_dtype=h.dtype)
+        shift, scale = tr.proj_out_1(F.silu(cond)).chunk(2, dim=1)
+        h = tr.proj_out_2(tr.norm_out(h) * (1 + scale[:, None]) + shift[:, None])
+        side = int(h.shape[1] ** 0.5)
+        p = tr.patch_size
+        h = h.reshape(-1, side, side, p, p, tr.out_channels)
+        out = torch.einsum("nhwpqc->nchpwq", h).reshape(-1, tr.out_channels, side * p, side * p)
+        cond_o, uncond_o = out.split(n)
+        guided = uncond_o + guidance_scale * (cond_o - uncond_o)
+        x = sched.step(torch.cat([guided, guided]), t, x).prev_sample
+    return x[:n]
+
+
+def test_matches_hand_written_reference_loop(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    router = HarmoniCaRouter.for_layout(harmonica.describe(pipe), STEPS, generator=generator(3))
+    compute = router.compute_mask(0.5).tolist()
+    assert 0.2 < 1 - router.compute_mask(0.5).float().mean() < 0.8  # a schedule that really mixes
+    with torch.no_grad():
+        expected = reference_dit_sampling(pipe, compute, (3, 7), 1.5, STEPS, seed=0)
+    captured = {}
+    harmonica.enable(pipe, router, threshold=0.5)
+    original_decode = pipe.vae.decode
+    pipe.vae.decode = lambda z, **kw: (captured.setdefault("z", z.clone()), original_decode(z, **kw))[1]
+    dit_images(pipe, labels=(3, 7))
+    torch.testing.assert_close(captured["z"] * pipe.vae.config.scaling_factor, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_stats_report_usage_and_macs(dit_path):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    router = HarmoniCaRouter.static(harmonica.describe(pipe), STEPS, compute_every=2)
+    harmonica.enable(pipe, router)
+    dit_images(pipe)
+    stats = harmonica.stats(pipe)
+    assert stats.cache_usage == pytest.approx(router.cache_usage()) == pytest.approx(2 / 5)
+    x = torch.randn(4, 4, 8, 8)
+    with harmonica.paused(pipe), FlopCounterMode(display=False) as fc:
+        pipe.transformer(x, timestep=torch.tensor([10] * 4), class_labels=torch.tensor([1, 2, 1000, 1000]))
+    assert stats.macs_full == STEPS * fc.get_total_flops() // 2
+    assert 1.2 < stats.macs_speedup < 2.0
+    assert stats.reused_per_step == [0, 6, 0, 6, 0]
+
+
+# ------------------------------------------------------------------ per-call cache state
+def test_no_stale_features_across_calls(dit_path):
+    """Calls with other batch sizes / CFG settings after a skipping call give what a fresh pipeline gives."""
+    def fresh():
+        p = DiTPipeline.from_pretrained(dit_path)
+        return harmonica.enable(p, HarmoniCaRouter.static(harmonica.describe(p), STEPS, compute_every=3))
+
+    pipe = fresh()
+    first = dit_images(pipe, labels=(1, 2), guidance_scale=1.5)
+    second = dit_images(pipe, labels=(4, 5, 6), guidance_scale=1.0, seed=1)
+    third = dit_images(pipe, labels=(1, 2), guidance_scale=1.5)
+    assert torch.equal(first, third)
+    assert torch.equal(second, dit_images(fresh(), labels=(4, 5, 6), guidance_scale=1.0, seed=1))
+    assert all(f is None for f in pipe.harmonica.state.features)  # freed after each call
+
+
+def test_interrupted_call_does_not_leak_into_the_next(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS, compute_every=2))
+    expected = dit_images(pipe)
+    original_step = pipe.scheduler.step
+    calls = {"n": 0}
+
+    def failing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original_step(*args, **kwargs)
+
+    pipe.scheduler.step = failing_step
+    with pytest.raises(KeyboardInterrupt):
+        dit_images(pipe, labels=(8, 9, 9), seed=5)
+    pipe.scheduler.step = original_step
+    assert torch.equal(dit_images(pipe), expected)
+
+
+# -------------------------------------------------------------------- enable / disable
+def test_disable_restores_the_model_exactly(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    before = module_state(pipe.transformer)
+    expected = dit_images(pipe)
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS))
+    assert not torch.equal(dit_images(pipe), expected)
+    harmonica.disable(pipe)
+    assert module_state(pipe.transformer) == before
+    assert "harmonica" not in pipe.__dict__
+    assert torch.equal(dit_images(pipe), expected)
+
+
+def test_enable_twice_replaces_the_router(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    expected = dit_images(pipe)
+    layout = harmonica.describe(pipe)
+    harmonica.enable(pipe, HarmoniCaRouter.static(layout, STEPS))
+    harmonica.enable(pipe, HarmoniCaRouter.for_layout(layout, STEPS, init="compute"))
+    assert torch.equal(dit_images(pipe), expected)
+
+
+def test_paused_runs_the_stock_model(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    expected = dit_images(pipe)
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS))
+    with harmonica.paused(pipe):
+        assert torch.equal(dit_images(pipe), expected)
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_wrong_block_count_rejected_and_nothing_changes(dit_path, tmp_path):
+    from tiny_models import tiny_dit_pipeline
+
+    other = tiny_dit_pipeline(num_layers=2)
+    rdir = router_dir(tmp_path, other)
+    with pytest.raises(RouterError, match="2 blocks, the transformer has 3"):
+        HarmoniCaPipeline.from_pretrained(dit_path, router=rdir)
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    before = module_state(pipe.transformer)
+    with pytest.raises(RouterError, match="blocks"):
+        harmonica.enable(pipe, HarmoniCaRouter.from_pretrained(rdir))
+    assert module_state(pipe.transformer) == before and "harmonica" not in pipe.__dict__
+
+
+def test_wrong_branch_layout_rejected(dit_path, pixart_path, tmp_path):
+    pixart = PixArtAlphaPipeline.from_pretrained(pixart_path)
+    rdir = router_dir(tmp_path, pixart, steps=STEPS)
+    with pytest.raises(RouterError, match="branches"):
+        HarmoniCaPipeline.from_pretrained(dit_path, router=rdir)
+
+
+def test_wrong_step_count_rejected_and_pipeline_still_works(dit_path, tmp_path):
+    stock = DiTPipeline.from_pretrained(dit_path)
+    expected = dit_images(stock)
+    pipe = HarmoniCaPipeline.from_pretrained(dit_path, router=router_dir(tmp_path, stock))
+    with pytest.raises(RouterError, match=f"made for {STEPS} sampling steps, the pipeline runs 7"):
+        dit_images(pipe, steps=7)
+    assert torch.equal(dit_images(pipe), expected)
+
+
+def test_bad_threshold_rejected_at_load(dit_path, tmp_path):
+    stock = DiTPipeline.from_pretrained(dit_path)
+    rdir = router_dir(tmp_path, stock)
+    for bad in (0.0, 1.0, 2.0, float("nan")):
+        with pytest.raises(RouterError, match="threshold"):
+            HarmoniCaPipeline.from_pretrained(dit_path, router=rdir, threshold=bad)
+
+
+def test_truncated_router_rejected_at_load(dit_path, tmp_path):
+    rdir = router_dir(tmp_path, DiTPipeline.from_pretrained(dit_path))
+    weights = rdir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
+    with pytest.raises(RouterError, match="cannot read the router"):
+        HarmoniCaPipeline.from_pretrained(dit_path, router=rdir)
+
+
+def test_unsupported_pipeline_named(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       layers_per_block=1, norm_num_groups=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline.*DiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline"):
+        HarmoniCaPipeline.from_pretrained(tmp_path / "ddpm", router=HarmoniCaRouter(5, 1, ["attn1"]))
+    with pytest.raises(UnsupportedPipelineError, match="supported pipelines"):
+        harmonica.describe(DDPMPipeline.from_pretrained(tmp_path / "ddpm"))
+
+
+def test_router_shipped_in_pipeline_folder_is_the_default(dit_path, tmp_path):
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(dit_path, folder)
+    stock = DiTPipeline.from_pretrained(folder)
+    HarmoniCaRouter.static(harmonica.describe(stock), STEPS).save_pretrained(folder / "router")
+    pipe = HarmoniCaPipeline.from_pretrained(folder)
+    assert pipe.harmonica.router.cache_usage() == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="no router given"):
+        HarmoniCaPipeline.from_pretrained(dit_path)

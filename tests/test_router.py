@@ -1,0 +1,104 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from harmonica import HarmoniCaRouter, RouterError, RouterLayout
+
+LAYOUT = RouterLayout(4, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
+
+
+def test_scores_first_step_always_computes():
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5, init="reuse")
+    mask = router.compute_mask(0.1)
+    assert mask.shape == (5, 4, 2)
+    assert mask[0].all() and not mask[1:].any()
+    assert router.cache_usage() == pytest.approx(0.8)
+
+
+def test_first_step_logits_get_no_gradient():
+    router = HarmoniCaRouter.for_layout(LAYOUT, 3, init="random", generator=torch.Generator().manual_seed(0))
+    router.scores().sum().backward()
+    assert torch.all(router.logits.grad[0] == 0)
+    assert torch.all(router.logits.grad[1:] != 0)
+
+
+def test_static_router_schedule():
+    router = HarmoniCaRouter.static(LAYOUT, 6, compute_every=3)
+    computed_steps = router.compute_mask().all(dim=(1, 2)).nonzero().flatten().tolist()
+    assert computed_steps == [0, 3]
+
+
+def test_save_load_round_trip(tmp_path):
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5, generator=torch.Generator().manual_seed(1), threshold=0.3)
+    router.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["num_steps"] == 5 and config["branches"] == ["attn1", "ff"]
+    assert config["pipeline_class"] == "DiTPipeline" and config["scheduler_class"] == "DDIMScheduler"
+    loaded = HarmoniCaRouter.from_pretrained(tmp_path)
+    assert torch.equal(loaded.logits, router.logits)
+    assert loaded.threshold == 0.3 and loaded.layout == router.layout
+
+
+def test_truncated_router_file_is_a_clear_error(tmp_path):
+    HarmoniCaRouter.for_layout(LAYOUT, 5).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-20])
+    with pytest.raises(RouterError, match="truncated"):
+        HarmoniCaRouter.from_pretrained(tmp_path)
+
+
+def test_garbage_router_file_is_a_clear_error(tmp_path):
+    HarmoniCaRouter.for_layout(LAYOUT, 5).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x80\x04not a safetensors file at all" * 3)
+    with pytest.raises(RouterError, match="cannot read the router"):
+        HarmoniCaRouter.from_pretrained(tmp_path)
+
+
+def test_corrupt_config_is_a_clear_error(tmp_path):
+    HarmoniCaRouter.for_layout(LAYOUT, 5).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"num_steps": 5, "num_blo')
+    with pytest.raises(RouterError):
+        HarmoniCaRouter.from_pretrained(tmp_path)
+
+
+def test_weights_not_matching_config(tmp_path):
+    HarmoniCaRouter.for_layout(LAYOUT, 5).save_pretrained(tmp_path)
+    save_file({"logits": torch.zeros(7, 4, 2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(RouterError, match="do not match"):
+        HarmoniCaRouter.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_rejected(tmp_path, bad):
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5)
+    router.save_pretrained(tmp_path)
+    logits = router.logits.detach().clone()
+    logits[2, 1, 0] = bad
+    save_file({"logits": logits}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(RouterError, match="NaN or inf"):
+        HarmoniCaRouter.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.1, 1.5, math.nan, "0.1"])
+def test_bad_threshold_rejected(threshold):
+    with pytest.raises(RouterError, match="threshold"):
+        HarmoniCaRouter.for_layout(LAYOUT, 5, threshold=threshold)
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5)
+    with pytest.raises(RouterError, match="threshold"):
+        router.compute_mask(threshold)
+
+
+def test_compatibility_names_every_problem():
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5)
+    other = RouterLayout(6, ("attn1", "attn2", "ff"), "PixArtAlphaPipeline", "PixArtTransformer2DModel", "DDIMScheduler")
+    with pytest.raises(RouterError) as err:
+        router.check_compatible(other, num_steps=20)
+    text = str(err.value)
+    assert "4 blocks" in text and "6" in text
+    assert "attn2" in text
+    assert "20" in text and "num_inference_steps=5" in text
+    router.check_compatible(LAYOUT, num_steps=5)  # no error
