@@ -31,3 +31,41 @@ def save_image_grid(images: torch.Tensor, path: str | Path, scale: int = 2, pad:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def save_router_heatmap(router, path: str | Path, threshold: float | None = None, title: str | None = None) -> Path:
+    """PNG of a router's schedule: sampling steps (rows) x block branches (columns), computed vs reused,
+    with the score in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    mask = router.compute_mask(threshold).reshape(router.num_steps, -1).numpy()
+    scores = router.scores().detach().reshape(router.num_steps, -1).numpy()
+    k = len(router.branches)
+    fig_w = max(6.0, 0.28 * mask.shape[1] + 2)
+    fig_h = max(3.0, 0.28 * mask.shape[0] + 1.6)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=110)
+    ax.imshow(mask, cmap=ListedColormap(["#f4a261", "#264653"]), vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    for s in range(mask.shape[0]):
+        for c in range(mask.shape[1]):
+            ax.text(c, s, f"{scores[s, c]:.1f}".lstrip("0"), ha="center", va="center", fontsize=5,
+                    color="white" if mask[s, c] else "black")
+    ax.set_xticks([b * k + (k - 1) / 2 for b in range(router.num_blocks)])
+    ax.set_xticklabels([str(b) for b in range(router.num_blocks)], fontsize=7)
+    for b in range(1, router.num_blocks):
+        ax.axvline(b * k - 0.5, color="white", linewidth=1.2)
+    ax.set_xlabel(f"block (branches in each: {', '.join(router.branches)})")
+    ax.set_ylabel("sampling step")
+    ax.set_yticks(range(0, mask.shape[0], max(1, mask.shape[0] // 10)))
+    usage = 1 - mask.mean()
+    ax.set_title(title or f"router schedule: dark = computed, light = reused from cache (cache usage {usage:.0%})",
+                 fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
