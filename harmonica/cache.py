@@ -79,6 +79,10 @@ class CacheState:
         self.compute_now: list[bool] = [True] * self.num_slots
         self.counting_macs: list[int] | None = None  # set while MACs of a new input shape are measured
         self.stats = CacheStats()
+        # Router training (harmonica.training) drives the forwards itself:
+        self.forced: str | None = None  # "fill": compute everything; "mix": router-mixed student forward
+        self.mix: torch.Tensor | None = None  # per-slot scores of the current mixed forward (carry gradients)
+        self.write: list[bool] | None = None  # per-slot: overwrite the cache in the current mixed forward
 
 
 class BranchHook(ModelHook):
@@ -94,6 +98,8 @@ class BranchHook(ModelHook):
         state = self.state
         if not state.active:
             return self.fn_ref.original_forward(*args, **kwargs)
+        if state.mix is not None:
+            return self._mixed(*args, **kwargs)
         if state.compute_now[self.slot]:
             if state.counting_macs is not None:
                 out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
@@ -112,6 +118,20 @@ class BranchHook(ModelHook):
                 "call; call the transformer through the pipeline's denoising loop."
             )
         return cached
+
+    def _mixed(self, *args, **kwargs):
+        """Training forward: score * fresh + (1 - score) * cached; the cache keeps the fresh (detached)
+        output where the score is above the threshold, as inference would have computed it there."""
+        state = self.state
+        fresh = self.fn_ref.original_forward(*args, **kwargs)
+        cached = state.features[self.slot]
+        if cached is None or cached.shape != fresh.shape:
+            raise RuntimeError(f"harmonica: router-mixed forward of {self.name} without a filled cache")
+        score = state.mix[self.slot].to(fresh.dtype)
+        out = score * fresh + (1 - score) * cached
+        if state.write[self.slot]:
+            state.features[self.slot] = fresh.detach()
+        return out
 
 
 class StepHook(ModelHook):
@@ -140,6 +160,8 @@ class StepHook(ModelHook):
         if not state.active:
             return self.fn_ref.original_forward(*args, **kwargs)
         step, num_steps = ctl.step_index(self._timestep(args, kwargs))
+        if state.forced is not None:
+            return self._forced_forward(step, args, kwargs)
         new_call = state.step is None or step <= state.step
         if new_call:
             ctl.begin_call(num_steps)
@@ -162,6 +184,25 @@ class StepHook(ModelHook):
         if step == num_steps - 1:
             ctl.end_call()
         return out
+
+    def _forced_forward(self, step: int, args, kwargs):
+        """A forward whose mode the router trainer chose ("fill" or "mix"); no statistics are kept."""
+        ctl, state = self.controller, self.controller.state
+        state.step = step
+        state.compute_now = [True] * state.num_slots
+        if state.forced == "mix":
+            if step == 0:
+                raise RuntimeError("harmonica: the first step always computes everything; fill it, don't mix it")
+            scores = ctl.router.scores()[step].reshape(-1)
+            state.mix = scores
+            state.write = (scores.detach() > ctl.threshold).tolist()
+        elif state.forced != "fill":
+            raise ValueError(f"unknown forced mode {state.forced!r}")
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            state.mix = None
+            state.write = None
 
 
 class HarmoniCa:
@@ -237,6 +278,25 @@ class HarmoniCa:
                 "pipeline's denoising loop (use `with harmonica.paused(pipe):` to call the transformer directly)"
             )
         return index, len(self._timestep_index)
+
+    @contextmanager
+    def isolated(self, schedule: list[list[bool]] | None = None):
+        """Run pipeline calls (e.g. gradient-free sampling during training) without touching the cache
+        state of the caller: features, step, statistics and schedule are restored afterwards.
+        ``schedule`` ([step][slot] compute flags) replaces the router's schedule inside the block."""
+        saved_state = self.state.__dict__.copy()
+        saved_features = list(self.state.features)
+        saved_schedule, saved_last = self.schedule, self.last_stats
+        self.state.reset()
+        self.state.active = True
+        if schedule is not None:
+            self.schedule = schedule
+        try:
+            yield self
+        finally:
+            self.state.__dict__.update(saved_state)
+            self.state.features = saved_features
+            self.schedule, self.last_stats = saved_schedule, saved_last
 
     def begin_call(self, num_steps: int) -> None:
         pipe = self._pipe()

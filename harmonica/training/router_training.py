@@ -1,0 +1,343 @@
+"""Router training: Step-Wise Denoising Training (SDT) with the image-error-proxy objective (IEPO).
+
+Data-free: every trajectory starts from Gaussian noise and random class labels (or prompts).
+
+SDT, per trajectory:
+  1. step 0 computes everything without gradients and fills the cache;
+  2. at every later step t, in order: the teacher (the same frozen model, harmonica paused: no cache
+     read or write) and the student (router-mixed: score * fresh + (1 - score) * cached; the cache is
+     overwritten, detached, where score > threshold) both run on the student's latent;
+     loss_t = lambda_t * MSE(student, teacher) + beta * sum(scores of step t); one optimizer step;
+  3. the next latent is the scheduler step on the student's output, detached (no backprop through
+     time: memory does not grow with the number of steps).
+IEPO: lambda is refreshed every ``lambda_every`` iterations (at the next trajectory boundary) by
+gradient-free sampling with fixed noise and labels (see ``objectives``); ``objective="sdt"`` keeps
+lambda = 1. ``objective="ltc"`` is the Learning-to-Cache ablation: lambda = 1, steps visited in
+random order, the student's input and a clean cache come from a full-computation teacher trajectory.
+
+Multi-process (accelerate): each process draws its own trajectories; gradients, losses and the
+lambda errors are all-reduced, so every process holds the same router. Checkpoints are taken at
+trajectory boundaries through accelerate's state (router, optimizer, RNG, training state), and
+every random draw is a pure function of (seed, trajectory, process), so a resumed run ends with the
+same router as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..cache import paused
+from ..router import HarmoniCaRouter, check_threshold
+from .checkpoints import resume, save_checkpoint
+from .denoisers import denoiser_for
+from .objectives import BetaController, calibrate_threshold, image_error_proxy, normalise
+
+OBJECTIVES = ("harmonica", "sdt", "ltc")
+
+
+@dataclass
+class RouterTrainingConfig:
+    """Settings of one router training run (recipes in pipelines/recipes/*.json set these).
+
+    Attributes:
+        num_steps: sampling steps the router is trained for (its ``num_inference_steps``).
+        objective: "harmonica" (SDT + IEPO), "sdt" (SDT, lambda = 1) or "ltc" (Learning-to-Cache).
+        trajectories: sampling trajectories in all (each gives num_steps - 1 optimizer steps).
+        batch_size: trajectories' batch per process (the CFG batch is twice this).
+        lr, weight_decay: AdamW on the router logits (clamped to [-5, 5] after each update).
+        beta: weight of the cache-use penalty (sum of scores); with ``target_usage`` only its start.
+        target_usage: cache usage (fraction of branch computations reused at ``threshold``) that
+            beta is steered to during training; the threshold is calibrated at the end if the
+            trained router misses it by more than ``usage_tolerance``.
+        threshold: inference threshold (the cache is overwritten in training where score > it).
+        guidance_scale: classifier-free guidance of the training trajectories.
+        lambda_every: iterations between IEPO lambda refreshes (C).
+        lambda_samples: fixed samples (over all processes) used to measure lambda.
+        lambda_floor: lambda's floor, as a fraction of its mean.
+        checkpoint_every: trajectories between checkpoints.
+    """
+
+    num_steps: int = 20
+    objective: str = "harmonica"
+    trajectories: int = 200
+    batch_size: int = 16
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    beta: float = 1e-4
+    target_usage: float | None = None
+    usage_tolerance: float = 0.02
+    beta_rate: float = 0.001
+    threshold: float = 0.1
+    guidance_scale: float = 1.5
+    lambda_every: int = 500
+    lambda_samples: int = 8
+    lambda_floor: float = 0.05
+    seed: int = 0
+    checkpoint_every: int = 10
+    output_dir: str = "runs/router"
+    scheduler: str | None = None
+    prompts: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.num_steps < 2:
+            raise ValueError("a router needs at least 2 sampling steps (the first always computes)")
+        check_threshold(self.threshold)
+        if self.target_usage is not None and not 0 <= self.target_usage < 1:
+            raise ValueError(f"target_usage must be in [0, 1), got {self.target_usage}")
+        for name in ("trajectories", "batch_size", "lambda_every", "lambda_samples", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class TrainState:
+    """Counters and IEPO weights, checkpointed with the router."""
+
+    def __init__(self, num_steps: int):
+        self.trajectory = 0
+        self.iteration = 0
+        self.lam = torch.ones(num_steps)
+        self.lam[0] = 0.0
+        self.next_refresh = 0  # iteration at or after which lambda is refreshed
+        self.refreshes = 0
+
+    def state_dict(self) -> dict:
+        return {"trajectory": self.trajectory, "iteration": self.iteration, "lam": self.lam.clone(),
+                "next_refresh": self.next_refresh, "refreshes": self.refreshes}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trajectory = int(state["trajectory"])
+        self.iteration = int(state["iteration"])
+        self.lam = state["lam"].clone()
+        self.next_refresh = int(state["next_refresh"])
+        self.refreshes = int(state["refreshes"])
+
+
+def _generator(*keys: int) -> torch.Generator:
+    seed = 0
+    for k in keys:
+        seed = (seed * 1_000_003 + int(k)) % (2**62)
+    return torch.Generator().manual_seed(seed)
+
+
+def _peak_memory_mb(device) -> float:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class RouterTrainer:
+    """Trains a ``HarmoniCaRouter`` for ``pipe`` (a supported pipeline, already on its device)."""
+
+    def __init__(self, pipe, config: RouterTrainingConfig, accelerator, router: HarmoniCaRouter | None = None):
+        import harmonica
+
+        config.check()
+        self.config = config
+        self.accelerator = accelerator
+        self.pipe = pipe
+        if config.scheduler:
+            import diffusers
+
+            klass = getattr(diffusers, config.scheduler)
+            pipe.scheduler = klass.from_config(pipe.scheduler.config)
+        # the base model is frozen, in eval mode, and never receives gradients
+        pipe.transformer.eval().requires_grad_(False)
+        layout = harmonica.describe(pipe)
+        if router is None:
+            router = HarmoniCaRouter.for_layout(
+                layout, config.num_steps, init="random", generator=_generator(config.seed, 7),
+                threshold=config.threshold,
+            )
+        self.router = router.to(accelerator.device)
+        self.router.threshold = config.threshold
+        harmonica.enable(pipe, self.router, threshold=config.threshold)
+        self.controller = pipe.harmonica
+        self.denoiser = denoiser_for(pipe, config.guidance_scale, config.prompts)
+        self.optimizer = torch.optim.AdamW([self.router.logits], lr=config.lr, weight_decay=config.weight_decay)
+        self.state = TrainState(config.num_steps)
+        self.beta = BetaController(config.beta, config.target_usage, config.beta_rate)
+        accelerator.register_for_checkpointing(self.router, self.optimizer, self.state, self.beta)
+        self.output = Path(config.output_dir)
+        self.log_path = self.output / "training_log.jsonl"
+
+    # ------------------------------------------------------------------ building blocks
+    def _trajectory_inputs(self, trajectory: int):
+        g = _generator(self.config.seed, trajectory, self.accelerator.process_index, 1)
+        x = self.denoiser.initial_latents(self.config.batch_size, g)
+        return x, self.denoiser.conditions(self.config.batch_size, g)
+
+    def _forward(self, x, t, cond, mode: str | None):
+        state = self.controller.state
+        state.forced = mode
+        try:
+            return self.denoiser.forward(x, t, cond)
+        finally:
+            state.forced = None
+
+    def _teacher(self, x, t, cond):
+        with torch.no_grad(), paused(self.pipe):
+            return self.denoiser.forward(x, t, cond)
+
+    def _optimize(self, step: int, student, teacher) -> dict:
+        lam = float(self.state.lam[step])
+        mse = torch.nn.functional.mse_loss(student.float(), teacher.float())
+        penalty = self.router.scores()[step].sum()
+        loss = lam * mse + self.beta.beta * penalty
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        if self.accelerator.num_processes > 1:
+            self.router.logits.grad = self.accelerator.reduce(self.router.logits.grad, reduction="mean")
+        self.optimizer.step()
+        self.router.clamp_()
+        usage = self.router.cache_usage(self.config.threshold)
+        self.beta.update(usage)
+        self.state.iteration += 1
+        mse_all = self.accelerator.reduce(mse.detach().reshape(1), reduction="mean").item()
+        return {"iteration": self.state.iteration, "step": step, "mse": mse_all, "lambda": lam,
+                "usage": usage, "beta": self.beta.beta}
+
+    # ---------------------------------------------------------------------- trajectories
+    def sdt_trajectory(self, trajectory: int) -> list[dict]:
+        sched = self.pipe.scheduler
+        sched.set_timesteps(self.config.num_steps)
+        timesteps = list(sched.timesteps)
+        x, cond = self._trajectory_inputs(trajectory)
+        with torch.no_grad():  # step 0: full computation fills the cache
+            raw = self._forward(x, timesteps[0], cond, "fill")
+            x = sched.step(self.denoiser.guided(raw), timesteps[0], x).prev_sample
+        rows = []
+        for i, t in enumerate(timesteps[1:], start=1):
+            teacher = self._teacher(x, t, cond)
+            student = self._forward(x, t, cond, "mix")
+            rows.append(self._optimize(i, student, teacher))
+            with torch.no_grad():
+                x = sched.step(self.denoiser.guided(student.detach()), t, x).prev_sample
+        return rows
+
+    def ltc_trajectory(self, trajectory: int) -> list[dict]:
+        """Learning-to-Cache: teacher trajectory, clean cache from a full pass, random step order."""
+        sched = self.pipe.scheduler
+        sched.set_timesteps(self.config.num_steps)
+        timesteps = list(sched.timesteps)
+        x, cond = self._trajectory_inputs(trajectory)
+        xs, outs = [], []
+        with torch.no_grad(), paused(self.pipe):
+            for t in timesteps:
+                xs.append(x)
+                raw = self.denoiser.forward(x, t, cond)
+                outs.append(raw)
+                x = sched.step(self.denoiser.guided(raw), t, x).prev_sample
+        g = _generator(self.config.seed, trajectory, self.accelerator.process_index, 2)
+        order = (torch.randperm(len(timesteps) - 1, generator=g) + 1).tolist()
+        rows = []
+        for i in order:
+            with torch.no_grad():  # a full pass at the previous step: the cache is clean
+                self._forward(xs[i - 1], timesteps[i - 1], cond, "fill")
+            student = self._forward(xs[i], timesteps[i], cond, "mix")
+            rows.append(self._optimize(i, student, outs[i]))
+        return rows
+
+    def refresh_lambda(self) -> None:
+        cfg = self.config
+        acc = self.accelerator
+        per_process = max(1, math.ceil(cfg.lambda_samples / acc.num_processes))
+        g = _generator(cfg.seed, 10_000_019, acc.process_index)  # the same fixed samples at every refresh
+        noise = self.denoiser.initial_latents(per_process, g)
+        cond = self.denoiser.conditions(per_process, g)
+        raw = image_error_proxy(self.denoiser, self.controller, self.router, cfg.threshold, noise, cond,
+                                self.pipe.scheduler)
+        raw = acc.reduce(raw.to(acc.device), reduction="sum").cpu()
+        self.state.lam = normalise(raw, cfg.lambda_floor)
+        self.state.refreshes += 1
+        self.state.next_refresh = self.state.iteration + cfg.lambda_every
+
+    # ----------------------------------------------------------------------------- run
+    def train(self) -> dict:
+        cfg, acc = self.config, self.accelerator
+        self.output.mkdir(parents=True, exist_ok=True)
+        start = resume(acc, self.output / "checkpoints")
+        if acc.is_main_process:
+            self._truncate_log(self.state.iteration)
+        from tqdm.auto import tqdm
+
+        per_traj = cfg.num_steps - 1
+        bar = tqdm(total=cfg.trajectories * per_traj, initial=self.state.iteration, desc=f"router ({cfg.objective})",
+                   disable=not acc.is_main_process)
+        t0 = time.perf_counter()
+        for trajectory in range(start, cfg.trajectories):
+            if cfg.objective == "harmonica" and self.state.iteration >= self.state.next_refresh:
+                self.refresh_lambda()
+            run = self.ltc_trajectory if cfg.objective == "ltc" else self.sdt_trajectory
+            rows = run(trajectory)
+            self.state.trajectory = trajectory + 1
+            bar.update(len(rows))
+            last = rows[-1]
+            bar.set_postfix(mse=f"{sum(r['mse'] for r in rows) / len(rows):.2e}", usage=f"{last['usage']:.1%}",
+                            lam=f"{float(self.state.lam[1:].max()):.2f}", beta=f"{last['beta']:.1e}")
+            if acc.is_main_process:
+                with open(self.log_path, "a") as f:
+                    for r in rows:
+                        f.write(json.dumps({"trajectory": trajectory, **r}) + "\n")
+            if (trajectory + 1) % cfg.checkpoint_every == 0 or trajectory + 1 == cfg.trajectories:
+                save_checkpoint(acc, self.output / "checkpoints", trajectory + 1)
+        bar.close()
+        return self.finish(time.perf_counter() - t0)
+
+    def finish(self, seconds: float) -> dict:
+        cfg, acc = self.config, self.accelerator
+        router = self.router
+        # every process must hold the same router (gradients are all-reduced): check, don't assume
+        gathered = acc.gather(router.logits.detach().reshape(1, -1))
+        rank_spread = (gathered - gathered[:1]).abs().max().item()
+        if rank_spread != 0:
+            raise RuntimeError(f"router logits differ between processes by {rank_spread}; gradients were not synced")
+        trained_usage = router.cache_usage(cfg.threshold)
+        threshold, usage = cfg.threshold, trained_usage
+        if cfg.target_usage is not None:
+            threshold, usage = calibrate_threshold(router, cfg.target_usage, cfg.usage_tolerance)
+        router.threshold = threshold
+        router.training_info = {
+            "objective": cfg.objective,
+            "config": {k: v for k, v in asdict(self.config).items() if k != "prompts"},
+            "iterations": self.state.iteration,
+            "lambda": [round(float(v), 4) for v in self.state.lam],
+            "final_beta": self.beta.beta,
+            "cache_usage_at_training_threshold": trained_usage,
+        }
+        summary = {
+            "objective": cfg.objective,
+            "trajectories": cfg.trajectories,
+            "iterations": self.state.iteration,
+            "processes": acc.num_processes,
+            "max_logit_difference_between_processes": rank_spread,
+            "train_seconds_this_run": round(seconds, 1),
+            "threshold": threshold,
+            "cache_usage": usage,
+            "target_usage": cfg.target_usage,
+            "cache_usage_at_training_threshold": trained_usage,
+            "peak_memory_mb": round(_peak_memory_mb(acc.device), 1),
+            "lambda": router.training_info["lambda"],
+        }
+        if acc.is_main_process:
+            router.save_pretrained(self.output / "router")
+            (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        acc.wait_for_everyone()
+        return summary
+
+    def _truncate_log(self, iteration: int) -> None:
+        """After a resume, drop log rows written after the checkpoint."""
+        if not self.log_path.exists():
+            return
+        rows = [line for line in self.log_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["iteration"] <= iteration]
+        self.log_path.write_text("".join(r + "\n" for r in rows))

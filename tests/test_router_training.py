@@ -1,0 +1,206 @@
+"""Router training (SDT + IEPO, and the SDT / LTC ablations) on a tiny DiT built locally."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from diffusers import DiTPipeline
+
+import harmonica
+from harmonica.training.objectives import calibrate_threshold, normalise
+from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 5
+
+
+def make_trainer(dit_path, out, **overrides):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    pipe.set_progress_bar_config(disable=True)
+    settings = dict(num_steps=STEPS, trajectories=3, batch_size=2, lambda_every=4, lambda_samples=2,
+                    checkpoint_every=1, output_dir=str(out), beta=1e-4, seed=0)
+    settings.update(overrides)
+    return RouterTrainer(pipe, RouterTrainingConfig(**settings), Accelerator(cpu=True))
+
+
+class Recorder:
+    """Wraps a trainer's denoiser to record every transformer call."""
+
+    def __init__(self, trainer):
+        self.calls = []
+        self.trainer = trainer
+        denoiser = trainer.denoiser
+        original = denoiser.forward
+
+        def forward(x, t, cond):
+            state = trainer.controller.state
+            role = state.forced or ("teacher" if not state.active else "auto")
+            out = original(x, t, cond)
+            self.calls.append({"role": role, "t": int(t), "x": x.detach().clone(), "out": out.detach().clone(),
+                               "grad": out.requires_grad})
+            return out
+
+        denoiser.forward = forward
+
+
+def test_sdt_rollout_order_and_student_trajectory(dit_path, tmp_path):
+    trainer = make_trainer(dit_path, tmp_path)
+    rec = Recorder(trainer)
+    trainer.sdt_trajectory(0)
+    timesteps = [int(t) for t in trainer.pipe.scheduler.timesteps]
+    roles = [(c["role"], c["t"]) for c in rec.calls]
+    expected = [("fill", timesteps[0])]
+    for t in timesteps[1:]:
+        expected += [("teacher", t), ("mix", t)]
+    assert roles == expected
+    # teacher and student see the same latent: the student's own, stepped from its previous output
+    sched = trainer.pipe.scheduler
+    sched.set_timesteps(STEPS)
+    x = rec.calls[0]["x"]
+    x = sched.step(trainer.denoiser.guided(rec.calls[0]["out"]), timesteps[0], x).prev_sample
+    for k, t in enumerate(timesteps[1:]):
+        teacher, student = rec.calls[1 + 2 * k], rec.calls[2 + 2 * k]
+        assert torch.equal(teacher["x"], x) and torch.equal(student["x"], x)
+        assert student["grad"] and not teacher["grad"]
+        x = sched.step(trainer.denoiser.guided(student["out"]), t, x).prev_sample
+
+
+def test_teacher_is_isolated_and_base_model_frozen(dit_path, tmp_path):
+    trainer = make_trainer(dit_path, tmp_path)
+    before = {k: v.clone() for k, v in trainer.pipe.transformer.state_dict().items()}
+    state = trainer.controller.state
+    teacher_writes = []
+    original_teacher = trainer._teacher
+
+    def teacher(x, t, cond):
+        snapshot = list(state.features)
+        out = original_teacher(x, t, cond)
+        teacher_writes.append(any(a is not b for a, b in zip(snapshot, state.features)))
+        return out
+
+    trainer._teacher = teacher
+    trainer.sdt_trajectory(0)
+    assert teacher_writes and not any(teacher_writes)
+    tr = trainer.pipe.transformer
+    assert not tr.training
+    assert all(not p.requires_grad and p.grad is None for p in tr.parameters())
+    after = tr.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert trainer.router.logits.grad is not None  # the router did learn from it
+
+
+def test_lambda_refresh_leaves_rng_cache_and_scheduler_untouched(dit_path, tmp_path):
+    trainer = make_trainer(dit_path, tmp_path)
+    with torch.no_grad():  # a router that caches something, so lambda is informative
+        trainer.router.logits.copy_(torch.randn(trainer.router.logits.shape, generator=torch.Generator().manual_seed(1)) * 3)
+    trainer.sdt_trajectory(0)  # leaves a filled cache behind
+    state = trainer.controller.state
+    features = list(state.features)
+    step = state.step
+    timesteps = trainer.pipe.scheduler.timesteps.clone()
+    rng = torch.get_rng_state()
+    trainer.refresh_lambda()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(a is b for a, b in zip(features, state.features)) and state.step == step
+    assert torch.equal(trainer.pipe.scheduler.timesteps, timesteps)
+    lam = trainer.state.lam
+    assert lam[0] == 0 and torch.isclose(lam[1:].mean(), torch.tensor(1.0)) and (lam[1:] > 0).all()
+    assert not torch.allclose(lam[1:], torch.ones(STEPS - 1))  # steps differ in how much caching costs
+
+
+def test_lambda_normalisation():
+    lam = normalise(torch.tensor([0.0, 0.0, 2.0, 6.0, 0.0]), floor=0.05)
+    assert lam[0] == 0 and torch.isclose(lam[1:].mean(), torch.tensor(1.0))
+    assert lam[1] > 0 and lam[1] == lam[4] and lam[3] == 3 * lam[2]
+    assert torch.equal(normalise(torch.zeros(4)), torch.tensor([0.0, 1.0, 1.0, 1.0]))
+
+
+def test_memory_does_not_grow_with_steps(dit_path, tmp_path):
+    """No graph survives an optimizer step: every latent passed on is detached."""
+    trainer = make_trainer(dit_path, tmp_path)
+    rec = Recorder(trainer)
+    trainer.sdt_trajectory(0)
+    assert all(not c["x"].requires_grad for c in rec.calls)
+    assert all(f is None or not f.requires_grad for f in trainer.controller.state.features)
+
+
+def test_resume_gives_the_same_router(dit_path, tmp_path):
+    full = make_trainer(dit_path, tmp_path / "full", trajectories=4, checkpoint_every=2)
+    full.train()
+    interrupted = make_trainer(dit_path, tmp_path / "cut", trajectories=4, checkpoint_every=2)
+    original = interrupted.sdt_trajectory
+
+    def dies_at_third(trajectory):
+        if trajectory == 2:
+            raise KeyboardInterrupt
+        return original(trajectory)
+
+    interrupted.sdt_trajectory = dies_at_third
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    resumed = make_trainer(dit_path, tmp_path / "cut", trajectories=4, checkpoint_every=2)
+    resumed.train()
+    assert torch.equal(resumed.router.logits, full.router.logits)
+    assert resumed.state.refreshes == full.state.refreshes >= 2
+    log = [json.loads(line) for line in (tmp_path / "cut" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == list(range(1, 4 * (STEPS - 1) + 1))
+    saved = harmonica.HarmoniCaRouter.from_pretrained(tmp_path / "cut" / "router")
+    assert torch.equal(saved.logits, full.router.logits)
+
+
+@pytest.mark.parametrize("objective", ["sdt", "ltc"])
+def test_ablation_objectives_train(dit_path, tmp_path, objective):
+    trainer = make_trainer(dit_path, tmp_path, objective=objective, trajectories=2)
+    rec = Recorder(trainer)
+    summary = trainer.train()
+    assert summary["iterations"] == 2 * (STEPS - 1)
+    assert torch.equal(trainer.state.lam[1:], torch.ones(STEPS - 1))  # lambda = 1 without IEPO
+    mixed_steps = [c["t"] for c in rec.calls if c["role"] == "mix"]
+    timesteps = [int(t) for t in trainer.pipe.scheduler.timesteps]
+    if objective == "ltc":  # random step order, input from the teacher's own trajectory
+        per_trajectory = [mixed_steps[k * (STEPS - 1):(k + 1) * (STEPS - 1)] for k in range(2)]
+        assert all(sorted(order, reverse=True) == timesteps[1:] for order in per_trajectory)
+        assert any(order != timesteps[1:] for order in per_trajectory)  # not the sampling order
+        fills = [c for c in rec.calls if c["role"] == "fill"]
+        assert len(fills) == 2 * (STEPS - 1)
+    else:
+        assert mixed_steps[: STEPS - 1] == timesteps[1:]
+
+
+def test_target_usage_is_met_within_two_points(dit_path, tmp_path):
+    trainer = make_trainer(dit_path, tmp_path, trajectories=2, target_usage=0.3)
+    summary = trainer.train()
+    assert abs(summary["cache_usage"] - 0.3) <= 0.02
+    router = harmonica.HarmoniCaRouter.from_pretrained(tmp_path / "router")
+    assert abs(router.cache_usage() - 0.3) <= 0.02
+
+
+def test_calibration_picks_the_closest_threshold():
+    from harmonica import HarmoniCaRouter, RouterLayout
+
+    layout = RouterLayout(2, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
+    router = HarmoniCaRouter.for_layout(layout, 6, generator=torch.Generator().manual_seed(0))
+    for target in (0.2, 0.5, 0.8):
+        tau, usage = calibrate_threshold(router, target)
+        router.threshold = tau
+        assert abs(router.cache_usage() - usage) < 1e-6 and abs(usage - target) <= 1 / 24 / 2 + 1e-9
+
+
+def test_two_process_run_keeps_routers_identical(dit_path, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(REPO / "train" / "train_router.py"), "--cpu", "--pipeline", str(dit_path), "--num_steps", str(STEPS),
+           "--trajectories", "2", "--batch_size", "2", "--lambda_every", "3", "--lambda_samples", "2",
+           "--output_dir", str(tmp_path / "ddp")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["max_logit_difference_between_processes"] == 0
+    assert summary["iterations"] == 2 * (STEPS - 1)
