@@ -17,18 +17,26 @@ from torch import nn
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """How to find the branches of one block class."""
+    """How to find the branches of one block class.
+
+    ``gates(block, hidden, kwargs)`` (optional) returns the gate each branch's output is multiplied
+    by before the residual add (``None`` for an ungated branch), computed the way the block computes
+    it from its call's arguments. With it, a block whose branches are all reused at a step is
+    replaced by one fused ``hidden + sum(gate * cached)`` (``harmonica.kernels.gather_apply``);
+    without it such blocks still run their own code around the reused branches.
+    """
 
     block_class: type
     branches: Callable[[nn.Module], tuple[str, ...]]
     check: Callable[[nn.Module], None] | None = None
+    gates: Callable[[nn.Module, torch.Tensor, dict], list] | None = None
 
 
 _REGISTRY: dict[type, BlockSpec] = {}
 
 
-def register_block(block_class: type, branches, check=None) -> None:
-    _REGISTRY[block_class] = BlockSpec(block_class, branches, check)
+def register_block(block_class: type, branches, check=None, gates=None) -> None:
+    _REGISTRY[block_class] = BlockSpec(block_class, branches, check, gates)
 
 
 def spec_for(block: nn.Module) -> BlockSpec | None:
@@ -58,10 +66,30 @@ def _basic_check(block) -> None:
         raise ValueError("blocks with only_cross_attention=True are not supported")
 
 
+def _basic_gates(block, hidden: torch.Tensor, kwargs: dict):
+    """adaLN gates of a BasicTransformerBlock, as its forward computes them (attn2 is ungated)."""
+    timestep = kwargs.get("timestep")
+    if block.norm_type == "ada_norm_zero":
+        norm = block.norm1
+        emb = norm.emb(timestep, kwargs.get("class_labels"), hidden_dtype=hidden.dtype)
+        chunks = norm.linear(norm.silu(emb)).chunk(6, dim=1)
+        gate_msa, gate_mlp = chunks[2].unsqueeze(1), chunks[5].unsqueeze(1)
+    elif block.norm_type == "ada_norm_single":
+        chunks = (block.scale_shift_table[None] + timestep.reshape(hidden.shape[0], 6, -1)).chunk(6, dim=1)
+        gate_msa, gate_mlp = chunks[2], chunks[5]
+    else:
+        return None
+    return [gate_msa] + ([None] if block.attn2 is not None else []) + [gate_mlp]
+
+
+def _basic_has_gates(block) -> bool:
+    return block.norm_type in ("ada_norm_zero", "ada_norm_single") and getattr(block, "pos_embed", None) is None
+
+
 def _register_diffusers_blocks() -> None:
     from diffusers.models.attention import BasicTransformerBlock
 
-    register_block(BasicTransformerBlock, _basic_branches, _basic_check)
+    register_block(BasicTransformerBlock, _basic_branches, _basic_check, _basic_gates)
 
 
 _register_diffusers_blocks()
@@ -100,6 +128,14 @@ def branch_modules(transformer: nn.Module) -> list[list[nn.Module]]:
     """``modules[block][branch]`` for every block of ``transformer``."""
     names = block_branches(transformer)
     return [[getattr(block, name) for name in names] for block in transformer_blocks(transformer)]
+
+
+def fusable(block: nn.Module) -> bool:
+    """True when a fully reused ``block`` can be replaced by the fused gather-apply."""
+    spec = spec_for(block)
+    if spec is None or spec.gates is None:
+        return False
+    return _basic_has_gates(block) if spec.gates is _basic_gates else True
 
 
 def count_macs(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -10,6 +10,12 @@ Two kinds of hook, both on diffusers' own hook machinery (``diffusers.hooks.Hook
   module and stores its output, or returns the stored output without running the module. The block's
   own code then applies the current step's adaLN gate and the residual add, so what is cached is the
   un-gated branch output.
+* ``BlockHook`` on every block (when ``fused``, the default): a run of consecutive blocks whose
+  branches are all reused at a step is replaced by one ``hidden + sum(gate * cached)``
+  (``harmonica.kernels.gather_apply``: one fused Triton kernel on CUDA, the torch reference
+  elsewhere); the gates are computed as the blocks compute them (``blocks.BlockSpec.gates``).
+
+Cached outputs live in one ``CachePool`` per call, holding only the branches the schedule reuses.
 
 ``enable(pipe, router)`` attaches both and ``disable(pipe)`` removes them, leaving every module as
 it was. ``stats(pipe)`` tells what the last call computed, reused and spent in multiply-accumulates.
@@ -26,13 +32,16 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from .blocks import block_branches, branch_modules, count_macs
+from .blocks import block_branches, branch_modules, count_macs, fusable, spec_for, transformer_blocks
+from .kernels import CachePool, gather_apply
 from .router import HarmoniCaRouter, RouterError, RouterLayout, check_threshold
 
 logger = logging.getLogger(__name__)
 
 STEP_HOOK = "harmonica_step"
 BRANCH_HOOK = "harmonica_branch"
+BLOCK_HOOK = "harmonica_block"
+SKIP = "skip"  # block plan entry: this block is covered by the fused run started before it
 
 
 @dataclass
@@ -74,7 +83,9 @@ class CacheState:
         self.reset()
 
     def reset(self) -> None:
-        self.features: list[torch.Tensor | None] = [None] * self.num_slots
+        self.pool: CachePool | None = None  # allocated at the first store of a call, freed at its end
+        self.slot_map: list[int | None] = list(range(self.num_slots))  # branch slot -> pool slot (None: not kept)
+        self.plan: list | None = None  # per block, for the forward in progress: None, SKIP or a fused run
         self.step: int | None = None  # step index of the forward in progress / last finished
         self.compute_now: list[bool] = [True] * self.num_slots
         self.counting_macs: list[int] | None = None  # set while MACs of a new input shape are measured
@@ -83,6 +94,34 @@ class CacheState:
         self.forced: str | None = None  # "fill": compute everything; "mix": router-mixed student forward
         self.mix: torch.Tensor | None = None  # per-slot scores of the current mixed forward (carry gradients)
         self.write: list[bool] | None = None  # per-slot: overwrite the cache in the current mixed forward
+
+    def keep_only(self, slots) -> None:
+        """Store only these branch slots (the ones a schedule reuses)."""
+        keep = sorted(set(slots))
+        self.slot_map = [None] * self.num_slots
+        for j, slot in enumerate(keep):
+            self.slot_map[slot] = j
+
+    def store(self, slot: int, tensor: torch.Tensor) -> None:
+        j = self.slot_map[slot]
+        if j is None:
+            return
+        pool = self.pool
+        if pool is None or pool.shape != tuple(tensor.shape) or pool.dtype != tensor.dtype or pool.device != tensor.device:
+            if pool is not None and any(pool.is_written(i) for i in range(pool.num_slots)) and self.forced is None:
+                raise RuntimeError(
+                    f"harmonica: a branch output of shape {tuple(tensor.shape)} in a call whose cache holds "
+                    f"{pool.shape}; cached features belong to one pipeline call"
+                )
+            size = 1 + max(i for i in self.slot_map if i is not None)
+            self.pool = pool = CachePool(size, tensor.shape, tensor.dtype, tensor.device)
+        pool.write(j, tensor)
+
+    def load(self, slot: int) -> torch.Tensor | None:
+        j = self.slot_map[slot]
+        if j is None or self.pool is None or not self.pool.is_written(j):
+            return None
+        return self.pool.read(j)
 
 
 class BranchHook(ModelHook):
@@ -106,9 +145,9 @@ class BranchHook(ModelHook):
                 state.counting_macs[self.slot] = macs
             else:
                 out = self.fn_ref.original_forward(*args, **kwargs)
-            state.features[self.slot] = out
+            state.store(self.slot, out)
             return out
-        cached = state.features[self.slot]
+        cached = state.load(self.slot)
         hidden = args[0] if args else kwargs.get("hidden_states")
         if cached is None or (hidden is not None and cached.shape[:-1] != hidden.shape[:-1]):
             raise RuntimeError(
@@ -124,14 +163,46 @@ class BranchHook(ModelHook):
         output where the score is above the threshold, as inference would have computed it there."""
         state = self.state
         fresh = self.fn_ref.original_forward(*args, **kwargs)
-        cached = state.features[self.slot]
+        cached = state.load(self.slot)
         if cached is None or cached.shape != fresh.shape:
             raise RuntimeError(f"harmonica: router-mixed forward of {self.name} without a filled cache")
+        cached = cached.clone()  # autograd keeps it for the score's gradient; the pool slot may be rewritten
         score = state.mix[self.slot].to(fresh.dtype)
         out = score * fresh + (1 - score) * cached
         if state.write[self.slot]:
-            state.features[self.slot] = fresh.detach()
+            state.store(self.slot, fresh.detach())
         return out
+
+
+class BlockHook(ModelHook):
+    """Replaces a run of fully reused blocks by one fused gather-apply of their cached branches."""
+
+    def __init__(self, state: CacheState, index: int):
+        super().__init__()
+        self.state = state
+        self.index = index
+        self._params: list[str] = []
+
+    def initialize_hook(self, module):
+        self._params = list(inspect.signature(module.forward).parameters)
+        return module
+
+    def new_forward(self, module, *args, **kwargs):
+        state = self.state
+        entry = None if state.plan is None else state.plan[self.index]
+        if entry is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        call = dict(zip(self._params, args))
+        call.update(kwargs)
+        hidden = call["hidden_states"]
+        if entry is SKIP:
+            return hidden
+        blocks, slots = entry
+        gates = []
+        for block in blocks:
+            gates.extend(spec_for(block).gates(block, hidden, call))
+        indices = [state.slot_map[s] for s in slots]
+        return gather_apply(hidden, state.pool, indices, gates, inplace=False)
 
 
 class StepHook(ModelHook):
@@ -170,16 +241,18 @@ class StepHook(ModelHook):
             state.compute_now = [True] * state.num_slots
         else:
             state.compute_now = ctl.schedule[step]
+            state.plan = ctl.plans[step]
         key = ctl.shape_key(args, kwargs)
-        if new_call and key not in ctl.macs_table:
-            state.counting_macs = [0] * state.num_slots
-            try:
+        try:
+            if new_call and key not in ctl.macs_table:
+                state.counting_macs = [0] * state.num_slots
                 out, total = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
                 ctl.macs_table[key] = (total, state.counting_macs)
-            finally:
-                state.counting_macs = None
-        else:
-            out = self.fn_ref.original_forward(*args, **kwargs)
+            else:
+                out = self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            state.counting_macs = None
+            state.plan = None
         ctl.account_step(key, state.compute_now)
         if step == num_steps - 1:
             ctl.end_call()
@@ -190,6 +263,7 @@ class StepHook(ModelHook):
         ctl, state = self.controller, self.controller.state
         state.step = step
         state.compute_now = [True] * state.num_slots
+        state.slot_map = list(range(state.num_slots))  # training may read any branch
         if state.forced == "mix":
             if step == 0:
                 raise RuntimeError("harmonica: the first step always computes everything; fill it, don't mix it")
@@ -208,15 +282,16 @@ class StepHook(ModelHook):
 class HarmoniCa:
     """The harmonica controller attached to a pipeline as ``pipe.harmonica``."""
 
-    def __init__(self, pipe, router: HarmoniCaRouter, threshold: float | None):
+    def __init__(self, pipe, router: HarmoniCaRouter, threshold: float | None, fused: bool = True):
         self.router = router.validate()
+        self.fused = bool(fused)
         self.threshold = router.threshold if threshold is None else check_threshold(threshold)
         self._pipe = weakref.ref(pipe)
         self.transformer = pipe.transformer
         self.layout = describe(pipe)
         router.check_compatible(self.layout)
         mask = router.compute_mask(self.threshold)
-        self.schedule = [row.flatten().tolist() for row in mask]  # [step][block * branches + branch]
+        self.set_schedule([row.flatten().tolist() for row in mask])  # [step][block * branches + branch]
         self.state = CacheState(router.num_blocks, len(router.branches))
         self.macs_table: dict[tuple, tuple[int, list[int]]] = {}
         self.last_stats: CacheStats | None = None
@@ -224,9 +299,34 @@ class HarmoniCa:
         self._timestep_index: dict[float, int] = {}
         self._restore: list[tuple[torch.nn.Module, bool, bool]] = []
 
+    def set_schedule(self, schedule: list[list[bool]]) -> None:
+        """Install a [step][slot] compute schedule and derive the fused block plans and kept slots."""
+        self.schedule = schedule
+        k = len(self.router.branches)
+        blocks = transformer_blocks(self.transformer)
+        can_fuse = [self.fused and fusable(b) for b in blocks]
+        self.reused_slots = sorted({s for row in schedule[1:] for s, c in enumerate(row) if not c})
+        self.plans = []
+        for step, row in enumerate(schedule):
+            reused = [step > 0 and can_fuse[b] and not any(row[b * k:(b + 1) * k]) for b in range(len(blocks))]
+            plan, b = [None] * len(blocks), 0
+            while b < len(blocks):
+                if not reused[b]:
+                    b += 1
+                    continue
+                end = b
+                while end + 1 < len(blocks) and reused[end + 1]:
+                    end += 1
+                plan[b] = (blocks[b:end + 1], list(range(b * k, (end + 1) * k)))
+                for j in range(b + 1, end + 1):
+                    plan[j] = SKIP
+                b = end + 1
+            self.plans.append(plan if any(p is not None for p in plan) else None)
+
     # ------------------------------------------------------------------ hooks in and out
     def attach(self) -> None:
-        modules = [self.transformer] + [m for row in branch_modules(self.transformer) for m in row]
+        blocks = transformer_blocks(self.transformer) if self.fused else []
+        modules = [self.transformer] + blocks + [m for row in branch_modules(self.transformer) for m in row]
         for m in modules:
             self._restore.append((m, "_diffusers_hook" in m.__dict__, "forward" in m.__dict__))
         names = self.router.branches
@@ -235,6 +335,8 @@ class HarmoniCa:
                 registry = HookRegistry.check_if_exists_or_initialize(module)
                 hook = BranchHook(self.state, b * len(names) + k, f"block {b} {names[k]}")
                 registry.register_hook(hook, BRANCH_HOOK)
+        for b, block in enumerate(blocks):
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(BlockHook(self.state, b), BLOCK_HOOK)
         registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
         registry.register_hook(StepHook(self), STEP_HOOK)
         registry.invalidate_child_registries_cache()
@@ -245,7 +347,7 @@ class HarmoniCa:
             registry = module.__dict__.get("_diffusers_hook")
             if registry is None:
                 continue
-            for name in (STEP_HOOK, BRANCH_HOOK):
+            for name in (STEP_HOOK, BRANCH_HOOK, BLOCK_HOOK):
                 registry.remove_hook(name, recurse=False)
             if not registry.hooks:  # nothing else hooked here: restore the module's own attributes
                 if not had_registry:
@@ -284,25 +386,27 @@ class HarmoniCa:
         """Run pipeline calls (e.g. gradient-free sampling during training) without touching the cache
         state of the caller: features, step, statistics and schedule are restored afterwards.
         ``schedule`` ([step][slot] compute flags) replaces the router's schedule inside the block."""
-        saved_state = self.state.__dict__.copy()
-        saved_features = list(self.state.features)
+        saved_state = self.state.__dict__.copy()  # the pool object itself is left alone inside
         saved_schedule, saved_last = self.schedule, self.last_stats
         self.state.reset()
         self.state.active = True
         if schedule is not None:
-            self.schedule = schedule
+            self.set_schedule(schedule)
         try:
             yield self
         finally:
+            self.state.__dict__.clear()
             self.state.__dict__.update(saved_state)
-            self.state.features = saved_features
-            self.schedule, self.last_stats = saved_schedule, saved_last
+            if schedule is not None:
+                self.set_schedule(saved_schedule)
+            self.last_stats = saved_last
 
     def begin_call(self, num_steps: int) -> None:
         pipe = self._pipe()
         layout = describe(pipe)
         self.router.check_compatible(layout, num_steps)
         self.state.reset()
+        self.state.keep_only(self.reused_slots)
 
     def shape_key(self, args, kwargs) -> tuple:
         hidden = args[0] if args else kwargs.get("hidden_states")
@@ -324,7 +428,7 @@ class HarmoniCa:
 
     def end_call(self) -> None:
         self.last_stats = self.state.stats
-        self.state.reset()  # frees the cached features; the next call starts clean
+        self.state.reset()  # frees the cache pool; the next call starts clean
 
 
 # ------------------------------------------------------------------------------ public API
@@ -343,14 +447,16 @@ def describe(pipe) -> RouterLayout:
     )
 
 
-def enable(pipe, router: HarmoniCaRouter, threshold: float | None = None):
+def enable(pipe, router: HarmoniCaRouter, threshold: float | None = None, fused: bool = True):
     """Attach ``router`` to ``pipe`` (replacing a router already attached). Returns ``pipe``.
 
+    ``fused=False`` applies reused branches one by one inside each block instead of replacing runs of
+    fully reused blocks by the fused gather-apply (same results in fp32; for measuring the kernel).
     Every check runs before anything is attached: on error the pipeline is left as it was.
     """
     if not isinstance(router, HarmoniCaRouter):
         raise TypeError(f"router must be a HarmoniCaRouter, got {type(router).__name__}")
-    controller = HarmoniCa(pipe, router, threshold)
+    controller = HarmoniCa(pipe, router, threshold, fused=fused)
     disable(pipe)
     controller.attach()
     pipe.harmonica = controller

@@ -66,13 +66,16 @@ class HarmoniCaPipeline:
         )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, router=None, threshold: float | None = None, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, router=None, threshold: float | None = None, fused: bool = True, **kwargs
+    ):
         """Load ``pretrained_model_name_or_path`` with diffusers and attach ``router``.
 
         Args:
             pretrained_model_name_or_path: hub id or local folder of a supported diffusers pipeline.
             router: a ``HarmoniCaRouter``, a router folder or hub id; ``None`` uses ``<model>/router``.
             threshold: inference threshold in (0, 1); defaults to the router's own.
+            fused: replace runs of fully reused blocks by the fused gather-apply kernel (default).
             **kwargs: passed to ``DiffusionPipeline.from_pretrained`` (``torch_dtype``, ``variant``, ...).
         """
         from diffusers import DiffusionPipeline
@@ -89,4 +92,4 @@ class HarmoniCaPipeline:
         local = Path(pretrained_model_name_or_path) if Path(pretrained_model_name_or_path).is_dir() else None
         router = load_router(router, local)
         pipe = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return enable(pipe, router, threshold)
+        return enable(pipe, router, threshold, fused=fused)

@@ -184,7 +184,7 @@ def test_no_stale_features_across_calls(dit_path):
     third = dit_images(pipe, labels=(1, 2), guidance_scale=1.5)
     assert torch.equal(first, third)
     assert torch.equal(second, dit_images(fresh(), labels=(4, 5, 6), guidance_scale=1.0, seed=1))
-    assert all(f is None for f in pipe.harmonica.state.features)  # freed after each call
+    assert pipe.harmonica.state.pool is None  # freed after each call
 
 
 def test_interrupted_call_does_not_leak_into_the_next(dit_path):
@@ -308,3 +308,48 @@ def test_router_shipped_in_pipeline_folder_is_the_default(dit_path, tmp_path):
     assert pipe.harmonica.router.cache_usage() == pytest.approx(0.4)
     with pytest.raises(ValueError, match="no router given"):
         HarmoniCaPipeline.from_pretrained(dit_path)
+
+
+# --------------------------------------------------------------------- cache pool and fusion
+def test_fused_blocks_equal_branch_by_branch_and_skip_the_block(dit_path):
+    """Fully reused blocks are replaced by one gather-apply: same images, norms not run."""
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    layout = harmonica.describe(pipe)
+    router = HarmoniCaRouter.static(layout, STEPS, compute_every=2)
+    with torch.no_grad():
+        router.logits[1, 1, 0] = 5.0  # block 1 attn1 computed at step 1: blocks 0 and 2 stay fused there
+    harmonica.enable(pipe, router, fused=False)
+    expected = dit_images(pipe)
+    harmonica.enable(pipe, router, fused=True)
+    norm_calls = {b: 0 for b in range(3)}
+    for b, block in enumerate(pipe.transformer.transformer_blocks):
+        block.norm1.register_forward_pre_hook(lambda *_, b=b: norm_calls.__setitem__(b, norm_calls[b] + 1))
+    got = dit_images(pipe)
+    assert torch.equal(got, expected)
+    # steps 0, 2, 4 compute everything; at step 3 all blocks are fused; at step 1 only block 1 runs
+    assert norm_calls == {0: 3, 1: 4, 2: 3}
+    assert harmonica.stats(pipe).cache_usage == pytest.approx(11 / 30)
+
+
+def test_fused_pixart_blocks_equal_branch_by_branch(pixart_path):
+    pipe = PixArtAlphaPipeline.from_pretrained(pixart_path)
+    router = HarmoniCaRouter.static(harmonica.describe(pipe), 4, compute_every=2)
+    harmonica.enable(pipe, router, fused=False)
+    expected = pipe(**pixart_call_kwargs(), generator=generator()).images
+    harmonica.enable(pipe, router, fused=True)
+    assert torch.equal(pipe(**pixart_call_kwargs(), generator=generator()).images, expected)
+
+
+def test_pool_keeps_only_reused_branches(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    router = HarmoniCaRouter.for_layout(harmonica.describe(pipe), STEPS, init="compute")
+    with torch.no_grad():
+        router.logits[2:, 1, 0] = -5.0  # only block 1's attn1 is ever reused
+    harmonica.enable(pipe, router)
+    seen = []
+    pipe.transformer.register_forward_hook(lambda *_: seen.append(pipe.harmonica.state.pool))
+    dit_images(pipe)
+    pools = [p for p in seen if p is not None]
+    assert pools and all(p is pools[0] for p in pools)  # one buffer for the whole call
+    assert pools[0].num_slots == 1 and pools[0].shape == (4, 16, 16)
+    assert pipe.harmonica.state.pool is None

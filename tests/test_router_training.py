@@ -78,9 +78,11 @@ def test_teacher_is_isolated_and_base_model_frozen(dit_path, tmp_path):
     original_teacher = trainer._teacher
 
     def teacher(x, t, cond):
-        snapshot = list(state.features)
+        pool = state.pool
+        snapshot = (pool.storage.clone(), [pool.is_written(i) for i in range(pool.num_slots)])
         out = original_teacher(x, t, cond)
-        teacher_writes.append(any(a is not b for a, b in zip(snapshot, state.features)))
+        after = (state.pool.storage, [state.pool.is_written(i) for i in range(pool.num_slots)])
+        teacher_writes.append(state.pool is not pool or not torch.equal(snapshot[0], after[0]) or snapshot[1] != after[1])
         return out
 
     trainer._teacher = teacher
@@ -100,13 +102,13 @@ def test_lambda_refresh_leaves_rng_cache_and_scheduler_untouched(dit_path, tmp_p
         trainer.router.logits.copy_(torch.randn(trainer.router.logits.shape, generator=torch.Generator().manual_seed(1)) * 3)
     trainer.sdt_trajectory(0)  # leaves a filled cache behind
     state = trainer.controller.state
-    features = list(state.features)
+    pool, storage = state.pool, state.pool.storage.clone()
     step = state.step
     timesteps = trainer.pipe.scheduler.timesteps.clone()
     rng = torch.get_rng_state()
     trainer.refresh_lambda()
     assert torch.equal(torch.get_rng_state(), rng)
-    assert all(a is b for a, b in zip(features, state.features)) and state.step == step
+    assert state.pool is pool and torch.equal(pool.storage, storage) and state.step == step
     assert torch.equal(trainer.pipe.scheduler.timesteps, timesteps)
     lam = trainer.state.lam
     assert lam[0] == 0 and torch.isclose(lam[1:].mean(), torch.tensor(1.0)) and (lam[1:] > 0).all()
@@ -126,7 +128,7 @@ def test_memory_does_not_grow_with_steps(dit_path, tmp_path):
     rec = Recorder(trainer)
     trainer.sdt_trajectory(0)
     assert all(not c["x"].requires_grad for c in rec.calls)
-    assert all(f is None or not f.requires_grad for f in trainer.controller.state.features)
+    assert not trainer.controller.state.pool.storage.requires_grad
 
 
 def test_resume_gives_the_same_router(dit_path, tmp_path):
