@@ -61,7 +61,7 @@ def main():
     p.add_argument("--judge", default="runs/judge/judge", help="judge for periodic accuracy ('' to skip)")
     p.add_argument("--output", default="runs/dit")
     p.add_argument("--num_images", type=int, default=30_000)
-    p.add_argument("--steps", type=int, default=4_500)
+    p.add_argument("--steps", type=int, default=3_600)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
