@@ -1,0 +1,128 @@
+"""Speed / quality sweep: each method's knob over a range, FD against speedup, on one pipeline.
+
+For every method (default: all available here, each over its default sweep, plus HarmoniCa when
+the pipeline folder ships a router/) and every knob value: N samples are generated (split across
+accelerate processes), scored as in eval/fid.py (FD / KID in Inception's or the judge's feature
+space, class accuracy, PSNR / SSIM against the uncached samples of the same seeds) and costed
+(cache usage, transformer MACs). Then the main process times every point and the stock pipeline
+interleaved in one process (median of --repeats) for the measured speedup.
+
+Writes <out>/pareto.png (speedup vs FD), <out>/pareto.md, <out>/pareto.json and one JSON per point.
+Samples are kept in <out>/samples, so an interrupted sweep resumes without regenerating them.
+
+    python eval/pareto.py --num_samples 1000                 # embedded model, every method
+    python eval/pareto.py --method fora=2,3,4 --method harmonica@runs/r1 --method harmonica@runs/r2
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
+        --dynamo_backend no eval/pareto.py --device cpu
+
+Method strings: NAME (default sweep), NAME=K1,K2,... (these knob values), NAME[=...]@ROUTER_DIR
+(ltc / harmonica: one series per router folder; knob = threshold, default the router's own).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def build_parser():
+    from harmonica.evaluation import add_pipeline_args
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pipeline_args(p)
+    p.add_argument("--method", action="append", default=None, help="method string (repeatable); default: all")
+    p.add_argument("--num_samples", type=int, default=1000)
+    g = p.add_argument_group("metrics")
+    g.add_argument("--reference", default=None, help="'shapes' (default for the embedded model), folder or .npz")
+    g.add_argument("--num_reference", type=int, default=5000)
+    g.add_argument("--extractor", default="auto", choices=["auto", "inception", "judge"])
+    g.add_argument("--inception_weights", default=None)
+    g.add_argument("--no_download", action="store_true")
+    g.add_argument("--judge", default=None, help="judge folder (default: <pipeline>/judge when present)")
+    t = p.add_argument_group("timing")
+    t.add_argument("--speedup", default="measured", choices=["measured", "macs"],
+                   help="x axis: measured latency ratio or transformer MACs ratio")
+    t.add_argument("--timing_batch", type=int, default=8, help="batch size of the timed calls")
+    t.add_argument("--repeats", type=int, default=3)
+    t.add_argument("--warmup", type=int, default=1)
+    t.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (on a shared CPU, 1 keeps timings stable)")
+    p.add_argument("--out", default="outputs/pareto")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import dataclasses
+
+    from accelerate import Accelerator
+
+    from harmonica import evaluation as ev
+    from harmonica import methods
+    from harmonica.metrics import resolve_extractor
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ev.resolve_device(args.device)
+    accelerator = Accelerator(cpu=device == "cpu")
+    pipe = ev.load_pipeline(args.pipeline, accelerator.device if device != "cpu" else "cpu", args.dtype)
+    setup = ev.setup_from_args(args, pipe)
+    log = accelerator.print
+    specs = args.method or ev.default_method_specs(args.pipeline)
+    entries = ev.method_entries(specs, pipe, setup, sweep=True, pipeline_path=args.pipeline, log=log)
+    log(f"{len(entries)} points: " + ", ".join(f"{r.series}={k}" for r, k in entries))
+
+    judge_path = args.judge or ev.default_judge(args.pipeline)
+    reference_name = args.reference or ev.default_reference(args.pipeline)
+    extractor = reference = judge = None
+    if accelerator.is_main_process:
+        if reference_name is None:
+            raise SystemExit("pareto needs reference images for FD: --reference")
+        extractor = resolve_extractor(args.extractor, args.inception_weights, judge_path,
+                                      try_download=not args.no_download)
+        log(f"feature space: {extractor.distance_name} ({extractor.note})")
+        reference = ev.reference_images(reference_name, args.num_reference)
+        judge = ev.load_judge(judge_path, accelerator.device)
+    run = ev.QualityRun(pipe, setup, args.num_samples, args.out, accelerator=accelerator, reference=reference,
+                        extractor=extractor, judge=judge, pipeline_id=str(args.pipeline))
+    out = Path(args.out)
+    points = []
+    for request, knob in [(methods.MethodRequest("none", []), None)] + entries:
+        point = run.evaluate(request, knob)
+        if accelerator.is_main_process:
+            ev.write_json(out / "points" / f"{ev._safe(request.series)}-{ev._safe(point['knob'])}.json", point)
+            points.append(point)
+
+    if accelerator.is_main_process:
+        if args.speedup == "measured":
+            timing_setup = dataclasses.replace(setup, batch_size=args.timing_batch)
+            speed = ev.speed_benchmark(pipe, entries, timing_setup, repeats=args.repeats, warmup=args.warmup)
+            for point, row in zip(points, speed["rows"]):  # both: stock first, then entries in order
+                point["measured_speedup"] = row["speedup"]
+                point["latency_s"] = row["latency_s"]
+            timing = {k: v for k, v in speed.items() if k != "rows"}
+        else:
+            timing = None
+        for point in points:
+            point["macs_speedup"] = point["cost"]["macs_speedup"]
+        key = "measured_speedup" if args.speedup == "measured" else "macs_speedup"
+        ev.write_json(out / "pareto.json", {"pipeline": str(args.pipeline), "setup": setup.describe(),
+                                            "num_samples": args.num_samples, "reference": reference_name,
+                                            "extractor": dataclasses.asdict(extractor), "timing": timing,
+                                            "points": points})
+        table = ev.pareto_markdown(points, key)
+        (out / "pareto.md").write_text(table)
+        png = ev.pareto_plot(points, out / "pareto.png", key,
+                             title=f"{Path(str(args.pipeline)).name}: {setup.num_inference_steps} steps, "
+                                   f"CFG {setup.guidance_scale}, N={args.num_samples}")
+        log(table)
+        log(f"wrote {png}, {out / 'pareto.md'}, {out / 'pareto.json'}")
+    accelerator.wait_for_everyone()
+    return points if accelerator.is_main_process else None
+
+
+if __name__ == "__main__":
+    main()

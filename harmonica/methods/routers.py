@@ -1,0 +1,55 @@
+"""Learned routers: HarmoniCa and Learning-to-Cache (LTC).
+
+Both are harmonica router folders (``HarmoniCaRouter.save_pretrained``); they differ only in how
+they were trained (HarmoniCa: SDT + IEPO; LTC: the LTC objective). The knob is the inference
+threshold tau (a branch is computed when its score exceeds it); by default the router's own.
+"""
+
+from __future__ import annotations
+
+from .base import Applied, Context, MethodSpec
+
+
+def _apply(name: str, title: str):
+    def apply(pipe, knob, ctx: Context) -> Applied:
+        from ..cache import enable
+        from ..pipeline import load_router
+
+        if ctx.router is None:
+            raise ValueError(f"{name} needs a router folder: write the method as '{name}@ROUTER_DIR'")
+        router = load_router(ctx.router)
+        threshold = router.threshold if knob is None else float(knob)
+        enable(pipe, router, threshold=threshold)
+        return Applied(name, threshold, f"{title} tau={threshold:g}",
+                       info={"router": str(ctx.router), "threshold": threshold,
+                             "router_cache_usage": router.cache_usage(threshold),
+                             "router_num_steps": router.num_steps, "training": router.training_info})
+
+    return apply
+
+
+HARMONICA = MethodSpec(
+    name="harmonica",
+    title="HarmoniCa",
+    knob="threshold",
+    kind=float,
+    apply=_apply("harmonica", "HarmoniCa"),
+    default=None,  # the router's own threshold
+    sweep=None,  # the router's own threshold; routers trained with other betas are other points
+    faster="higher",
+    needs_router=True,
+    description="learned router (SDT + IEPO); knob: inference threshold",
+)
+
+LTC = MethodSpec(
+    name="ltc",
+    title="Learning-to-Cache",
+    knob="threshold",
+    kind=float,
+    apply=_apply("ltc", "LTC"),
+    default=None,
+    sweep=None,
+    faster="higher",
+    needs_router=True,
+    description="learned router trained with the LTC objective; knob: inference threshold",
+)

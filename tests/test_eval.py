@@ -1,0 +1,384 @@
+"""The evaluation harness on tiny pipelines: methods, metrics, extractor, scripts."""
+
+import json
+import os
+import runpy
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import generator
+
+import harmonica
+from harmonica import evaluation as ev
+from harmonica import methods
+from harmonica.metrics import (
+    JUDGE_EXTRACTOR,
+    CallMeter,
+    Extractor,
+    class_accuracy,
+    fidelity_metrics,
+    psnr,
+    register_judge_extractor,
+    resolve_extractor,
+    ssim,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 6
+
+
+# ------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models gain nothing from a second thread, and on a busy 2-core machine two threads
+    per process make these tests several times slower (OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dit(dit_path):
+    return ev.load_pipeline(dit_path)
+
+
+@pytest.fixture(scope="module")
+def pixart(pixart_path):
+    return ev.load_pipeline(pixart_path)
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    from harmonica.judge import ShapesJudge
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("judge")
+    ShapesJudge().eval().save_pretrained(path)
+    return path
+
+
+def dit_setup(pipe, batch_size=2):
+    return ev.setup_for(pipe, STEPS, 1.5, batch_size=batch_size)
+
+
+def pixart_setup(pipe):
+    return ev.setup_for(pipe, STEPS, 4.5, batch_size=2, prompts=["a red circle", "a blue star on the green"],
+                        height=16, width=16)
+
+
+def run(pipe, setup, overrides=None, indices=range(2)):
+    with torch.no_grad():
+        return pipe(**setup.call_kwargs(pipe, indices, overrides)).images
+
+
+def applied_clone(pipe, name, knob, setup, router=None):
+    clone = methods.clone_pipeline(pipe)
+    applied = methods.apply_method(clone, name, knob, num_inference_steps=setup.num_inference_steps, router=router,
+                                   calibrate=ev.calibration_call(setup))
+    return clone, applied
+
+
+def measured(pipe, setup, overrides=None):
+    meter = CallMeter(pipe)
+    try:
+        with meter.measure():
+            out = run(pipe, setup, overrides)
+    finally:
+        meter.detach()
+    return out, meter.cost
+
+
+# ------------------------------------------------------------------------------ registry
+def test_registry_and_method_strings():
+    assert {"none", "fewer-steps", "fora", "delta-dit", "fbcache", "taylorseer", "pab", "magcache", "dbcache", "ltc",
+            "harmonica"} <= set(methods.METHODS)
+    for spec in methods.METHODS.values():
+        assert (spec.knob is None) == (spec.kind is None)
+        assert spec.faster in ("higher", "lower")
+    r = methods.parse_method("fora=2,3")
+    assert (r.name, r.knobs, r.router) == ("fora", [2, 3], None)
+    r = methods.parse_method("harmonica=0.2@runs/my=router")
+    assert (r.name, r.knobs, r.router, r.series) == ("harmonica", [0.2], "runs/my=router", "harmonica@my=router")
+    with pytest.raises(ValueError, match="unknown method"):
+        methods.parse_method("teacache")
+    with pytest.raises(ValueError, match="must be a int"):
+        methods.parse_method("fora=two")
+    with pytest.raises(ValueError, match="takes no router"):
+        methods.parse_method("fora=2@somewhere")
+    info = methods.PipeInfo(12, ("attn1", "ff"), 20, "DDIMScheduler")
+    assert methods.knob_values(methods.parse_method("fewer-steps"), info, sweep=True) == [16, 14, 12, 10, 8]
+    assert methods.knob_values(methods.parse_method("delta-dit"), info) == [6]
+
+
+def test_clone_shares_weights_and_leaves_the_original_alone(dit):
+    setup = dit_setup(dit)
+    before = run(dit, setup)
+    clone, _ = applied_clone(dit, "taylorseer", 2, setup)
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(dit.transformer.parameters(), clone.transformer.parameters()))
+    assert clone.transformer is not dit.transformer and clone.scheduler is not dit.scheduler
+    assert not torch.equal(run(clone, setup), before)
+    assert torch.equal(run(dit, setup), before)
+    assert "_diffusers_hook" not in dit.transformer.__dict__
+    with pytest.raises(RuntimeError, match="before applying"):
+        methods.clone_pipeline(clone)
+
+
+# -------------------------------------------------------------------- methods on tiny DiT
+# Knobs that make each method skip work on the tiny random model (thresholds far above its
+# residual changes), and knobs that must leave the output exactly as the stock pipeline's.
+SKIPPING = {"fewer-steps": 4, "fora": 2, "delta-dit": 2, "fbcache": 10.0, "taylorseer": 2, "pab": 2,
+            "magcache": 10.0, "dbcache": 10.0}
+KEEPING = {"fewer-steps": STEPS, "fora": 1, "fbcache": 0.0, "taylorseer": 1, "magcache": 0.0}
+
+
+@pytest.mark.parametrize("name", list(SKIPPING))
+def test_method_skips_work_and_is_repeatable(dit, name):
+    if name == "dbcache":
+        pytest.importorskip("cache_dit")
+    setup = dit_setup(dit)
+    stock, stock_cost = measured(methods.clone_pipeline(dit), setup)
+    clone, applied = applied_clone(dit, name, SKIPPING[name], setup)
+    first = run(clone, setup, applied.call_overrides)
+    out, cost = measured(clone, setup, applied.call_overrides)
+    assert torch.equal(out, first), "a second call must not see state of the first"
+    assert out.shape == stock.shape and torch.isfinite(out).all()
+    assert not torch.equal(out, stock)
+    assert cost.macs < stock_cost.macs
+    if name == "fewer-steps":
+        assert cost.transformer_forwards == SKIPPING[name] and cost.cache_usage == 0
+    else:
+        assert cost.transformer_forwards == STEPS and cost.cache_usage > 0
+        assert cost.per_forward_computed[0] == cost.branch_slots // STEPS  # the first step computes everything
+
+
+@pytest.mark.parametrize("name", list(KEEPING))
+def test_method_at_a_no_op_knob_keeps_the_output(dit, name):
+    setup = dit_setup(dit)
+    stock = run(methods.clone_pipeline(dit), setup)
+    clone, applied = applied_clone(dit, name, KEEPING[name], setup)
+    out, cost = measured(clone, setup, applied.call_overrides)
+    assert torch.equal(out, stock)
+    assert cost.cache_usage == 0
+
+
+def test_fora_counts_match_harmonica_stats(dit):
+    setup = dit_setup(dit)
+    clone, applied = applied_clone(dit, "fora", 2, setup)
+    run(clone, setup)
+    _, cost = measured(clone, setup)
+    assert cost.cache_usage == pytest.approx(0.5) == harmonica.stats(clone).cache_usage
+    assert cost.per_forward_computed == [6, 0, 6, 0, 6, 0]
+    stock_macs = measured(methods.clone_pipeline(dit), setup)[1].macs
+    assert stock_macs / cost.macs == pytest.approx(harmonica.stats(clone).macs_speedup, rel=0.02)
+    assert cost.peak_memory_bytes > 0
+
+
+def test_router_methods_take_any_router_folder(dit, tmp_path):
+    setup = dit_setup(dit)
+    layout = harmonica.describe(dit)
+    compute = harmonica.HarmoniCaRouter.for_layout(layout, STEPS, init="compute")
+    compute.save_pretrained(tmp_path / "compute")
+    reuse = harmonica.HarmoniCaRouter.for_layout(layout, STEPS, init="reuse", threshold=0.3)
+    reuse.save_pretrained(tmp_path / "reuse")
+    stock = run(methods.clone_pipeline(dit), setup)
+    clone, applied = applied_clone(dit, "harmonica", None, setup, router=tmp_path / "compute")
+    assert torch.equal(run(clone, setup), stock) and applied.knob == compute.threshold
+    clone, applied = applied_clone(dit, "ltc", None, setup, router=tmp_path / "reuse")
+    assert applied.knob == 0.3 and applied.label == "LTC tau=0.3"
+    out, cost = measured(clone, setup)
+    assert cost.per_forward_computed == [6, 0, 0, 0, 0, 0] and not torch.equal(out, stock)
+    with pytest.raises(ValueError, match="needs a router folder"):
+        applied_clone(dit, "harmonica", None, setup)
+
+
+@pytest.mark.parametrize("name", ["pab", "taylorseer", "delta-dit", "fbcache", "magcache"])
+def test_methods_on_pixart(pixart, name):
+    setup = pixart_setup(pixart)
+    stock = run(methods.clone_pipeline(pixart), setup)
+    knob = {"pab": 2, "taylorseer": 2, "delta-dit": 1, "fbcache": 10.0, "magcache": 10.0}[name]
+    clone, applied = applied_clone(pixart, name, knob, setup)
+    first = run(clone, setup)
+    out, cost = measured(clone, setup)
+    assert torch.equal(out, first) and not torch.equal(out, stock) and cost.cache_usage > 0
+    if name == "pab":  # cross-attention (attn2) is broadcast too
+        assert applied.info["cross_skip_range"] == 4
+
+
+def test_magcache_calibration_measures_one_ratio_per_step(dit):
+    from harmonica.methods.diffusers_hooks import magnitude_ratios
+
+    setup = dit_setup(dit)
+    ratios = magnitude_ratios(methods.clone_pipeline(dit), ev.calibration_call(setup))
+    assert len(ratios) == STEPS and ratios[0] == 1.0 and all(r > 0 for r in ratios)
+
+
+def test_generation_does_not_depend_on_batching(dit):
+    setup = dit_setup(dit, batch_size=3)
+    whole = ev.generate(dit, setup, range(5), progress=False)
+    setup.batch_size = 1
+    parts = torch.cat([ev.generate(dit, setup, [i], progress=False) for i in (0, 1, 2, 3, 4)])
+    assert whole.dtype == torch.uint8 and whole.shape == (5, 3, 16, 16)
+    assert (whole.int() - parts.int()).abs().max() <= 1
+    assert setup.num_classes == 1000 and setup.labels([0, 999, 1000, 1001]) == [0, 999, 0, 1]
+
+
+# ------------------------------------------------------------------------------- metrics
+def test_psnr_and_ssim_on_known_inputs():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 24, 24) * 0.8
+    assert psnr(x, x + 0.1) == pytest.approx(torch.full((2,), 20.0), abs=1e-4)
+    assert torch.isinf(psnr(x, x)).all()
+    assert ssim(x, x) == pytest.approx(torch.ones(2), abs=1e-6)
+    noisy = [ssim(x, (x + s * torch.randn_like(x)).clamp(0, 1)).mean().item() for s in (0.02, 0.1, 0.3)]
+    assert 1 > noisy[0] > noisy[1] > noisy[2] > 0
+    # one 11x11 window: SSIM from Gaussian-weighted global statistics, written out directly
+    a, b = torch.rand(1, 1, 11, 11), torch.rand(1, 1, 11, 11)
+    g = torch.exp(-((torch.arange(11.0) - 5) ** 2) / (2 * 1.5**2))
+    w = torch.outer(g, g) / torch.outer(g, g).sum()
+    ma, mb = (w * a).sum(), (w * b).sum()
+    va, vb = (w * a * a).sum() - ma**2, (w * b * b).sum() - mb**2
+    cov = (w * a * b).sum() - ma * mb
+    c1, c2 = 0.01**2, 0.03**2
+    expected = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
+    assert ssim(a, b).item() == pytest.approx(expected.item(), abs=1e-5)
+    u8 = (x * 255).round().to(torch.uint8)
+    assert ssim(u8, u8) == pytest.approx(torch.ones(2))
+
+
+def test_class_accuracy_with_a_known_classifier():
+    class Sign(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):  # class 1 when the first pixel is bright
+            bright = (x[:, 0, 0, 0] > 0).long()
+            return torch.nn.functional.one_hot(bright, 10).float()
+
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    images[:2] = 255
+    assert class_accuracy(Sign(), images, [1, 1, 0, 0]) == 1.0
+    assert class_accuracy(Sign(), images, [1, 0, 0, 1]) == 0.5
+
+
+def test_judge_is_a_torch_fidelity_extractor(judge_dir):
+    from torch_fidelity.utils import create_feature_extractor
+
+    assert register_judge_extractor() == JUDGE_EXTRACTOR == register_judge_extractor()  # idempotent
+    fe = create_feature_extractor(JUDGE_EXTRACTOR, ["128", "logits"], cuda=False,
+                                  feature_extractor_weights_path=str(judge_dir), verbose=False)
+    feats, logits = fe(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
+    assert feats.shape == (4, 128) and logits.shape == (4, 10)
+    feats16, = create_feature_extractor(JUDGE_EXTRACTOR, ["128"], cuda=False,
+                                        feature_extractor_weights_path=str(judge_dir), verbose=False)(
+        torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    assert feats16.shape == (2, 128)
+
+
+def test_fd_and_kid_are_sane(judge_dir):
+    extractor = resolve_extractor("judge", judge=judge_dir)
+    shapes_a = ev.reference_images("shapes", 80)
+    shapes_b = ev.reference_images("shapes", 160)[80:]
+    noise = torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8, generator=generator(1))
+    same = fidelity_metrics(shapes_a, shapes_a, extractor, isc=True)
+    close = fidelity_metrics(shapes_a, shapes_b, extractor)
+    far = fidelity_metrics(noise, shapes_b, extractor)
+    assert abs(same["fd"]) < 1e-3 and abs(same["kid_mean"]) < 0.05 * far["kid_mean"]
+    assert far["fd"] > 5 * close["fd"] and far["kid_mean"] > close["kid_mean"]
+    assert 1.0 <= same["isc_mean"] <= 10.0
+    assert same["extractor"] == JUDGE_EXTRACTOR and same["num_generated"] == 80
+
+
+def test_extractor_choice(judge_dir, tmp_path):
+    bogus = tmp_path / "inception.pth"
+    bogus.write_bytes(b"not weights")
+    got = resolve_extractor("auto", inception_weights=str(bogus), judge=judge_dir)
+    assert got.kind == "judge" and "Inception unavailable" in got.note
+    with pytest.raises(RuntimeError, match="Inception-v3 weights cannot be loaded"):
+        resolve_extractor("inception", inception_weights=str(bogus), judge=judge_dir, try_download=False)
+    with pytest.raises(RuntimeError, match="no feature extractor"):
+        resolve_extractor("auto", judge=tmp_path / "nowhere", try_download=False)
+    assert isinstance(resolve_extractor("judge", judge=judge_dir), Extractor)
+
+
+# ------------------------------------------------------------------------------- scripts
+@pytest.mark.parametrize("script", ["fid", "speed", "pareto"])
+def test_scripts_help(script, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [f"eval/{script}.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "eval" / f"{script}.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--pipeline" in out and "--device" in out and "--method" in out
+
+
+def script(name):
+    return runpy.run_path(str(ROOT / "eval" / f"{name}.py"))
+
+
+def test_fid_script_end_to_end(dit_path, judge_dir, tmp_path):
+    out = tmp_path / "eval"
+    common = ["--pipeline", str(dit_path), "--steps", "4", "--batch_size", "4", "--num_samples", "6",
+              "--reference", "shapes", "--num_reference", "16", "--judge", str(judge_dir), "--no_download",
+              "--device", "cpu", "--out", str(out)]
+    results = script("fid")["main"](common + ["--method", "fora=2", "--method", "pab=2"])
+    assert [r["label"] for r in results] == ["FORA N=2", "PAB N=2"]
+    data = json.loads((out / "fora-2.json").read_text())
+    assert data["metrics"]["num_generated"] == 6 and data["cost"]["cache_usage"] == pytest.approx(0.5)
+    assert data["metrics"]["psnr"] > 0 and 0 < data["metrics"]["ssim"] <= 1 and "class_accuracy" in data["metrics"]
+    rows = (out / "results.md").read_text().splitlines()
+    assert rows[0].startswith("| method") and len(rows) == 4 and rows[2].startswith("| FORA N=2 |")
+    # the uncached samples are kept and reused
+    assert (out / "samples" / "none-4steps.pt").is_file()
+
+
+def test_speed_and_pareto_scripts_end_to_end(dit_path, judge_dir, tmp_path):
+    speed = script("speed")["main"](["--pipeline", str(dit_path), "--steps", "4", "--batch_size", "2",
+                                     "--method", "fora=2", "--method", "fewer-steps=2", "--repeats", "1",
+                                     "--warmup", "0", "--device", "cpu", "--out", str(tmp_path / "speed")])
+    rows = {r["label"]: r for r in speed["rows"]}
+    assert list(rows) == ["no caching", "FORA N=2", "DDIM-2"]
+    assert rows["DDIM-2"]["macs_speedup"] == pytest.approx(2.0, rel=0.01)
+    assert rows["FORA N=2"]["cache_usage"] == pytest.approx(0.5) and rows["no caching"]["speedup"] == 1.0
+    assert all(r["latency_s"] > 0 and r["peak_memory_mb"] > 0 for r in speed["rows"])
+    assert "| FORA N=2 |" in (tmp_path / "speed" / "speed.md").read_text()
+
+    out = tmp_path / "pareto"
+    points = script("pareto")["main"](["--pipeline", str(dit_path), "--steps", "4", "--batch_size", "4",
+                                       "--num_samples", "4", "--reference", "shapes", "--num_reference", "16",
+                                       "--judge", str(judge_dir), "--no_download", "--method", "fora=2,3",
+                                       "--method", "magcache=10", "--timing_batch", "2", "--repeats", "1",
+                                       "--warmup", "0", "--device", "cpu", "--out", str(out)])
+    assert [p["label"] for p in points] == ["no caching", "FORA N=2", "FORA N=3", "MagCache 10"]
+    assert all(p["measured_speedup"] > 0 and p["metrics"]["fd"] is not None for p in points)
+    assert (out / "pareto.png").stat().st_size > 1000
+    table = (out / "pareto.md").read_text()
+    assert "FD (judge features)" in table and "| FORA N=3 |" in table
+
+
+def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_path):
+    """accelerate launch with 2 CPU processes gives the same images as one process."""
+    common = ["--pipeline", str(dit_path), "--steps", "3", "--batch_size", "2", "--num_samples", "5",
+              "--reference", "shapes", "--num_reference", "8", "--judge", str(judge_dir), "--no_download",
+              "--device", "cpu", "--method", "fora=2"]
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port)]
+    proc = subprocess.run(launch + [str(ROOT / "eval" / "fid.py")] + common + ["--out", str(tmp_path / "two")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    script("fid")["main"](common + ["--batch_size", "5", "--out", str(tmp_path / "one")])
+    for tag in ("none-3steps", "fora-2"):
+        two = torch.load(tmp_path / "two" / "samples" / f"{tag}.pt")["images"]
+        one = torch.load(tmp_path / "one" / "samples" / f"{tag}.pt")["images"]
+        assert two.shape == one.shape == (5, 3, 16, 16)
+        assert (two.int() - one.int()).abs().max() <= 1
