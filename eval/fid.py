@@ -109,7 +109,7 @@ def main(argv=None):
         result = run.evaluate(request, knob)
         if accelerator.is_main_process:
             result["reference"] = reference_name
-            name = ev._safe(f"{request.series}-{result['knob']}")
+            name = ev.safe_name(f"{request.series}-{result['knob']}")
             ev.write_json(Path(args.out) / f"{name}.json", result)
             row = ev.quality_row(result)
             ev.append_markdown(Path(args.out) / "results.md", row)

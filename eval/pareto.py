@@ -93,7 +93,7 @@ def main(argv=None):
     for request, knob in [(methods.MethodRequest("none", []), None)] + entries:
         point = run.evaluate(request, knob)
         if accelerator.is_main_process:
-            ev.write_json(out / "points" / f"{ev._safe(request.series)}-{ev._safe(point['knob'])}.json", point)
+            ev.write_json(out / "points" / f"{ev.safe_name(request.series)}-{ev.safe_name(point['knob'])}.json", point)
             points.append(point)
 
     if accelerator.is_main_process:

@@ -199,6 +199,20 @@ def generate_distributed(accelerator, pipe, setup: SamplingSetup, num_samples: i
 
 
 # ========================================================================== sample files
+@torch.no_grad()
+def weights_fingerprint(pipe) -> str:
+    """A short digest of every weight of the pipeline's torch modules (sums and shapes), so that kept
+    samples are never reused for a retrained model that lives at the same path."""
+    h = hashlib.sha1()
+    for name, comp in sorted(pipe.components.items()):
+        if isinstance(comp, torch.nn.Module):
+            for pname, t in comp.state_dict().items():
+                if torch.is_tensor(t) and t.is_floating_point():
+                    h.update(f"{name}.{pname}{tuple(t.shape)}{t.double().sum().item():.10e}"
+                             f"{t.double().abs().sum().item():.10e}".encode())
+    return h.hexdigest()[:16]
+
+
 def _key(meta: dict) -> str:
     return hashlib.sha1(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -425,15 +439,20 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
     return format(value * scale, spec)
 
 
+def knob_text(name, value) -> str:
+    if value is None:
+        return "-"
+    return f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+
+
 def quality_row(result: dict) -> str:
     m = result.get("metrics", {})
     cost = result.get("cost", {})
-    isc = m.get("isc_mean")
-    return (f"| {result['label']} | {result.get('knob_name') or '-'}={_fmt(result.get('knob'), 'g') if result.get('knob') is not None else '-'} "
-            f"| {result.get('steps')} | {m.get('num_generated', result.get('num_samples'))} | {_fmt(m.get('fd'), '.3f')} "
-            f"| {_fmt(m.get('kid_mean'), '.3f', 1e3)} | {_fmt(isc, '.2f')} | {_fmt(m.get('class_accuracy'), '.1%')} "
-            f"| {_fmt(m.get('psnr'), '.2f')} | {_fmt(m.get('ssim'), '.4f')} | {_fmt(cost.get('cache_usage'), '.1%')} "
-            f"| {_fmt(cost.get('macs_speedup'), '.2f')}x |")
+    return (f"| {result['label']} | {knob_text(result.get('knob_name'), result.get('knob'))} | {result.get('steps')} "
+            f"| {m.get('num_generated', result.get('num_samples'))} | {_fmt(m.get('fd'), '.3f')} "
+            f"| {_fmt(m.get('kid_mean'), '.3f', 1e3)} | {_fmt(m.get('isc_mean'), '.2f')} "
+            f"| {_fmt(m.get('class_accuracy'), '.1%')} | {_fmt(m.get('psnr'), '.2f')} | {_fmt(m.get('ssim'), '.4f')} "
+            f"| {_fmt(cost.get('cache_usage'), '.1%')} | {_fmt(cost.get('macs_speedup'), '.2f')}x |")
 
 
 def append_markdown(path: Path, row: str, header: str = QUALITY_HEADER) -> None:
@@ -463,7 +482,7 @@ def _json_default(obj):
 
 
 # ======================================================================= quality: one point
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
 
 
@@ -489,6 +508,7 @@ class QualityRun:
         self.isc = isc
         self.pipeline_id = pipeline_id
         self.keep_samples = keep_samples
+        self.fingerprint = weights_fingerprint(pipe)
         self._uncached = None
         self._have_uncached = False
         self._stock_cost = None
@@ -502,18 +522,18 @@ class QualityRun:
             self.accelerator.wait_for_everyone()
 
     def _meta(self, tag: str, extra: dict | None = None) -> dict:
-        return {"pipeline": self.pipeline_id, "setup": self.setup.describe(), "num_samples": self.num_samples,
-                "tag": tag, **(extra or {})}
+        return {"pipeline": self.pipeline_id, "weights": self.fingerprint, "setup": self.setup.describe(),
+                "num_samples": self.num_samples, "tag": tag, **(extra or {})}
 
     def _samples(self, pipe, tag: str, overrides: dict | None, meta_extra: dict | None = None):
-        path = self.out_dir / "samples" / f"{_safe(tag)}.pt"
+        path = self.out_dir / "samples" / f"{safe_name(tag)}.pt"
         meta = self._meta(tag, meta_extra)
         self._barrier()
         images = cached_samples(path, meta)
         if images is not None:
             return images if self.is_main else None
         images = generate_distributed(self.accelerator, pipe, self.setup, self.num_samples, self.out_dir / "samples",
-                                      _safe(tag), overrides)
+                                      safe_name(tag), overrides)
         if self.is_main and self.keep_samples:
             save_samples(path, images, meta)
         return images
@@ -541,7 +561,7 @@ class QualityRun:
         else:
             tag = f"{request.series}-{applied.knob}"
             images = self._samples(prepared.pipe, tag, applied.call_overrides,
-                                   {"method": request.name, "knob": applied.knob, "router": request.router})
+                                   {"method": request.name, "knob": applied.knob, "info": applied.info})
         result = None
         if self.is_main:
             cost = measure_cost(prepared.pipe, self.setup, range(self.setup.batch_size), applied.call_overrides)
@@ -561,7 +581,7 @@ class QualityRun:
                 "knob_name": methods.get(request.name).knob, "router": request.router,
                 "steps": applied.call_overrides.get("num_inference_steps", self.setup.num_inference_steps),
                 "num_samples": self.num_samples, "pipeline": self.pipeline_id, "setup": self.setup.describe(),
-                "metrics": metrics, "cost": cost, "info": applied.info,
+                "weights": self.fingerprint, "metrics": metrics, "cost": cost, "info": applied.info,
                 "extractor_note": None if self.extractor is None else self.extractor.note,
             }
         self._barrier()
@@ -652,9 +672,7 @@ def pareto_markdown(points: list[dict], speedup_key: str) -> str:
              f"| measured speedup |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p["series"] != "none", p["series"], p.get(speedup_key) or 0)):
         m, c = p["metrics"], p["cost"]
-        knob = "-" if p.get("knob") is None else f"{p.get('knob_name')}={p['knob']:g}" if isinstance(p["knob"], float) \
-            else f"{p.get('knob_name')}={p['knob']}"
-        lines.append(f"| {p['label']} | {knob} | {_fmt(m.get('fd'), '.3f')} | {_fmt(m.get('kid_mean'), '.3f', 1e3)} "
+        lines.append(f"| {p['label']} | {knob_text(p.get('knob_name'), p.get('knob'))} | {_fmt(m.get('fd'), '.3f')} | {_fmt(m.get('kid_mean'), '.3f', 1e3)} "
                      f"| {_fmt(m.get('class_accuracy'), '.1%')} | {_fmt(m.get('psnr'), '.2f')} "
                      f"| {_fmt(m.get('ssim'), '.4f')} | {_fmt(c.get('cache_usage'), '.1%')} "
                      f"| {_fmt(c.get('macs_speedup'), '.2f')}x | {_fmt(p.get('measured_speedup'), '.2f')}x |")

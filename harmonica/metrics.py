@@ -22,6 +22,7 @@ Cost
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from contextlib import contextmanager
@@ -50,6 +51,12 @@ def _judge_extractor_class():
         logits, for IS). Input: uint8 ``[N, 3, H, W]`` images in 0..255, as torch-fidelity passes
         them; images not 32x32 are resized (bilinear, antialiased). ``feature_extractor_weights_path``
         is the judge folder (``ShapesJudge.save_pretrained`` output).
+
+        The ``"128"`` features are divided by one constant per judge: their root-mean-square on
+        ``FEATURE_SCALE_IMAGES`` held-out shapes images, so that real data has features of unit scale
+        per dimension. Without it the judge's activations (tens to hundreds) make KID's cubic
+        polynomial kernel (gamma = 1/d, designed for Inception's O(1) features) explode and its
+        estimate useless; FD is only rescaled by the same constant squared.
         """
 
         def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
@@ -62,6 +69,7 @@ def _judge_extractor_class():
 
             self.judge = ShapesJudge.from_pretrained(str(feature_extractor_weights_path)).eval()
             self.requires_grad_(False)
+            self.feature_scale = judge_feature_scale(self.judge)
 
         @staticmethod
         def get_provided_features_list():
@@ -86,10 +94,30 @@ def _judge_extractor_class():
             device = next(self.judge.parameters()).device
             x = judge_input(x.to(device))
             feats = self.judge.features(x)
-            out = {"128": feats, "logits": self.judge.classifier(feats)}
+            out = {"128": feats / self.feature_scale, "logits": self.judge.classifier(feats)}
             return tuple(out[name].float() for name in self.features_list)
 
     return JudgeFeatureExtractor
+
+
+FEATURE_SCALE_IMAGES = 512
+
+
+@functools.lru_cache(maxsize=1)
+def _scale_images() -> torch.Tensor:
+    from .data import HELDOUT_SEED, render_shapes
+
+    images, _ = render_shapes(range(FEATURE_SCALE_IMAGES), HELDOUT_SEED)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def judge_feature_scale(judge) -> float:
+    """Root-mean-square of the judge's features on the first ``FEATURE_SCALE_IMAGES`` held-out shapes
+    images (a fixed set: the scale is a property of the judge alone)."""
+    device = next(judge.parameters()).device
+    feats = torch.cat([judge.features(judge_input(b.to(device))) for b in _scale_images().split(256)])
+    return max(feats.float().pow(2).mean().sqrt().item(), 1e-12)
 
 
 def judge_input(images_uint8: torch.Tensor) -> torch.Tensor:

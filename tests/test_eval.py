@@ -278,6 +278,24 @@ def test_judge_is_a_torch_fidelity_extractor(judge_dir):
                                         feature_extractor_weights_path=str(judge_dir), verbose=False)(
         torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
     assert feats16.shape == (2, 128)
+    from harmonica.metrics import _scale_images
+
+    unit, = create_feature_extractor(JUDGE_EXTRACTOR, ["128"], cuda=False,
+                                     feature_extractor_weights_path=str(judge_dir), verbose=False)(_scale_images())
+    assert unit.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)  # unit scale on real shapes
+
+
+def test_kept_samples_belong_to_the_weights(dit):
+    before = ev.weights_fingerprint(dit)
+    clone = methods.clone_pipeline(dit)
+    assert ev.weights_fingerprint(clone) == before
+    vae = dit.vae
+    with torch.no_grad():
+        p = next(vae.parameters())
+        p.add_(1.0)
+        changed = ev.weights_fingerprint(dit)
+        p.sub_(1.0)
+    assert changed != before
 
 
 def test_fd_and_kid_are_sane(judge_dir):

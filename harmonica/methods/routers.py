@@ -7,6 +7,8 @@ threshold tau (a branch is computed when its score exceeds it); by default the r
 
 from __future__ import annotations
 
+import hashlib
+
 from .base import Applied, Context, MethodSpec
 
 
@@ -20,8 +22,9 @@ def _apply(name: str, title: str):
         router = load_router(ctx.router)
         threshold = router.threshold if knob is None else float(knob)
         enable(pipe, router, threshold=threshold)
+        digest = hashlib.sha1(router.logits.detach().cpu().numpy().tobytes()).hexdigest()[:16]
         return Applied(name, threshold, f"{title} tau={threshold:g}",
-                       info={"router": str(ctx.router), "threshold": threshold,
+                       info={"router": str(ctx.router), "router_logits_sha1": digest, "threshold": threshold,
                              "router_cache_usage": router.cache_usage(threshold),
                              "router_num_steps": router.num_steps, "training": router.training_info})
 
