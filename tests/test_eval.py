@@ -210,7 +210,7 @@ def test_methods_on_pixart(pixart, name):
 
 
 def test_magcache_calibration_measures_one_ratio_per_step(dit):
-    from harmonica.methods.diffusers_hooks import magnitude_ratios
+    from harmonica.methods.magcache import magnitude_ratios
 
     setup = dit_setup(dit)
     ratios = magnitude_ratios(methods.clone_pipeline(dit), ev.calibration_call(setup))
@@ -322,6 +322,20 @@ def test_extractor_choice(judge_dir, tmp_path):
     with pytest.raises(RuntimeError, match="no feature extractor"):
         resolve_extractor("auto", judge=tmp_path / "nowhere", try_download=False)
     assert isinstance(resolve_extractor("judge", judge=judge_dir), Extractor)
+
+
+def test_inception_is_preferred_whenever_it_loads(judge_dir, monkeypatch):
+    import harmonica.metrics as hm
+
+    tried = []
+    monkeypatch.setattr(hm, "inception_loadable", lambda path=None: (tried.append(path) or True, "stub"))
+    got = resolve_extractor("auto", inception_weights="/some/inception.pth", judge=judge_dir)
+    assert (got.kind, got.name, got.weights_path, got.distance_name) == (
+        "inception", "inception-v3-compat", "/some/inception.pth", "FID")
+    assert resolve_extractor("auto", judge=judge_dir).kind == "inception"  # the download, when online
+    assert tried == ["/some/inception.pth", None]
+    assert resolve_extractor("auto", judge=judge_dir, try_download=False).kind == "judge"
+    assert resolve_extractor("judge", judge=judge_dir).kind == "judge"
 
 
 # ------------------------------------------------------------------------------- scripts

@@ -17,7 +17,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import dbcache, delta_dit, diffusers_hooks, fewer_steps, fora, routers
+from . import dbcache, delta_dit, fbcache, fewer_steps, fora, magcache, pab, routers, taylorseer
 from .base import Applied, Context, MethodSpec, PipeInfo
 from .steps import StepTracker
 
@@ -30,10 +30,10 @@ METHODS: dict[str, MethodSpec] = {
         fewer_steps.SPEC,
         fora.SPEC,
         delta_dit.SPEC,
-        diffusers_hooks.FBCACHE,
-        diffusers_hooks.TAYLORSEER,
-        diffusers_hooks.PAB,
-        diffusers_hooks.MAGCACHE,
+        fbcache.SPEC,
+        taylorseer.SPEC,
+        pab.SPEC,
+        magcache.SPEC,
         dbcache.SPEC,
         routers.LTC,
         routers.HARMONICA,

@@ -6,7 +6,7 @@ exactly what HarmoniCa reuses (un-gated branch outputs) and differs only in the 
 
 from __future__ import annotations
 
-from .base import Applied, Context, MethodSpec, PipeInfo
+from .base import Applied, Context, MethodSpec
 
 
 def apply(pipe, knob, ctx: Context) -> Applied:
