@@ -312,11 +312,17 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int 
 
 
 def similarity(cached: torch.Tensor, uncached: torch.Tensor) -> dict:
-    """Mean PSNR (dB; identical pairs are left out of the mean and counted) and mean SSIM."""
+    """Agreement of cached with uncached images of the same seeds.
+
+    ``psnr``: mean per-image PSNR (dB) over the images that differ at all (identical pairs have an
+    infinite PSNR; they are counted in ``identical`` instead); ``psnr_pooled``: PSNR of the mean squared
+    error over all images; ``ssim``: mean per-image SSIM; ``mean_abs_diff`` in [0, 1] pixel units."""
     p = psnr(cached, uncached)
     finite = p[torch.isfinite(p)]
+    mse = (_as_float(cached) - _as_float(uncached)).pow(2).mean().item()
     return {
         "psnr": finite.mean().item() if len(finite) else math.inf,
+        "psnr_pooled": 10 * math.log10(1.0 / mse) if mse > 0 else math.inf,
         "ssim": ssim(cached, uncached).mean().item(),
         "identical": int((~torch.isfinite(p)).sum().item()),
         "mean_abs_diff": (_as_float(cached) - _as_float(uncached)).abs().mean().item(),

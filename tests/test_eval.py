@@ -248,6 +248,13 @@ def test_psnr_and_ssim_on_known_inputs():
     assert ssim(a, b).item() == pytest.approx(expected.item(), abs=1e-5)
     u8 = (x * 255).round().to(torch.uint8)
     assert ssim(u8, u8) == pytest.approx(torch.ones(2))
+    from harmonica.metrics import similarity
+
+    y = x.clone()
+    y[1] += 0.1
+    sim = similarity(y, x)
+    assert sim["identical"] == 1 and sim["psnr"] == pytest.approx(20.0, abs=1e-3)
+    assert sim["psnr_pooled"] == pytest.approx(10 * torch.log10(torch.tensor(2 / 0.01)).item(), abs=1e-3)
 
 
 def test_class_accuracy_with_a_known_classifier():
