@@ -183,14 +183,11 @@ def generate_distributed(accelerator, pipe, setup: SamplingSetup, num_samples: i
     accelerator.wait_for_everyone()
     result = None
     if accelerator.is_main_process:
-        full = None
-        for r in range(world):
-            part = torch.load(work_dir / f".{tag}.shard{r}.pt")
-            if full is None:
-                full = torch.zeros(num_samples, *part["images"].shape[1:], dtype=torch.uint8)
-            if len(part["indices"]):
-                full[torch.tensor(part["indices"])] = part["images"]
-        result = full
+        parts = [torch.load(work_dir / f".{tag}.shard{r}.pt") for r in range(world)]
+        parts = [part for part in parts if len(part["indices"])]
+        result = torch.zeros(num_samples, *parts[0]["images"].shape[1:], dtype=torch.uint8)
+        for part in parts:
+            result[torch.tensor(part["indices"])] = part["images"]
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for r in range(world):
@@ -217,20 +214,23 @@ def _key(meta: dict) -> str:
     return hashlib.sha1(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached_samples(path: Path, meta: dict) -> torch.Tensor | None:
-    """Images saved by ``save_samples`` with the same ``meta`` (else None)."""
-    if path.is_file():
-        data = torch.load(path)
-        if data.get("key") == _key(meta):
-            return data["images"]
+def cached_samples(path: Path, meta: dict, load: bool = True):
+    """Images saved by ``save_samples`` with the same ``meta``, else None. With ``load=False`` only
+    says whether they are there (True / None) without reading the images."""
+    sidecar = path.with_suffix(".json")
+    if path.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()).get("key") == _key(meta):
+        return torch.load(path)["images"] if load else True
     return None
 
 
 def save_samples(path: Path, images: torch.Tensor, meta: dict) -> None:
+    """Write ``images`` to ``path`` and ``meta`` with its key beside it (``.json``), each atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"key": _key(meta), "meta": meta, "images": images}, tmp)
+    torch.save({"key": _key(meta), "images": images}, tmp)
     os.replace(tmp, path)
+    tmp.write_text(json.dumps({"key": _key(meta), "meta": meta}, indent=2, default=_json_default))
+    os.replace(tmp, path.with_suffix(".json"))
 
 
 # ============================================================================ references
@@ -529,9 +529,8 @@ class QualityRun:
         path = self.out_dir / "samples" / f"{safe_name(tag)}.pt"
         meta = self._meta(tag, meta_extra)
         self._barrier()
-        images = cached_samples(path, meta)
-        if images is not None:
-            return images if self.is_main else None
+        if cached_samples(path, meta, load=False):
+            return cached_samples(path, meta) if self.is_main else None
         images = generate_distributed(self.accelerator, pipe, self.setup, self.num_samples, self.out_dir / "samples",
                                       safe_name(tag), overrides)
         if self.is_main and self.keep_samples:
