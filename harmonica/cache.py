@@ -34,7 +34,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .blocks import block_branches, branch_modules, count_macs, fusable, spec_for, transformer_blocks
 from .kernels import CachePool, gather_apply
-from .router import HarmoniCaRouter, RouterError, RouterLayout, check_threshold
+from .router import HarmoniCaRouter, RouterLayout, check_threshold
+from .steps import StepLocator
 
 logger = logging.getLogger(__name__)
 
@@ -211,26 +212,13 @@ class StepHook(ModelHook):
     def __init__(self, controller: "HarmoniCa"):
         super().__init__()
         self.controller = controller
-        self._timestep_pos: int | None = None
-
-    def initialize_hook(self, module):
-        params = list(inspect.signature(module.forward).parameters)
-        self._timestep_pos = params.index("timestep") if "timestep" in params else None
-        return module
-
-    def _timestep(self, args, kwargs):
-        if "timestep" in kwargs:
-            return kwargs["timestep"]
-        if self._timestep_pos is not None and len(args) > self._timestep_pos:
-            return args[self._timestep_pos]
-        raise RuntimeError("harmonica: the transformer was called without a timestep")
 
     def new_forward(self, module, *args, **kwargs):
         ctl = self.controller
         state = ctl.state
         if not state.active:
             return self.fn_ref.original_forward(*args, **kwargs)
-        step, num_steps = ctl.step_index(self._timestep(args, kwargs))
+        step, num_steps = ctl.locate(args, kwargs)
         if state.forced is not None:
             return self._forced_forward(step, args, kwargs)
         new_call = state.step is None or step <= state.step
@@ -295,8 +283,8 @@ class HarmoniCa:
         self.state = CacheState(router.num_blocks, len(router.branches))
         self.macs_table: dict[tuple, tuple[int, list[int]]] = {}
         self.last_stats: CacheStats | None = None
-        self._timesteps_id = None
-        self._timestep_index: dict[float, int] = {}
+        self.locate = StepLocator(pipe, self.transformer, hint=" (use `with harmonica.paused(pipe):` to call the "
+                                  "transformer directly)")
         self._restore: list[tuple[torch.nn.Module, bool, bool]] = []
 
     def set_schedule(self, schedule: list[list[bool]]) -> None:
@@ -357,30 +345,6 @@ class HarmoniCa:
         self._restore.clear()
 
     # ------------------------------------------------------------------- per-step logic
-    def step_index(self, timestep) -> tuple[int, int]:
-        pipe = self._pipe()
-        scheduler = pipe.scheduler
-        timesteps = scheduler.timesteps
-        if timesteps is None:
-            raise RuntimeError("harmonica: the scheduler has no timesteps; call the transformer through the pipeline")
-        if id(timesteps) != self._timesteps_id:
-            values = [float(t) for t in timesteps.flatten().tolist()]
-            if len(set(values)) != len(values):
-                raise RouterError(
-                    f"{type(scheduler).__name__} visits some timesteps twice, so a step cannot be told from its "
-                    "timestep; use a single-evaluation scheduler (DDIM, DPM-Solver++, Euler, ...)"
-                )
-            self._timestep_index = {v: i for i, v in enumerate(values)}
-            self._timesteps_id = id(timesteps)
-        t = timestep.flatten()[0].item() if torch.is_tensor(timestep) else timestep
-        index = self._timestep_index.get(float(t))
-        if index is None:
-            raise RuntimeError(
-                f"harmonica: timestep {t} is not one of the scheduler's current timesteps; harmonica follows the "
-                "pipeline's denoising loop (use `with harmonica.paused(pipe):` to call the transformer directly)"
-            )
-        return index, len(self._timestep_index)
-
     @contextmanager
     def isolated(self, schedule: list[list[bool]] | None = None):
         """Run pipeline calls (e.g. gradient-free sampling during training) without touching the cache

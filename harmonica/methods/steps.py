@@ -21,18 +21,12 @@ diffusers' PyramidAttentionBroadcast, which asks for the current timestep throug
 
 from __future__ import annotations
 
-import inspect
-import weakref
-
-import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
+from ..steps import StepLocator, timestep_value
+
 STEP_TRACKER = "harmonica_eval_step_tracker"
-
-
-def timestep_value(timestep) -> float:
-    return float(timestep.flatten()[0].item()) if torch.is_tensor(timestep) else float(timestep)
 
 
 class StepTracker(ModelHook):
@@ -40,14 +34,11 @@ class StepTracker(ModelHook):
 
     def __init__(self, pipe, context_name: str = "cond"):
         super().__init__()
-        self._pipe = weakref.ref(pipe)
+        self.locator = StepLocator(pipe, pipe.transformer)
         self.context_name = context_name
         self.step: int | None = None
         self.num_steps: int | None = None
         self.timestep: float | None = None
-        self._timestep_pos: int | None = None
-        self._timesteps_id = None
-        self._index: dict[float, int] = {}
 
     @classmethod
     def attach(cls, pipe) -> "StepTracker":
@@ -59,38 +50,12 @@ class StepTracker(ModelHook):
         registry.register_hook(tracker, STEP_TRACKER)
         return tracker
 
-    def initialize_hook(self, module):
-        params = list(inspect.signature(module.forward).parameters)
-        self._timestep_pos = params.index("timestep") if "timestep" in params else None
-        return module
-
-    def _timestep(self, args, kwargs):
-        if "timestep" in kwargs:
-            return kwargs["timestep"]
-        if self._timestep_pos is not None and len(args) > self._timestep_pos:
-            return args[self._timestep_pos]
-        raise RuntimeError("the transformer was called without a timestep")
-
     def lookup(self, timestep) -> tuple[int, int]:
         """(step index, number of steps) of ``timestep`` in the pipeline scheduler's current timesteps."""
-        timesteps = self._pipe().scheduler.timesteps
-        if timesteps is None:
-            raise RuntimeError("the scheduler has no timesteps; call the transformer through the pipeline")
-        if id(timesteps) != self._timesteps_id:
-            values = [float(t) for t in timesteps.flatten().tolist()]
-            if len(set(values)) != len(values):
-                raise RuntimeError(f"{type(self._pipe().scheduler).__name__} visits some timesteps twice; the step "
-                                   "cannot be told from the timestep")
-            self._index = {v: i for i, v in enumerate(values)}
-            self._timesteps_id = id(timesteps)
-        t = timestep_value(timestep)
-        if t not in self._index:
-            raise RuntimeError(f"timestep {t} is not one of the scheduler's timesteps; caching baselines follow the "
-                               "pipeline's denoising loop")
-        return self._index[t], len(self._index)
+        return self.locator.lookup(timestep)
 
     def new_forward(self, module, *args, **kwargs):
-        t = self._timestep(args, kwargs)
+        t = self.locator.timestep(args, kwargs)
         step, num_steps = self.lookup(t)
         registry = HookRegistry.check_if_exists_or_initialize(module)
         if self.step is None or step <= self.step:  # a new pipeline call: no state from the last one
