@@ -32,6 +32,9 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's; on a shared CPU, 1 keeps timings stable)")
+    p.add_argument("--kernel", choices=["on", "off", "both"], default="on",
+                   help="methods on harmonica's cache (harmonica, ltc, fora): fused gather-apply of fully reused "
+                        "blocks on, off, or both side by side (measures the kernel's effect on latency)")
     p.add_argument("--out", default="outputs/speed", help="output folder")
     return p
 
@@ -49,6 +52,7 @@ def main(argv=None):
     setup = ev.setup_from_args(args, pipe)
     specs = args.method or ev.default_method_specs(args.pipeline)
     entries = ev.method_entries(specs, pipe, setup, pipeline_path=args.pipeline)
+    entries = ev.with_kernel_setting(entries, args.kernel)
     result = ev.speed_benchmark(pipe, entries, setup, repeats=args.repeats, warmup=args.warmup)
     result["pipeline"] = str(args.pipeline)
     out = Path(args.out)

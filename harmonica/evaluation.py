@@ -287,7 +287,9 @@ def prepare(pipe, request: methods.MethodRequest, knob, setup: SamplingSetup) ->
     """Clone ``pipe`` (weights shared) and apply the requested method with ``knob`` to the clone."""
     clone = methods.clone_pipeline(pipe)
     applied = methods.apply_method(clone, request.name, knob, num_inference_steps=setup.num_inference_steps,
-                                   router=request.router, calibrate=calibration_call(setup))
+                                   router=request.router, calibrate=calibration_call(setup), fused=request.fused)
+    if not request.fused:
+        applied.label += " (kernel off)"
     return Prepared(request.series, applied, clone)
 
 
@@ -645,6 +647,25 @@ def method_entries(specs: list[str], pipe, setup: SamplingSetup, sweep: bool = F
         for knob in methods.knob_values(request, info, sweep=sweep):
             entries.append((request, knob))
     return entries
+
+
+KERNEL_METHODS = ("harmonica", "ltc", "fora")  # the methods that run on harmonica's own cache
+
+
+def with_kernel_setting(entries, kernel: str):
+    """Entries with the fused kernel "on", "off", or "both" (each harmonica-cache entry twice)."""
+    import dataclasses
+
+    out = []
+    for request, knob in entries:
+        if request.name not in KERNEL_METHODS:
+            out.append((request, knob))
+            continue
+        if kernel in ("on", "both"):
+            out.append((dataclasses.replace(request, fused=True), knob))
+        if kernel in ("off", "both"):
+            out.append((dataclasses.replace(request, fused=False), knob))
+    return out
 
 
 def default_method_specs(pipeline_path=None, include_routers: bool = True) -> list[str]:

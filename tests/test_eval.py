@@ -421,3 +421,14 @@ def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_pa
         one = torch.load(tmp_path / "one" / "samples" / f"{tag}.pt")["images"]
         assert two.shape == one.shape == (5, 3, 16, 16)
         assert (two.int() - one.int()).abs().max() <= 1
+
+
+def test_speed_kernel_switch_lists_fused_and_unfused(dit_path):
+    from harmonica import methods
+    from harmonica.evaluation import with_kernel_setting
+
+    entries = [(methods.parse_method("fora=2"), 2), (methods.parse_method("fewer-steps=4"), 4)]
+    both = with_kernel_setting(entries, "both")
+    assert [(r.name, r.fused) for r, _ in both] == [("fora", True), ("fora", False), ("fewer-steps", True)]
+    assert [(r.name, r.fused) for r, _ in with_kernel_setting(entries, "off")] == [("fora", False), ("fewer-steps", True)]
+    assert both[1][0].series.endswith("(kernel off)")

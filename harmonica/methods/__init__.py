@@ -62,10 +62,12 @@ class MethodRequest:
     name: str
     knobs: list
     router: str | None = None
+    fused: bool = True  # harmonica-cache methods: fused gather-apply of fully reused blocks (kernel on)
 
     @property
     def series(self) -> str:
-        return self.name if self.router is None else f"{self.name}@{Path(self.router).name}"
+        base = self.name if self.router is None else f"{self.name}@{Path(self.router).name}"
+        return base if self.fused else f"{base} (kernel off)"
 
 
 def parse_method(text: str) -> MethodRequest:
@@ -123,14 +125,15 @@ def _init_params(cls) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) - {"self"}
 
 
-def apply_method(pipe, name: str, knob=None, *, num_inference_steps: int, router=None, calibrate=None) -> Applied:
+def apply_method(pipe, name: str, knob=None, *, num_inference_steps: int, router=None, calibrate=None,
+                 fused: bool = True) -> Applied:
     """Apply method ``name`` with ``knob`` (None: its default) to ``pipe`` in place and return what
     was applied. ``pipe`` must be fresh: loaded or cloned, with no method on it yet."""
     spec = get(name)
     ok, why = available(name)
     if not ok:
         raise RuntimeError(why)
-    ctx = Context(num_inference_steps=int(num_inference_steps), router=router, calibrate=calibrate)
+    ctx = Context(num_inference_steps=int(num_inference_steps), router=router, calibrate=calibrate, fused=fused)
     if knob is None and spec.default is not None:
         knob = spec.default(PipeInfo.of(pipe, num_inference_steps))
     applied = spec.apply(pipe, knob, ctx)

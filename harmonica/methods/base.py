@@ -32,11 +32,13 @@ class Context:
     ``router``: a router folder or hub id (learned-router methods).
     ``calibrate``: runs one pipeline call on calibration inputs (seeds disjoint from the evaluation's),
     for methods that measure the model before caching (MagCache).
+    ``fused``: methods on harmonica's cache replace fully reused blocks by the fused gather-apply.
     """
 
     num_inference_steps: int
     router: str | Path | None = None
     calibrate: Callable[[Any], Any] | None = None
+    fused: bool = True
 
 
 @dataclass

@@ -15,7 +15,7 @@ def apply(pipe, knob, ctx: Context) -> Applied:
 
     n = int(knob)
     router = HarmoniCaRouter.static(describe(pipe), ctx.num_inference_steps, compute_every=n)
-    enable(pipe, router)
+    enable(pipe, router, fused=ctx.fused)
     return Applied("fora", n, f"FORA N={n}", info={"compute_every": n, "router_cache_usage": router.cache_usage()})
 
 

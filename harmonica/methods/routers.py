@@ -21,7 +21,7 @@ def _apply(name: str, title: str):
             raise ValueError(f"{name} needs a router folder: write the method as '{name}@ROUTER_DIR'")
         router = load_router(ctx.router)
         threshold = router.threshold if knob is None else float(knob)
-        enable(pipe, router, threshold=threshold)
+        enable(pipe, router, threshold=threshold, fused=ctx.fused)
         digest = hashlib.sha1(router.logits.detach().cpu().numpy().tobytes()).hexdigest()[:16]
         return Applied(name, threshold, f"{title} tau={threshold:g}",
                        info={"router": str(ctx.router), "router_logits_sha1": digest, "threshold": threshold,
