@@ -81,16 +81,20 @@ class BetaController:
     """Steers the cache-use penalty beta toward a target cache usage (fraction of branch
     computations reused at the inference threshold), multiplicatively, once per iteration."""
 
-    def __init__(self, beta: float, target: float | None, rate: float = 0.001, bounds=(1e-9, 1e3)):
+    def __init__(self, beta: float, target: float | None, rate: float = 0.0005, bounds=(1e-9, 1e3),
+                 max_step: float = 0.02):
         self.beta = float(beta)
         self.target = target
         self.rate = rate
         self.bounds = bounds
+        self.max_step = max_step  # at most this change of log(beta) per iteration: the logits (Adam,
+        # lr ~1e-2) take hundreds of iterations to move, so a faster controller would overshoot
 
     def update(self, usage: float) -> float:
         if self.target is not None:
             # log(beta) moves by `rate` per percentage point of usage below (above) the target
-            self.beta *= math.exp(self.rate * 100 * (self.target - usage))
+            step = self.rate * 100 * (self.target - usage)
+            self.beta *= math.exp(min(max(step, -self.max_step), self.max_step))
             self.beta = min(max(self.beta, self.bounds[0]), self.bounds[1])
         return self.beta
 

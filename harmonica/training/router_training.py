@@ -72,7 +72,7 @@ class RouterTrainingConfig:
     beta: float = 1e-4
     target_usage: float | None = None
     usage_tolerance: float = 0.02
-    beta_rate: float = 0.001
+    beta_rate: float = 0.0005
     threshold: float = 0.1
     guidance_scale: float = 1.5
     lambda_every: int = 500
