@@ -353,3 +353,18 @@ def test_pool_keeps_only_reused_branches(dit_path):
     assert pools and all(p is pools[0] for p in pools)  # one buffer for the whole call
     assert pools[0].num_slots == 1 and pools[0].shape == (4, 16, 16)
     assert pipe.harmonica.state.pool is None
+
+
+def test_half_precision_pipeline(dit_path, tmp_path):
+    """bf16 weights (as users run DiT-XL/2 on GPUs): the cache keeps the model's dtype and an
+    all-compute router still reproduces the stock pipeline exactly."""
+    stock = DiTPipeline.from_pretrained(dit_path, torch_dtype=torch.bfloat16)
+    expected = dit_images(stock)
+    pipe = HarmoniCaPipeline.from_pretrained(dit_path, router=router_dir(tmp_path, stock), torch_dtype=torch.bfloat16)
+    assert torch.equal(dit_images(pipe), expected)
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS, compute_every=2))
+    pools = []
+    pipe.transformer.register_forward_hook(lambda *_: pools.append(pipe.harmonica.state.pool))
+    images = dit_images(pipe)
+    assert torch.isfinite(images).all()
+    assert {p.dtype for p in pools if p is not None} == {torch.bfloat16}
