@@ -5,6 +5,15 @@ from __future__ import annotations
 import torch
 
 
+def randomize_zero_init(model) -> None:
+    """adaLN-zero initialises every gate (and the output layer) to zero; random values make every
+    branch matter, so a wrong cache would show in the images."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.2)
+
+
 def tiny_vae():
     from diffusers import AutoencoderKL
 
@@ -37,11 +46,7 @@ def tiny_dit_pipeline(num_layers: int = 3, learned_sigma: bool = False):
         num_embeds_ada_norm=1000,
         norm_num_groups=4,
     ).eval()
-    # ada_norm_zero initialises every gate to zero; random gates make every branch matter.
-    with torch.no_grad():
-        for p in transformer.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.2)
+    randomize_zero_init(transformer)
     return DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=DDIMScheduler(clip_sample=False))
 
 
@@ -68,10 +73,7 @@ def tiny_pixart_pipeline(sigma: bool = False, num_layers: int = 2):
         caption_channels=32,
         norm_num_groups=4,
     ).eval()
-    with torch.no_grad():
-        for p in transformer.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.2)
+    randomize_zero_init(transformer)
     klass = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
     return klass(
         tokenizer=tokenizer,

@@ -13,16 +13,13 @@ from typing import Sequence
 import torch
 
 
-class DiTDenoiser:
-    """Class-conditional DiT (``DiTPipeline``): conditioning is a batch of class labels."""
+class _LatentDenoiser:
+    """What every adapter shares: the transformer, guidance, and the initial latents."""
 
-    null_class = 1000  # DiTPipeline hard-codes it
-
-    def __init__(self, pipe, guidance_scale: float = 1.5, num_classes: int | None = None):
+    def __init__(self, pipe, guidance_scale: float):
         self.pipe = pipe
         self.transformer = pipe.transformer
         self.guidance_scale = guidance_scale
-        self.num_classes = num_classes or (len(pipe.labels) if getattr(pipe, "labels", None) else 1000)
         self.channels = self.transformer.config.in_channels
         self.size = self.transformer.config.sample_size
 
@@ -33,6 +30,16 @@ class DiTDenoiser:
     def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         x = torch.randn((batch, self.channels, self.size, self.size), generator=generator)
         return x.to(self.transformer.device, self.transformer.dtype)
+
+
+class DiTDenoiser(_LatentDenoiser):
+    """Class-conditional DiT (``DiTPipeline``): conditioning is a batch of class labels."""
+
+    null_class = 1000  # DiTPipeline hard-codes it
+
+    def __init__(self, pipe, guidance_scale: float = 1.5, num_classes: int | None = None):
+        super().__init__(pipe, guidance_scale)
+        self.num_classes = num_classes or (len(pipe.labels) if getattr(pipe, "labels", None) else 1000)
 
     def conditions(self, batch: int, generator: torch.Generator) -> dict:
         labels = torch.randint(0, self.num_classes, (batch,), generator=generator)
@@ -58,27 +65,15 @@ class DiTDenoiser:
         return out
 
 
-class PixArtDenoiser:
+class PixArtDenoiser(_LatentDenoiser):
     """Text-conditional PixArt-alpha / PixArt-Sigma: conditioning is a batch of prompts."""
 
     def __init__(self, pipe, prompts: Sequence[str], guidance_scale: float = 4.5, max_sequence_length: int = 120):
         if not prompts:
             raise ValueError("PixArt router training needs prompts (a text or JSON file, or a datasets dataset)")
-        self.pipe = pipe
-        self.transformer = pipe.transformer
+        super().__init__(pipe, guidance_scale)
         self.prompts = list(prompts)
-        self.guidance_scale = guidance_scale
         self.max_sequence_length = max_sequence_length
-        self.channels = self.transformer.config.in_channels
-        self.size = self.transformer.config.sample_size
-
-    @property
-    def cfg(self) -> bool:
-        return self.guidance_scale > 1
-
-    def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        x = torch.randn((batch, self.channels, self.size, self.size), generator=generator)
-        return x.to(self.transformer.device, self.transformer.dtype)
 
     @torch.no_grad()
     def conditions(self, batch: int, generator: torch.Generator) -> dict:
