@@ -76,7 +76,7 @@ def main(argv=None):
     diff = (images["stock"] - images["harmonica"]).abs()
     speedup = latency["stock"] / latency["harmonica"]
     print(f"pipeline   {args.pipeline} ({len(labels)} images, {args.steps} DDIM steps, CFG {args.guidance_scale})")
-    print(f"router     {source}, threshold {fast.harmonica.threshold}")
+    print(f"router     {source}, threshold {fast.harmonica.threshold:.4g}")
     print(f"latency    stock {latency['stock']:.2f} s, harmonica {latency['harmonica']:.2f} s "
           f"(median of {args.repeats}, interleaved) -> speedup {speedup:.2f}x")
     print(f"cache      usage {stats.cache_usage:.1%}, transformer MACs {stats.macs_speedup:.2f}x fewer")
