@@ -25,6 +25,8 @@ import torch
 
 from . import methods
 from .metrics import CallMeter, weights_bytes
+from .pipeline import num_classes_of
+from .viz import save_figure
 
 CALIBRATION_OFFSET = 1_000_000  # calibration samples (MagCache) use indices from here: disjoint from evaluation
 
@@ -66,12 +68,6 @@ def is_class_conditional(pipe) -> bool:
     from diffusers import DiTPipeline
 
     return isinstance(pipe, DiTPipeline)
-
-
-def num_classes_of(pipe) -> int:
-    """Class count of a DiT pipeline: its ``id2label`` table when it has one, else ImageNet's 1000."""
-    labels = getattr(pipe, "labels", None)
-    return len(labels) if labels else 1000
 
 
 # ================================================================================ sampling
@@ -734,8 +730,4 @@ def pareto_plot(points: list[dict], path: str | Path, speedup_key: str = "measur
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title or f"speed vs quality ({dist})", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

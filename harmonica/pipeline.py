@@ -26,6 +26,12 @@ def _unsupported(name: str) -> UnsupportedPipelineError:
     )
 
 
+def num_classes_of(pipe) -> int:
+    """Class count of a DiT pipeline: its ``id2label`` table when it has one, else ImageNet's 1000."""
+    labels = getattr(pipe, "labels", None)
+    return len(labels) if labels else 1000
+
+
 def check_supported(pipe) -> None:
     import diffusers
 

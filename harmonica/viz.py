@@ -64,6 +64,13 @@ def save_router_heatmap(router, path: str | Path, threshold: float | None = None
     ax.set_title(title or f"router schedule: dark = computed, light = reused from cache (cache usage {usage:.0%})",
                  fontsize=9)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure to ``path`` (folders made as needed) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from ..pipeline import num_classes_of
+
 
 class _LatentDenoiser:
     """What every adapter shares: the transformer, guidance, and the initial latents."""
@@ -39,7 +41,7 @@ class DiTDenoiser(_LatentDenoiser):
 
     def __init__(self, pipe, guidance_scale: float = 1.5, num_classes: int | None = None):
         super().__init__(pipe, guidance_scale)
-        self.num_classes = num_classes or (len(pipe.labels) if getattr(pipe, "labels", None) else 1000)
+        self.num_classes = num_classes or num_classes_of(pipe)
 
     def conditions(self, batch: int, generator: torch.Generator) -> dict:
         labels = torch.randint(0, self.num_classes, (batch,), generator=generator)
