@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from diffusers import DiTPipeline
 
 import harmonica
-from harmonica.training.objectives import calibrate_threshold, normalise
+from harmonica.training.objectives import image_error_proxy, normalise, threshold_for_usage
 from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,23 +174,53 @@ def test_ablation_objectives_train(dit_path, tmp_path, objective):
         assert mixed_steps[: STEPS - 1] == timesteps[1:]
 
 
-def test_target_usage_is_met_within_two_points(dit_path, tmp_path):
+def test_target_usage_holds_through_training_and_at_the_end(dit_path, tmp_path):
     trainer = make_trainer(dit_path, tmp_path, trajectories=2, target_usage=0.3)
     summary = trainer.train()
     assert abs(summary["cache_usage"] - 0.3) <= 0.02
     router = harmonica.HarmoniCaRouter.from_pretrained(tmp_path / "router")
-    assert abs(router.cache_usage() - 0.3) <= 0.02
+    assert abs(router.cache_usage() - 0.3) <= 0.02 and router.threshold == summary["threshold"]
+    log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    assert all(abs(r["usage"] - 0.3) <= 0.02 for r in log)  # trained at the target, not only calibrated
 
 
-def test_calibration_picks_the_closest_threshold():
+def test_threshold_for_usage_hits_every_reachable_target():
     from harmonica import HarmoniCaRouter, RouterLayout
 
     layout = RouterLayout(2, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
     router = HarmoniCaRouter.for_layout(layout, 6, generator=torch.Generator().manual_seed(0))
-    for target in (0.2, 0.5, 0.8):
-        tau, usage = calibrate_threshold(router, target)
+    for target in (0.0, 0.2, 0.5, 0.8):  # at most 20 of 24 branch computations can be reused
+        tau, usage = threshold_for_usage(router, target)
         router.threshold = tau
         assert abs(router.cache_usage() - usage) < 1e-6 and abs(usage - target) <= 1 / 24 / 2 + 1e-9
+    assert router.compute_mask(tau)[0].all()  # the first step computes whatever the target
+
+
+@pytest.mark.parametrize("init, expected", [("static:2", "fora"), ("uniform", "zeros")])
+def test_init_options(dit_path, tmp_path, init, expected):
+    trainer = make_trainer(dit_path, tmp_path, init=init)
+    logits = trainer.router.logits.detach()
+    if expected == "zeros":
+        assert torch.equal(logits[1:], torch.zeros_like(logits[1:]))
+    else:
+        mask = trainer.router.compute_mask(0.5)
+        assert mask[::2].all() and not mask[1::2].any()
+    with pytest.raises(ValueError, match="static:N"):
+        make_trainer(dit_path, tmp_path, init="static:0")
+
+
+def test_stake_lambda_is_informative_where_the_paper_lambda_vanishes(dit_path, tmp_path):
+    """The paper's lambda is 0 at every step the router computes fully; the stake variant is not."""
+    trainer = make_trainer(dit_path, tmp_path, init="static:2")
+    g = torch.Generator().manual_seed(3)
+    noise = trainer.denoiser.initial_latents(2, g)
+    cond = trainer.denoiser.conditions(2, g)
+    args = (trainer.denoiser, trainer.controller, trainer.router, 0.5, noise, cond, trainer.pipe.scheduler)
+    paper = image_error_proxy(*args, variant="paper")
+    stake = image_error_proxy(*args, variant="stake")
+    assert (paper[2::2] == 0).all() and (paper[1::2] > 0).all()
+    assert (stake[1:] > 0).all()
+    assert torch.allclose(stake[1::2], paper[1::2])  # where the router reuses all, both measure the same
 
 
 def test_two_process_run_keeps_routers_identical(dit_path, tmp_path):

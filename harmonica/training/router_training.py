@@ -36,7 +36,7 @@ from ..cache import paused
 from ..router import HarmoniCaRouter, check_threshold
 from .checkpoints import resume, save_checkpoint
 from .denoisers import denoiser_for
-from .objectives import BetaController, calibrate_threshold, image_error_proxy, normalise
+from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
 
 OBJECTIVES = ("harmonica", "sdt", "ltc")
 
@@ -51,11 +51,17 @@ class RouterTrainingConfig:
         trajectories: sampling trajectories in all (each gives num_steps - 1 optimizer steps).
         batch_size: trajectories' batch per process (the CFG batch is twice this).
         lr, weight_decay: AdamW on the router logits (clamped to [-5, 5] after each update).
-        beta: weight of the cache-use penalty (sum of scores); with ``target_usage`` only its start.
-        target_usage: cache usage (fraction of branch computations reused at ``threshold``) that
-            beta is steered to during training; the threshold is calibrated at the end if the
-            trained router misses it by more than ``usage_tolerance``.
-        threshold: inference threshold (the cache is overwritten in training where score > it).
+        beta: weight of the cache-use penalty (sum of scores).
+        target_usage: cache usage (fraction of all branch computations reused) the router is trained
+            at and ends with. The threshold then follows the scores: at every iteration it is the
+            score at that rank (``objectives.threshold_for_usage``), so training builds and reads the
+            cache exactly as inference at the target will; beta only pushes unneeded scores down.
+            None: the fixed ``threshold`` below, and speed is set by beta alone (as in the paper).
+        threshold: inference threshold without a target (the cache is overwritten in training
+            where score > threshold).
+        init: starting logits: "random" (randn, as the paper), "uniform" (all 0: every branch
+            equal) or "static:N" (FORA's schedule, compute every N-th step: logits +2 / -2).
+        lambda_variant: "stake" (default) or "paper"; see ``objectives`` for both.
         guidance_scale: classifier-free guidance of the training trajectories.
         lambda_every: iterations between IEPO lambda refreshes (C).
         lambda_samples: fixed samples (over all processes) used to measure lambda.
@@ -71,13 +77,13 @@ class RouterTrainingConfig:
     weight_decay: float = 0.0
     beta: float = 1e-4
     target_usage: float | None = None
-    usage_tolerance: float = 0.02
-    beta_rate: float = 0.0005
     threshold: float = 0.1
     guidance_scale: float = 1.5
     lambda_every: int = 500
     lambda_samples: int = 8
     lambda_floor: float = 0.05
+    init: str = "random"
+    lambda_variant: str = "stake"
     seed: int = 0
     checkpoint_every: int = 10
     output_dir: str = "runs/router"
@@ -92,6 +98,9 @@ class RouterTrainingConfig:
         check_threshold(self.threshold)
         if self.target_usage is not None and not 0 <= self.target_usage < 1:
             raise ValueError(f"target_usage must be in [0, 1), got {self.target_usage}")
+        if self.lambda_variant not in LAMBDA_VARIANTS:
+            raise ValueError(f"lambda_variant must be one of {LAMBDA_VARIANTS}, got {self.lambda_variant!r}")
+        _parse_init(self.init)
         for name in ("trajectories", "batch_size", "lambda_every", "lambda_samples", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -100,12 +109,12 @@ class RouterTrainingConfig:
 class TrainState:
     """Counters and IEPO weights, checkpointed with the router."""
 
-    def __init__(self, num_steps: int):
+    def __init__(self, num_steps: int, first_refresh: int = 0):
         self.trajectory = 0
         self.iteration = 0
         self.lam = torch.ones(num_steps)
         self.lam[0] = 0.0
-        self.next_refresh = 0  # iteration at or after which lambda is refreshed
+        self.next_refresh = first_refresh  # iteration at or after which lambda is refreshed
         self.refreshes = 0
 
     def state_dict(self) -> dict:
@@ -118,6 +127,15 @@ class TrainState:
         self.lam = state["lam"].clone()
         self.next_refresh = int(state["next_refresh"])
         self.refreshes = int(state["refreshes"])
+
+
+def _parse_init(init: str) -> tuple[str, int]:
+    kind, _, every = str(init).partition(":")
+    if kind in ("random", "uniform") and not every:
+        return kind, 0
+    if kind == "static" and every.isdigit() and int(every) >= 1:
+        return kind, int(every)
+    raise ValueError(f"init must be 'random', 'uniform' or 'static:N' (N >= 1), got {init!r}")
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -158,15 +176,21 @@ class RouterTrainer:
                 layout, config.num_steps, init="random", generator=_generator(config.seed, 7),
                 threshold=config.threshold,
             )
+            kind, every = _parse_init(config.init)
+            with torch.no_grad():
+                if kind == "uniform":
+                    router.logits.zero_()
+                elif kind == "static":
+                    router.logits.fill_(-2.0)
+                    router.logits[::every] = 2.0
         self.router = router.to(accelerator.device)
         self.router.threshold = config.threshold
         harmonica.enable(pipe, self.router, threshold=config.threshold)
         self.controller = pipe.harmonica
         self.denoiser = denoiser_for(pipe, config.guidance_scale, config.prompts)
         self.optimizer = torch.optim.AdamW([self.router.logits], lr=config.lr, weight_decay=config.weight_decay)
-        self.state = TrainState(config.num_steps)
-        self.beta = BetaController(config.beta, config.target_usage, config.beta_rate)
-        accelerator.register_for_checkpointing(self.router, self.optimizer, self.state, self.beta)
+        self.state = TrainState(config.num_steps, first_refresh=config.lambda_every)
+        accelerator.register_for_checkpointing(self.router, self.optimizer, self.state)
         self.output = Path(config.output_dir)
         self.log_path = self.output / "training_log.jsonl"
 
@@ -176,7 +200,15 @@ class RouterTrainer:
         x = self.denoiser.initial_latents(self.config.batch_size, g)
         return x, self.denoiser.conditions(self.config.batch_size, g)
 
+    def _set_threshold(self) -> float:
+        cfg = self.config
+        if cfg.target_usage is not None:
+            self.controller.threshold = threshold_for_usage(self.router, cfg.target_usage)[0]
+        return self.controller.threshold
+
     def _forward(self, x, t, cond, mode: str | None):
+        if mode == "mix":
+            self._set_threshold()
         state = self.controller.state
         state.forced = mode
         try:
@@ -192,19 +224,19 @@ class RouterTrainer:
         lam = float(self.state.lam[step])
         mse = torch.nn.functional.mse_loss(student.float(), teacher.float())
         penalty = self.router.scores()[step].sum()
-        loss = lam * mse + self.beta.beta * penalty
+        loss = lam * mse + self.config.beta * penalty
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         if self.accelerator.num_processes > 1:
             self.router.logits.grad = self.accelerator.reduce(self.router.logits.grad, reduction="mean")
         self.optimizer.step()
         self.router.clamp_()
-        usage = self.router.cache_usage(self.config.threshold)
-        self.beta.update(usage)
+        threshold = self._set_threshold()
+        usage = self.router.cache_usage(threshold)
         self.state.iteration += 1
         mse_all = self.accelerator.reduce(mse.detach().reshape(1), reduction="mean").item()
         return {"iteration": self.state.iteration, "step": step, "mse": mse_all, "lambda": lam,
-                "usage": usage, "beta": self.beta.beta}
+                "usage": usage, "threshold": threshold}
 
     # ---------------------------------------------------------------------- trajectories
     def sdt_trajectory(self, trajectory: int) -> list[dict]:
@@ -254,8 +286,8 @@ class RouterTrainer:
         g = _generator(cfg.seed, 10_000_019, acc.process_index)  # the same fixed samples at every refresh
         noise = self.denoiser.initial_latents(per_process, g)
         cond = self.denoiser.conditions(per_process, g)
-        raw = image_error_proxy(self.denoiser, self.controller, self.router, cfg.threshold, noise, cond,
-                                self.pipe.scheduler)
+        raw = image_error_proxy(self.denoiser, self.controller, self.router, self._set_threshold(), noise, cond,
+                                self.pipe.scheduler, variant=cfg.lambda_variant)
         raw = acc.reduce(raw.to(acc.device), reduction="sum").cpu()
         self.state.lam = normalise(raw, cfg.lambda_floor)
         self.state.refreshes += 1
@@ -283,7 +315,7 @@ class RouterTrainer:
             bar.update(len(rows))
             last = rows[-1]
             bar.set_postfix(mse=f"{sum(r['mse'] for r in rows) / len(rows):.2e}", usage=f"{last['usage']:.1%}",
-                            lam=f"{float(self.state.lam[1:].max()):.2f}", beta=f"{last['beta']:.1e}")
+                            lam=f"{float(self.state.lam[1:].max()):.2f}", tau=f"{last['threshold']:.3f}")
             if acc.is_main_process:
                 with open(self.log_path, "a") as f:
                     for r in rows:
@@ -301,18 +333,15 @@ class RouterTrainer:
         rank_spread = (gathered - gathered[:1]).abs().max().item()
         if rank_spread != 0:
             raise RuntimeError(f"router logits differ between processes by {rank_spread}; gradients were not synced")
-        trained_usage = router.cache_usage(cfg.threshold)
-        threshold, usage = cfg.threshold, trained_usage
+        threshold, usage = cfg.threshold, router.cache_usage(cfg.threshold)
         if cfg.target_usage is not None:
-            threshold, usage = calibrate_threshold(router, cfg.target_usage, cfg.usage_tolerance)
+            threshold, usage = threshold_for_usage(router, cfg.target_usage)
         router.threshold = threshold
         router.training_info = {
             "objective": cfg.objective,
             "config": {k: v for k, v in asdict(self.config).items() if k != "prompts"},
             "iterations": self.state.iteration,
             "lambda": [round(float(v), 4) for v in self.state.lam],
-            "final_beta": self.beta.beta,
-            "cache_usage_at_training_threshold": trained_usage,
         }
         summary = {
             "objective": cfg.objective,
@@ -324,7 +353,6 @@ class RouterTrainer:
             "threshold": threshold,
             "cache_usage": usage,
             "target_usage": cfg.target_usage,
-            "cache_usage_at_training_threshold": trained_usage,
             "peak_memory_mb": round(_peak_memory_mb(acc.device), 1),
             "lambda": router.training_info["lambda"],
         }
