@@ -155,6 +155,13 @@ def test_resume_gives_the_same_router(dit_path, tmp_path):
     assert torch.equal(saved.logits, full.router.logits)
 
 
+def test_resume_with_other_settings_is_refused(dit_path, tmp_path):
+    make_trainer(dit_path, tmp_path, trajectories=1).train()
+    with pytest.raises(ValueError, match="trajectories=1 there, 2 now"):
+        make_trainer(dit_path, tmp_path, trajectories=2).train()
+    make_trainer(dit_path, tmp_path, trajectories=1, checkpoint_every=5).train()  # harmless change
+
+
 @pytest.mark.parametrize("objective", ["sdt", "ltc"])
 def test_ablation_objectives_train(dit_path, tmp_path, objective):
     trainer = make_trainer(dit_path, tmp_path, objective=objective, trajectories=2)

@@ -297,6 +297,7 @@ class RouterTrainer:
     def train(self) -> dict:
         cfg, acc = self.config, self.accelerator
         self.output.mkdir(parents=True, exist_ok=True)
+        self._check_same_run()
         start = resume(acc, self.output / "checkpoints")
         if acc.is_main_process:
             self._truncate_log(self.state.iteration)
@@ -361,6 +362,32 @@ class RouterTrainer:
             (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         acc.wait_for_everyone()
         return summary
+
+    # settings that may change between a run and its resumption
+    RESUMABLE_CHANGES = ("checkpoint_every", "output_dir")
+
+    def _check_same_run(self) -> None:
+        """A run folder belongs to one set of settings: resuming its checkpoints with others would mix
+        two trainings (or, with fewer trajectories, return the old router as if newly trained)."""
+        path = self.output / "run_config.json"
+        current = {k: v for k, v in asdict(self.config).items() if k not in self.RESUMABLE_CHANGES}
+        router = self.router
+        current["layout"] = [router.pipeline_class, router.transformer_class, router.num_blocks, list(router.branches)]
+        current = json.loads(json.dumps(current))
+        if path.exists():
+            saved = json.loads(path.read_text())
+            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            if changed:
+                raise ValueError(
+                    f"{self.output} holds a router training run with other settings ({', '.join(changed)} "
+                    f"differ: {', '.join(f'{k}={saved.get(k)!r} there, {current.get(k)!r} now' for k in changed)}). "
+                    "Give a new --output_dir, or delete that folder to start over."
+                )
+        elif self.accelerator.is_main_process:
+            if (self.output / "checkpoints").exists():
+                raise ValueError(f"{self.output}/checkpoints has no run_config.json; give a new --output_dir")
+            path.write_text(json.dumps(current, indent=2) + "\n")
+        self.accelerator.wait_for_everyone()
 
     def _truncate_log(self, iteration: int) -> None:
         """After a resume, drop log rows written after the checkpoint."""
