@@ -484,6 +484,18 @@ def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
 
 
+def save_sample_grid(images: torch.Tensor, path: Path, setup: SamplingSetup, rows: int = 10) -> Path:
+    """PNG of the first samples, ``rows`` deep: with class-conditional sampling column j holds class j
+    (sample i has class i % num_classes), so each column should show one class."""
+    from .viz import save_image_grid
+
+    cols = setup.num_classes or 10
+    n = min(len(images), rows * cols) // cols * cols
+    if n == 0:
+        return save_image_grid(images.float() / 255, path)
+    return save_image_grid(images[:n].float().div(255).reshape(n // cols, cols, *images.shape[1:]), path)
+
+
 class QualityRun:
     """Generates and scores samples of several (method, knob) points of one pipeline and setup.
 
@@ -573,7 +585,10 @@ class QualityRun:
                 uncached=None if request.name == "none" else uncached, judge=self.judge, labels=labels,
                 isc=self.isc, device=self.pipe.transformer.device,
             )
+            grid = self.out_dir / "grids" / f"{safe_name(request.series)}-{safe_name(str(applied.knob))}.png"
+            save_sample_grid(images, grid, self.setup)
             result = {
+                "grid": str(grid),
                 "method": request.name, "series": request.series, "label": applied.label, "knob": applied.knob,
                 "knob_name": methods.get(request.name).knob, "router": request.router,
                 "steps": applied.call_overrides.get("num_inference_steps", self.setup.num_inference_steps),

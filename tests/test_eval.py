@@ -374,6 +374,10 @@ def test_fid_script_end_to_end(dit_path, judge_dir, tmp_path):
     assert rows[0].startswith("| method") and len(rows) == 4 and rows[2].startswith("| FORA N=2 |")
     # the uncached samples are kept and reused
     assert (out / "samples" / "none-4steps.pt").is_file()
+    from PIL import Image
+
+    grid = Image.open(data["grid"])  # 6 samples of 10 classes: not a full row, so all 6 in one grid
+    assert grid.size[0] > 32 and grid.size[1] > 32
 
 
 def test_speed_and_pareto_scripts_end_to_end(dit_path, judge_dir, tmp_path):
