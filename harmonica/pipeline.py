@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .router import HarmoniCaRouter
+from .router import HarmoniCaRouter, RouterError
 
 SUPPORTED_PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
 ROUTER_SUBFOLDER = "router"
@@ -53,6 +53,14 @@ def load_router(router, model_path=None, **hub_kwargs) -> HarmoniCaRouter:
             "or a HarmoniCaRouter"
         )
     if isinstance(router, (str, os.PathLike)):
+        folder = Path(router)
+        looks_local = folder.is_absolute() or str(router).startswith(".") or str(router).count("/") > 1
+        if looks_local and not folder.exists():
+            raise RouterError(f"no router at {folder}: the folder does not exist (give a router folder, a "
+                              "training run's output folder or a hub id)")
+        if not (folder / "config.json").is_file() and (folder / ROUTER_SUBFOLDER / "config.json").is_file():
+            folder = folder / ROUTER_SUBFOLDER  # a training run's output folder holds the router in router/
+            return HarmoniCaRouter.from_pretrained(folder)
         return HarmoniCaRouter.from_pretrained(router, **hub_kwargs)
     raise TypeError(f"router must be a HarmoniCaRouter, a folder or a hub id, got {type(router).__name__}")
 

@@ -102,3 +102,15 @@ def test_compatibility_names_every_problem():
     assert "attn2" in text
     assert "20" in text and "num_inference_steps=5" in text
     router.check_compatible(LAYOUT, num_steps=5)  # no error
+
+
+def test_load_router_accepts_a_training_run_folder(tmp_path):
+    from harmonica.pipeline import load_router
+
+    layout = RouterLayout(2, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
+    router = HarmoniCaRouter.for_layout(layout, 4, generator=torch.Generator().manual_seed(0))
+    router.save_pretrained(tmp_path / "run" / "router")  # as train/train_router.py lays out its output
+    (tmp_path / "run" / "run_config.json").write_text("{}")
+    assert torch.equal(load_router(tmp_path / "run").logits, router.logits)
+    with pytest.raises(RouterError):
+        load_router(tmp_path / "run" / "missing")
