@@ -189,9 +189,12 @@ def test_router_methods_take_any_router_folder(dit, tmp_path):
     clone, applied = applied_clone(dit, "harmonica", None, setup, router=tmp_path / "compute")
     assert torch.equal(run(clone, setup), stock) and applied.knob == compute.threshold
     clone, applied = applied_clone(dit, "ltc", None, setup, router=tmp_path / "reuse")
-    assert applied.knob == 0.3 and applied.label == "LTC tau=0.3"
+    assert applied.knob == 0.3 and applied.label == "LTC 83% tau=0.3"  # 5 of 6 steps reused
     out, cost = measured(clone, setup)
     assert cost.per_forward_computed == [6, 0, 0, 0, 0, 0] and not torch.equal(out, stock)
+    reuse.training_info = {"objective": "sdt", "config": {"init": "uniform"}}  # named by how it was trained
+    reuse.save_pretrained(tmp_path / "sdt")
+    assert applied_clone(dit, "harmonica", None, setup, router=tmp_path / "sdt")[1].label == "SDT only (uniform init) 83% tau=0.3"
     with pytest.raises(ValueError, match="needs a router folder"):
         applied_clone(dit, "harmonica", None, setup)
 

@@ -12,6 +12,22 @@ import hashlib
 from .base import Applied, Context, MethodSpec
 
 
+OBJECTIVE_TITLES = {"harmonica": "HarmoniCa", "sdt": "SDT only", "ltc": "LTC"}
+
+
+def _title(router, default: str) -> str:
+    """Name a router by how it was trained (its training_info), so ablation routers read as such."""
+    info = router.training_info or {}
+    title = OBJECTIVE_TITLES.get(info.get("objective"), default)
+    config = info.get("config") or {}
+    notes = []
+    if info.get("objective") == "harmonica" and config.get("lambda_variant") == "paper":
+        notes.append("paper lambda")
+    if config.get("init") in ("random", "uniform"):
+        notes.append(f"{config['init']} init")
+    return f"{title} ({', '.join(notes)})" if notes else title
+
+
 def _apply(name: str, title: str):
     def apply(pipe, knob, ctx: Context) -> Applied:
         from ..cache import enable
@@ -23,7 +39,7 @@ def _apply(name: str, title: str):
         threshold = router.threshold if knob is None else float(knob)
         enable(pipe, router, threshold=threshold, fused=ctx.fused)
         digest = hashlib.sha1(router.logits.detach().cpu().numpy().tobytes()).hexdigest()[:16]
-        return Applied(name, threshold, f"{title} tau={threshold:g}",
+        return Applied(name, threshold, f"{_title(router, title)} {router.cache_usage(threshold):.0%} tau={threshold:.3g}",
                        info={"router": str(ctx.router), "router_logits_sha1": digest, "threshold": threshold,
                              "router_cache_usage": router.cache_usage(threshold),
                              "router_num_steps": router.num_steps, "training": router.training_info})
