@@ -49,11 +49,14 @@ def build_parser():
     t.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (on a shared CPU, 1 keeps timings stable)")
     p.add_argument("--out", default="outputs/pareto")
+    p.add_argument("--plot_only", action="store_true", help="redraw <out>/pareto.png and .md from <out>/pareto.json")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.plot_only:
+        return replot(Path(args.out))
     import dataclasses
 
     from accelerate import Accelerator
@@ -122,6 +125,22 @@ def main(argv=None):
         log(f"wrote {png}, {out / 'pareto.md'}, {out / 'pareto.json'}")
     accelerator.wait_for_everyone()
     return points if accelerator.is_main_process else None
+
+
+def replot(out: Path):
+    import json
+
+    from harmonica import evaluation as ev
+
+    data = json.loads((out / "pareto.json").read_text())
+    points, key = data["points"], "measured_speedup" if data.get("timing") else "macs_speedup"
+    (out / "pareto.md").write_text(ev.pareto_markdown(points, key))
+    setup = data["setup"]
+    png = ev.pareto_plot(points, out / "pareto.png", key,
+                         title=f"{Path(str(data['pipeline'])).name}: {setup['num_inference_steps']} steps, "
+                               f"CFG {setup['guidance_scale']}, N={data['num_samples']}")
+    print(f"wrote {png}, {out / 'pareto.md'}")
+    return points
 
 
 if __name__ == "__main__":

@@ -710,6 +710,14 @@ def pareto_markdown(points: list[dict], speedup_key: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plot_series(point: dict) -> str:
+    """The line a point belongs to: its method, or for learned routers how the router was trained
+    (the label without its usage / tau), so routers trained at several usages form one line."""
+    if point.get("router") is None:
+        return point["series"]
+    return point["label"].rsplit(" ", 2)[0]
+
+
 def pareto_plot(points: list[dict], path: str | Path, speedup_key: str = "measured_speedup",
                 title: str | None = None) -> Path:
     """PNG: one line per method series, speedup (x) against FD / FID (y, lower is better)."""
@@ -724,7 +732,7 @@ def pareto_plot(points: list[dict], path: str | Path, speedup_key: str = "measur
     for p in points:
         if p["metrics"].get("fd") is None or p.get(speedup_key) is None:
             continue
-        series.setdefault(p["series"], []).append(p)
+        series.setdefault(_plot_series(p), []).append(p)
     markers = "osD^v<>phX*"
     for i, (name, pts) in enumerate(sorted(series.items())):
         pts = sorted(pts, key=lambda p: p[speedup_key])
@@ -735,9 +743,13 @@ def pareto_plot(points: list[dict], path: str | Path, speedup_key: str = "measur
             continue
         ax.plot(xs, ys, marker=markers[i % len(markers)], label=name, linewidth=1.2, markersize=5)
         for p, x, y in zip(pts, xs, ys):
-            if p.get("knob") is not None:
-                ax.annotate(f"{p['knob']:g}" if isinstance(p["knob"], float) else str(p["knob"]), (x, y),
-                            textcoords="offset points", xytext=(3, 3), fontsize=6, alpha=0.8)
+            if p.get("router") is not None:  # learned routers: their cache usage says more than tau
+                text = f"{p['cost']['cache_usage']:.0%}"
+            elif p.get("knob") is not None:
+                text = f"{p['knob']:g}" if isinstance(p["knob"], float) else str(p["knob"])
+            else:
+                continue
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, alpha=0.8)
     ax.set_xlabel("speedup over the stock pipeline (" + ("measured latency" if speedup_key == "measured_speedup"
                                                           else "transformer MACs") + ")")
     ax.set_ylabel(f"{dist} (lower is better)")

@@ -405,6 +405,9 @@ def test_speed_and_pareto_scripts_end_to_end(dit_path, judge_dir, tmp_path):
     assert (out / "pareto.png").stat().st_size > 1000
     table = (out / "pareto.md").read_text()
     assert "FD (judge features)" in table and "| FORA N=3 |" in table
+    (out / "pareto.png").unlink()
+    replotted = script("pareto")["main"](["--plot_only", "--out", str(out)])
+    assert [p["label"] for p in replotted] == [p["label"] for p in points] and (out / "pareto.png").is_file()
 
 
 def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_path):
