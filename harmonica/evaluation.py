@@ -411,7 +411,7 @@ def quality_metrics(images: torch.Tensor, *, reference: torch.Tensor | None, ext
                     judge=None, labels=None, isc: bool = False, device="cpu") -> dict:
     """FD / KID (/ IS) against ``reference``, class accuracy with ``judge``, PSNR / SSIM against
     ``uncached`` (the same samples without caching)."""
-    from .metrics import class_accuracy, fidelity_metrics, similarity
+    from .metrics import class_accuracy, fidelity_metrics, per_class_accuracy, similarity
 
     out = {}
     if reference is not None and extractor is not None:
@@ -419,6 +419,7 @@ def quality_metrics(images: torch.Tensor, *, reference: torch.Tensor | None, ext
         out["distance_name"] = extractor.distance_name
     if judge is not None and labels is not None:
         out["class_accuracy"] = class_accuracy(judge, images, labels)
+        out["per_class_accuracy"] = per_class_accuracy(judge, images, labels)
     if uncached is not None:
         if uncached.shape == images.shape:
             out.update(similarity(images, uncached))
