@@ -111,36 +111,38 @@ def main(argv=None):
             timing = None
         for point in points:
             point["macs_speedup"] = point["cost"]["macs_speedup"]
-        key = "measured_speedup" if args.speedup == "measured" else "macs_speedup"
-        ev.write_json(out / "pareto.json", {"pipeline": str(args.pipeline), "setup": setup.describe(),
-                                            "num_samples": args.num_samples, "reference": reference_name,
-                                            "extractor": dataclasses.asdict(extractor), "timing": timing,
-                                            "points": points})
-        table = ev.pareto_markdown(points, key)
-        (out / "pareto.md").write_text(table)
-        png = ev.pareto_plot(points, out / "pareto.png", key,
-                             title=f"{Path(str(args.pipeline)).name}: {setup.num_inference_steps} steps, "
-                                   f"CFG {setup.guidance_scale}, N={args.num_samples}")
+        data = {"pipeline": str(args.pipeline), "setup": setup.describe(), "num_samples": args.num_samples,
+                "reference": reference_name, "extractor": dataclasses.asdict(extractor), "timing": timing,
+                "points": points}
+        ev.write_json(out / "pareto.json", data)
+        table, png = write_table_and_plot(out, data)
         log(table)
         log(f"wrote {png}, {out / 'pareto.md'}, {out / 'pareto.json'}")
     accelerator.wait_for_everyone()
     return points if accelerator.is_main_process else None
 
 
-def replot(out: Path):
-    import json
-
+def write_table_and_plot(out: Path, data: dict):
+    """<out>/pareto.md and <out>/pareto.png from a pareto.json document; returns (table, png path)."""
     from harmonica import evaluation as ev
 
-    data = json.loads((out / "pareto.json").read_text())
-    points, key = data["points"], "measured_speedup" if data.get("timing") else "macs_speedup"
-    (out / "pareto.md").write_text(ev.pareto_markdown(points, key))
-    setup = data["setup"]
+    points, setup = data["points"], data["setup"]
+    key = "measured_speedup" if data.get("timing") else "macs_speedup"  # no timing: --speedup macs
+    table = ev.pareto_markdown(points, key)
+    (out / "pareto.md").write_text(table)
     png = ev.pareto_plot(points, out / "pareto.png", key,
                          title=f"{Path(str(data['pipeline'])).name}: {setup['num_inference_steps']} steps, "
                                f"CFG {setup['guidance_scale']}, N={data['num_samples']}")
+    return table, png
+
+
+def replot(out: Path):
+    import json
+
+    data = json.loads((out / "pareto.json").read_text())
+    _, png = write_table_and_plot(out, data)
     print(f"wrote {png}, {out / 'pareto.md'}")
-    return points
+    return data["points"]
 
 
 if __name__ == "__main__":

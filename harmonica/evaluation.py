@@ -26,7 +26,7 @@ import torch
 from . import methods
 from .metrics import CallMeter, weights_bytes
 from .pipeline import num_classes_of
-from .viz import save_figure
+from .viz import save_figure, save_image_grid
 
 CALIBRATION_OFFSET = 1_000_000  # calibration samples (MagCache) use indices from here: disjoint from evaluation
 
@@ -411,15 +411,14 @@ def quality_metrics(images: torch.Tensor, *, reference: torch.Tensor | None, ext
                     judge=None, labels=None, isc: bool = False, device="cpu") -> dict:
     """FD / KID (/ IS) against ``reference``, class accuracy with ``judge``, PSNR / SSIM against
     ``uncached`` (the same samples without caching)."""
-    from .metrics import class_accuracy, fidelity_metrics, per_class_accuracy, similarity
+    from .metrics import class_accuracies, fidelity_metrics, similarity
 
     out = {}
     if reference is not None and extractor is not None:
         out.update(fidelity_metrics(images, reference, extractor, isc=isc, device=device))
         out["distance_name"] = extractor.distance_name
     if judge is not None and labels is not None:
-        out["class_accuracy"] = class_accuracy(judge, images, labels)
-        out["per_class_accuracy"] = per_class_accuracy(judge, images, labels)
+        out["class_accuracy"], out["per_class_accuracy"] = class_accuracies(judge, images, labels)
     if uncached is not None:
         if uncached.shape == images.shape:
             out.update(similarity(images, uncached))
@@ -488,8 +487,6 @@ def safe_name(text: str) -> str:
 def save_sample_grid(images: torch.Tensor, path: Path, setup: SamplingSetup, rows: int = 10) -> Path:
     """PNG of the first samples, ``rows`` deep: with class-conditional sampling column j holds class j
     (sample i has class i % num_classes), so each column should show one class."""
-    from .viz import save_image_grid
-
     cols = setup.num_classes or 10
     n = min(len(images), rows * cols) // cols * cols
     if n == 0:

@@ -254,25 +254,21 @@ def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, extractor
 
 
 @torch.no_grad()
-def judge_predictions(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> torch.Tensor:
-    """The judge's class for each uint8 ``[N, 3, H, W]`` image (``labels`` only checks the count)."""
-    if len(torch.as_tensor(labels).reshape(-1)) != len(images_uint8):
-        raise ValueError(f"{len(images_uint8)} images but {len(torch.as_tensor(labels).reshape(-1))} labels")
+def class_accuracies(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> tuple[float, dict[int, float]]:
+    """Fraction of uint8 ``[N, 3, H, W]`` images that ``judge`` classifies as ``labels``, overall and
+    per label ({label: fraction}), from one pass of the judge."""
+    labels = torch.as_tensor(labels).reshape(-1)
+    if len(labels) != len(images_uint8):
+        raise ValueError(f"{len(images_uint8)} images but {len(labels)} labels")
     device = next(judge.parameters()).device
-    return torch.cat([judge(judge_input(b.to(device))).argmax(-1).cpu() for b in images_uint8.split(batch_size)])
+    preds = torch.cat([judge(judge_input(b.to(device))).argmax(-1).cpu() for b in images_uint8.split(batch_size)])
+    hits = preds == labels
+    return hits.float().mean().item(), {int(c): hits[labels == c].float().mean().item() for c in labels.unique()}
 
 
 def class_accuracy(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> float:
     """Fraction of uint8 ``[N, 3, H, W]`` images that ``judge`` classifies as ``labels``."""
-    preds = judge_predictions(judge, images_uint8, labels, batch_size)
-    return (preds == torch.as_tensor(labels).reshape(-1)).float().mean().item()
-
-
-def per_class_accuracy(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> dict[int, float]:
-    """Accuracy of the images of each label, {label: fraction}."""
-    labels = torch.as_tensor(labels).reshape(-1)
-    hits = judge_predictions(judge, images_uint8, labels, batch_size) == labels
-    return {int(c): hits[labels == c].float().mean().item() for c in labels.unique()}
+    return class_accuracies(judge, images_uint8, labels, batch_size)[0]
 
 
 # ================================================================================ PSNR / SSIM

@@ -59,8 +59,7 @@ def load_router(router, model_path=None, **hub_kwargs) -> HarmoniCaRouter:
             raise RouterError(f"no router at {folder}: the folder does not exist (give a router folder, a "
                               "training run's output folder or a hub id)")
         if not (folder / "config.json").is_file() and (folder / ROUTER_SUBFOLDER / "config.json").is_file():
-            folder = folder / ROUTER_SUBFOLDER  # a training run's output folder holds the router in router/
-            return HarmoniCaRouter.from_pretrained(folder)
+            router = folder / ROUTER_SUBFOLDER  # a training run's output folder holds the router in router/
         return HarmoniCaRouter.from_pretrained(router, **hub_kwargs)
     raise TypeError(f"router must be a HarmoniCaRouter, a folder or a hub id, got {type(router).__name__}")
 

@@ -40,6 +40,20 @@ class RouterLayout:
     scheduler_class: str
 
 
+STATIC_INIT_LOGIT = 2.0  # init "static:N": scores 0.88 / 0.12, far enough from 0.5 yet free to move
+INIT_KINDS = ("random", "compute", "reuse", "uniform")
+
+
+def parse_init(init: str) -> tuple[str, int]:
+    """``(kind, N)`` of a router ``init`` string: one of INIT_KINDS (N = 0) or ``"static:N"``."""
+    kind, _, every = str(init).partition(":")
+    if kind in INIT_KINDS and not every:
+        return kind, 0
+    if kind == "static" and every.isdigit() and int(every) >= 1:
+        return kind, int(every)
+    raise RouterError(f"init must be one of {', '.join(map(repr, INIT_KINDS))} or 'static:N' (N >= 1), got {init!r}")
+
+
 def check_threshold(threshold: float) -> float:
     if not isinstance(threshold, (int, float)) or not (0.0 < float(threshold) < 1.0) or math.isnan(threshold):
         raise RouterError(
@@ -106,7 +120,10 @@ class HarmoniCaRouter(
         **kwargs,
     ) -> "HarmoniCaRouter":
         """A router for ``layout``; ``init`` is ``"random"`` (randn logits), ``"compute"`` (all
-        branches computed) or ``"reuse"`` (everything after the first step reused)."""
+        branches computed), ``"reuse"`` (everything after the first step reused), ``"uniform"`` (all
+        logits 0: every branch alike) or ``"static:N"`` (FORA's compute-every-N schedule with logits
+        +/-2, a soft start for training; ``static`` makes the hard schedule)."""
+        kind, every = parse_init(init)
         router = cls(
             num_steps=num_steps,
             num_blocks=layout.num_blocks,
@@ -117,14 +134,16 @@ class HarmoniCaRouter(
             **kwargs,
         )
         with torch.no_grad():
-            if init == "random":
+            if kind == "random":
                 router.logits.copy_(torch.randn(router.logits.shape, generator=generator))
-            elif init == "compute":
+            elif kind == "compute":
                 router.logits.fill_(LOGIT_BOUND)
-            elif init == "reuse":
+            elif kind == "reuse":
                 router.logits.fill_(-LOGIT_BOUND)
-            else:
-                raise RouterError(f"init must be 'random', 'compute' or 'reuse', got {init!r}")
+            elif kind == "static":
+                router.logits.fill_(-STATIC_INIT_LOGIT)
+                router.logits[::every] = STATIC_INIT_LOGIT
+            # "uniform": the constructor's zeros
             router.logits.clamp_(-LOGIT_BOUND, LOGIT_BOUND)
         return router
 

@@ -19,8 +19,8 @@ from harmonica.metrics import (
     JUDGE_EXTRACTOR,
     CallMeter,
     Extractor,
+    class_accuracies,
     class_accuracy,
-    per_class_accuracy,
     fidelity_metrics,
     psnr,
     register_judge_extractor,
@@ -275,8 +275,8 @@ def test_class_accuracy_with_a_known_classifier():
     images[:2] = 255
     assert class_accuracy(Sign(), images, [1, 1, 0, 0]) == 1.0
     assert class_accuracy(Sign(), images, [1, 0, 0, 1]) == 0.5
-    assert per_class_accuracy(Sign(), images, [1, 0, 0, 1]) == {0: 0.5, 1: 0.5}
-    assert per_class_accuracy(Sign(), images, [1, 1, 0, 1]) == {0: 1.0, 1: pytest.approx(2 / 3)}
+    assert class_accuracies(Sign(), images, [1, 0, 0, 1]) == (0.5, {0: 0.5, 1: 0.5})
+    assert class_accuracies(Sign(), images, [1, 1, 0, 1]) == (0.75, {0: 1.0, 1: pytest.approx(2 / 3)})
 
 
 def test_judge_is_a_torch_fidelity_extractor(judge_dir):

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ..cache import paused
-from ..router import HarmoniCaRouter, check_threshold
+from ..router import HarmoniCaRouter, check_threshold, parse_init
 from .checkpoints import resume, save_checkpoint
 from .denoisers import denoiser_for
 from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
@@ -100,7 +100,7 @@ class RouterTrainingConfig:
             raise ValueError(f"target_usage must be in [0, 1), got {self.target_usage}")
         if self.lambda_variant not in LAMBDA_VARIANTS:
             raise ValueError(f"lambda_variant must be one of {LAMBDA_VARIANTS}, got {self.lambda_variant!r}")
-        _parse_init(self.init)
+        parse_init(self.init)
         for name in ("trajectories", "batch_size", "lambda_every", "lambda_samples", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -127,15 +127,6 @@ class TrainState:
         self.lam = state["lam"].clone()
         self.next_refresh = int(state["next_refresh"])
         self.refreshes = int(state["refreshes"])
-
-
-def _parse_init(init: str) -> tuple[str, int]:
-    kind, _, every = str(init).partition(":")
-    if kind in ("random", "uniform") and not every:
-        return kind, 0
-    if kind == "static" and every.isdigit() and int(every) >= 1:
-        return kind, int(every)
-    raise ValueError(f"init must be 'random', 'uniform' or 'static:N' (N >= 1), got {init!r}")
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -173,16 +164,9 @@ class RouterTrainer:
         layout = harmonica.describe(pipe)
         if router is None:
             router = HarmoniCaRouter.for_layout(
-                layout, config.num_steps, init="random", generator=_generator(config.seed, 7),
+                layout, config.num_steps, init=config.init, generator=_generator(config.seed, 7),
                 threshold=config.threshold,
             )
-            kind, every = _parse_init(config.init)
-            with torch.no_grad():
-                if kind == "uniform":
-                    router.logits.zero_()
-                elif kind == "static":
-                    router.logits.fill_(-2.0)
-                    router.logits[::every] = 2.0
         self.router = router.to(accelerator.device)
         self.router.threshold = config.threshold
         harmonica.enable(pipe, self.router, threshold=config.threshold)
