@@ -2,8 +2,10 @@
 
     accelerate launch train/train_dit.py --vae runs/vae/vae --judge runs/judge/judge --output runs/dit
 
-v-prediction on a cosine schedule with Min-SNR loss weighting, AdamW with warm-up and cosine
-decay, an EMA of the weights, 10% label dropout to the null class 1000 (for classifier-free
+v-prediction on a cosine noise schedule with Min-SNR loss weighting, AdamW with a
+warm-up / stable / decay learning rate (constant after warm-up, cosine to 0 over the last
+--decay_steps; `--decay_steps 0` gives plain warm-up + cosine decay over the whole run), an EMA of
+the weights, 10% label dropout to the null class 1000 (for classifier-free
 guidance). Every --eval_every steps the EMA model samples a few images per class (20 DDIM steps,
 CFG 1.5) and the judge reports their class accuracy, with a PNG grid in --output. Resumes from the
 newest checkpoint in --output; the final EMA pipeline goes to <output>/pipeline.
@@ -16,9 +18,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
-from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
+from transformers.optimization import get_cosine_schedule_with_warmup, get_wsd_schedule
 
 from harmonica.data import NUM_CLASSES, TRAIN_SEED, render_shapes, to_model_range
 from harmonica.embedded import NULL_CLASS, dit_config, save_pipeline, scheduler_config
@@ -61,10 +63,12 @@ def main():
     p.add_argument("--judge", default="runs/judge/judge", help="judge for periodic accuracy ('' to skip)")
     p.add_argument("--output", default="runs/dit")
     p.add_argument("--num_images", type=int, default=30_000)
-    p.add_argument("--steps", type=int, default=3_600)
+    p.add_argument("--steps", type=int, default=6_000)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--decay_steps", type=int, default=None,
+                   help="final cosine decay to 0 after a constant lr (default: 20%% of --steps; 0: cosine over the run)")
     p.add_argument("--ema_decay", type=float, default=0.999)
     p.add_argument("--snr_gamma", type=float, default=5.0)
     p.add_argument("--label_dropout", type=float, default=0.1)
@@ -90,7 +94,11 @@ def main():
     model.train()
     ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    lr_sched = get_cosine_schedule_with_warmup(opt, args.warmup, args.steps)
+    decay = round(0.2 * args.steps) if args.decay_steps is None else args.decay_steps
+    if decay > 0:
+        lr_sched = get_wsd_schedule(opt, args.warmup, decay, num_training_steps=args.steps)
+    else:
+        lr_sched = get_cosine_schedule_with_warmup(opt, args.warmup, args.steps)
     model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
     accelerator.register_for_checkpointing(ema)
     start = resume(accelerator, args.output)

@@ -11,7 +11,7 @@ LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision n
 # to 3,600 steps, then resumed with the schedule recomputed for 7,200 steps (a warm restart)
 for steps in 3600 7200; do
   "${LAUNCH[@]}" train/train_dit.py --vae "$RUNS/vae/vae" --judge "$RUNS/judge/judge" --output "$RUNS/dit" \
-    --seed 0 --steps "$steps"
+    --seed 0 --steps "$steps" --decay_steps 0
 done
 if [ "${INSTALL:-1}" = 1 ]; then
   rm -rf pipelines/shapes-dit/{transformer,vae,scheduler,judge,model_index.json}
