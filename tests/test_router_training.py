@@ -162,6 +162,18 @@ def test_resume_with_other_settings_is_refused(dit_path, tmp_path):
     make_trainer(dit_path, tmp_path, trajectories=1, checkpoint_every=5).train()  # harmless change
 
 
+def test_resume_on_retrained_weights_is_refused(dit_path, tmp_path):
+    """Same settings, same model path, other transformer weights: not the same run."""
+    make_trainer(dit_path, tmp_path / "run", trajectories=1).train()
+    retrained = tmp_path / "retrained"
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    with torch.no_grad():
+        pipe.transformer.proj_out_2.weight.add_(0.01)
+    pipe.save_pretrained(retrained)
+    with pytest.raises(ValueError, match="transformer_weights"):
+        make_trainer(retrained, tmp_path / "run", trajectories=1).train()
+
+
 @pytest.mark.parametrize("objective", ["sdt", "ltc"])
 def test_ablation_objectives_train(dit_path, tmp_path, objective):
     trainer = make_trainer(dit_path, tmp_path, objective=objective, trajectories=2)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ..cache import paused
+from ..pipeline import weights_fingerprint
 from ..router import HarmoniCaRouter, check_threshold, parse_init
 from .checkpoints import resume, save_checkpoint
 from .denoisers import denoiser_for
@@ -357,6 +358,8 @@ class RouterTrainer:
         current = {k: v for k, v in asdict(self.config).items() if k not in self.RESUMABLE_CHANGES}
         router = self.router
         current["layout"] = [router.pipeline_class, router.transformer_class, router.num_blocks, list(router.branches)]
+        # a router is tied to the weights it was trained on: a retrained model at the same path is another run
+        current["transformer_weights"] = weights_fingerprint(self.pipe, ("transformer",))
         current = json.loads(json.dumps(current))
         if path.exists():
             saved = json.loads(path.read_text())
