@@ -278,6 +278,7 @@ class HarmoniCa:
         self.transformer = pipe.transformer
         self.layout = describe(pipe)
         router.check_compatible(self.layout)
+        router.check_weights(pipe.transformer)
         mask = router.compute_mask(self.threshold)
         self.set_schedule([row.flatten().tolist() for row in mask])  # [step][block * branches + branch]
         self.state = CacheState(router.num_blocks, len(router.branches))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -40,6 +41,7 @@ class RouterLayout:
     scheduler_class: str
 
 
+WEIGHTS_TOLERANCE = 1e-3  # relative; a cast to fp16 / bf16 moves weights_signature far less
 STATIC_INIT_LOGIT = 2.0  # init "static:N": scores 0.88 / 0.12, far enough from 0.5 yet free to move
 INIT_KINDS = ("random", "compute", "reuse", "uniform")
 
@@ -61,6 +63,21 @@ def check_threshold(threshold: float) -> float:
             f"exceeds it), got {threshold!r}. The reference value for DiT is {DEFAULT_THRESHOLD}."
         )
     return float(threshold)
+
+
+@torch.no_grad()
+def weights_signature(module: nn.Module) -> float:
+    """Mean absolute value of every floating-point weight of ``module``, summed in float64.
+
+    A router's schedule belongs to the weights it was trained on. This one number survives loading the
+    same checkpoint in fp16 or bf16 (within ``WEIGHTS_TOLERANCE``) but moves when the model is retrained.
+    """
+    total, count = 0.0, 0
+    for t in module.state_dict().values():
+        if torch.is_tensor(t) and t.is_floating_point():
+            total += t.abs().sum(dtype=torch.float64).item()
+            count += t.numel()
+    return total / max(count, 1)
 
 
 class HarmoniCaRouter(
@@ -236,6 +253,21 @@ class HarmoniCaRouter(
             )
         if problems:
             raise RouterError("this router does not fit the pipeline: " + "; ".join(problems) + ".")
+
+    def check_weights(self, transformer: nn.Module) -> None:
+        """Warn when the router was trained on other weights of the same architecture (a retrained or
+        fine-tuned model): it still runs, but its schedule was not learned for these weights."""
+        trained_on = self.training_info.get("transformer_weights")
+        if trained_on is None:
+            return
+        now = weights_signature(transformer)
+        if abs(now - trained_on) > WEIGHTS_TOLERANCE * abs(trained_on):
+            warnings.warn(
+                f"this router was trained on other transformer weights (mean |w| {trained_on:.6g} there, "
+                f"{now:.6g} here): its cache schedule may not fit this model and images may degrade; "
+                "retrain the router for these weights (train/train_router.py)",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------------------ I/O
     @property

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,22 @@ def test_resume_on_retrained_weights_is_refused(dit_path, tmp_path):
     pipe.save_pretrained(retrained)
     with pytest.raises(ValueError, match="transformer_weights"):
         make_trainer(retrained, tmp_path / "run", trajectories=1).train()
+
+
+def test_router_warns_when_enabled_on_other_weights(dit_path, tmp_path):
+    make_trainer(dit_path, tmp_path, trajectories=1).train()
+    router = harmonica.HarmoniCaRouter.from_pretrained(tmp_path / "router")
+    assert router.training_info["transformer_weights"] > 0
+    for dtype in (torch.float32, torch.float16):  # the weights it was trained on, also cast: silent
+        pipe = DiTPipeline.from_pretrained(dit_path, torch_dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            harmonica.enable(pipe, router)
+    with torch.no_grad():
+        for param in pipe.transformer.parameters():  # "retrained": weights 10% larger
+            param.mul_(1.1)
+    with pytest.warns(UserWarning, match="trained on other transformer weights"):
+        harmonica.enable(pipe, router)
 
 
 @pytest.mark.parametrize("objective", ["sdt", "ltc"])

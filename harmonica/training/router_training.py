@@ -34,7 +34,7 @@ import torch
 
 from ..cache import paused
 from ..pipeline import weights_fingerprint
-from ..router import HarmoniCaRouter, check_threshold, parse_init
+from ..router import HarmoniCaRouter, check_threshold, parse_init, weights_signature
 from .checkpoints import resume, save_checkpoint
 from .denoisers import denoiser_for
 from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
@@ -328,6 +328,7 @@ class RouterTrainer:
             "config": {k: v for k, v in asdict(self.config).items() if k != "prompts"},
             "iterations": self.state.iteration,
             "lambda": [round(float(v), 4) for v in self.state.lam],
+            "transformer_weights": weights_signature(self.pipe.transformer),
         }
         summary = {
             "objective": cfg.objective,
