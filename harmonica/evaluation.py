@@ -25,7 +25,7 @@ import torch
 
 from . import methods
 from .metrics import CallMeter, weights_bytes
-from .pipeline import num_classes_of, weights_fingerprint
+from .pipeline import num_classes_of
 from .viz import save_figure, save_image_grid
 
 CALIBRATION_OFFSET = 1_000_000  # calibration samples (MagCache) use indices from here: disjoint from evaluation
@@ -192,6 +192,20 @@ def generate_distributed(accelerator, pipe, setup: SamplingSetup, num_samples: i
 
 
 # ========================================================================== sample files
+@torch.no_grad()
+def weights_fingerprint(pipe) -> str:
+    """A short digest of every weight of the pipeline's torch modules (sums and shapes), so that kept
+    samples are never reused for a retrained model that lives at the same path."""
+    h = hashlib.sha1()
+    for name, comp in sorted(pipe.components.items()):
+        if isinstance(comp, torch.nn.Module):
+            for pname, t in comp.state_dict().items():
+                if torch.is_tensor(t) and t.is_floating_point():
+                    h.update(f"{name}.{pname}{tuple(t.shape)}{t.double().sum().item():.10e}"
+                             f"{t.double().abs().sum().item():.10e}".encode())
+    return h.hexdigest()[:16]
+
+
 def _key(meta: dict) -> str:
     return hashlib.sha1(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -7,11 +7,8 @@ harmonica lives in its hooks and in ``pipe.harmonica`` (router, threshold, ``las
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
-
-import torch
 
 from .router import HarmoniCaRouter, RouterError
 
@@ -33,21 +30,6 @@ def num_classes_of(pipe) -> int:
     """Class count of a DiT pipeline: its ``id2label`` table when it has one, else ImageNet's 1000."""
     labels = getattr(pipe, "labels", None)
     return len(labels) if labels else 1000
-
-
-@torch.no_grad()
-def weights_fingerprint(pipe, components: tuple[str, ...] | None = None) -> str:
-    """A short digest of every weight of the pipeline's torch modules (or of ``components`` only):
-    names, shapes and sums, so that kept samples or a router training run are never reused for a
-    retrained model that lives at the same path."""
-    h = hashlib.sha1()
-    for name, comp in sorted(pipe.components.items()):
-        if isinstance(comp, torch.nn.Module) and (components is None or name in components):
-            for pname, t in comp.state_dict().items():
-                if torch.is_tensor(t) and t.is_floating_point():
-                    h.update(f"{name}.{pname}{tuple(t.shape)}{t.double().sum().item():.10e}"
-                             f"{t.double().abs().sum().item():.10e}".encode())
-    return h.hexdigest()[:16]
 
 
 def check_supported(pipe) -> None:

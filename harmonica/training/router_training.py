@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 from ..cache import paused
-from ..pipeline import weights_fingerprint
 from ..router import HarmoniCaRouter, check_threshold, parse_init, weights_signature
 from .checkpoints import resume, save_checkpoint
 from .denoisers import denoiser_for
@@ -162,6 +161,8 @@ class RouterTrainer:
             pipe.scheduler = klass.from_config(pipe.scheduler.config)
         # the base model is frozen, in eval mode, and never receives gradients
         pipe.transformer.eval().requires_grad_(False)
+        # the weights the router is trained for: recorded in the run folder and in the saved router
+        self.weights_signature = weights_signature(pipe.transformer)
         layout = harmonica.describe(pipe)
         if router is None:
             router = HarmoniCaRouter.for_layout(
@@ -328,7 +329,7 @@ class RouterTrainer:
             "config": {k: v for k, v in asdict(self.config).items() if k != "prompts"},
             "iterations": self.state.iteration,
             "lambda": [round(float(v), 4) for v in self.state.lam],
-            "transformer_weights": weights_signature(self.pipe.transformer),
+            "transformer_weights": self.weights_signature,
         }
         summary = {
             "objective": cfg.objective,
@@ -360,7 +361,7 @@ class RouterTrainer:
         router = self.router
         current["layout"] = [router.pipeline_class, router.transformer_class, router.num_blocks, list(router.branches)]
         # a router is tied to the weights it was trained on: a retrained model at the same path is another run
-        current["transformer_weights"] = weights_fingerprint(self.pipe, ("transformer",))
+        current["transformer_weights"] = self.weights_signature
         current = json.loads(json.dumps(current))
         if path.exists():
             saved = json.loads(path.read_text())
