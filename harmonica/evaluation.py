@@ -25,7 +25,7 @@ import torch
 
 from . import methods
 from .metrics import CallMeter, weights_bytes
-from .pipeline import num_classes_of
+from .families.dit import num_classes_of
 from .viz import save_figure, save_image_grid
 
 CALIBRATION_OFFSET = 1_000_000  # calibration samples (MagCache) use indices from here: disjoint from evaluation
@@ -37,13 +37,13 @@ def load_pipeline(path: str | Path, device: str = "cpu", dtype: str = "float32")
     import diffusers
     from diffusers import DiffusionPipeline
 
-    from .pipeline import check_supported
+    from .families import family_for
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     kwargs = {} if dtype == "float32" else {"torch_dtype": getattr(torch, dtype)}
     pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
-    check_supported(pipe)
+    family_for(pipe)  # raises, naming the supported pipelines
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -304,11 +304,12 @@ def measure_cost(prepared_pipe, setup: SamplingSetup, indices, overrides: dict |
 
 
 def harmonica_stats(pipe) -> dict | None:
-    from .cache import stats
+    from .cache import controller
 
-    if "harmonica" not in pipe.__dict__:
+    found = controller(pipe)
+    if found is None:
         return None
-    st = stats(pipe)
+    st = found.stats_for(pipe)
     return None if st is None else {"cache_usage": st.cache_usage, "macs_speedup": st.macs_speedup}
 
 

@@ -428,7 +428,7 @@ class CallMeter:
     """
 
     def __init__(self, pipe, count_macs: bool = True, track_memory: bool = True):
-        from .blocks import branch_modules
+        from .families import blocks_of
 
         self.pipe = pipe
         self.count_macs = count_macs
@@ -436,11 +436,10 @@ class CallMeter:
         self.cost = CallCost()
         self._handles = []
         transformer = pipe.transformer
-        rows = branch_modules(transformer)
-        self._slots_per_forward = sum(len(r) for r in rows)
-        for row in rows:
-            for module in row:
-                self._handles.append(_first_linear(module).register_forward_pre_hook(self._bump))
+        modules = [m for block in blocks_of(pipe) for m in block.modules]
+        self._slots_per_forward = len(modules)
+        for module in modules:
+            self._handles.append(_first_linear(module).register_forward_pre_hook(self._bump))
         self._handles.append(transformer.register_forward_pre_hook(self._forward))
         self._registry = HookRegistry.check_if_exists_or_initialize(transformer)
         self._registry.register_hook(_MacHook(self), _MacHook.NAME)

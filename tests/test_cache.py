@@ -86,8 +86,8 @@ def test_reused_branch_does_not_run(dit_path, tmp_path):
     layout = harmonica.describe(pipe)
     router = HarmoniCaRouter.for_layout(layout, STEPS, init="compute")
     with torch.no_grad():
-        router.logits[2, 1, 0] = -5.0  # block 1 attn1 reused at step 2
-        router.logits[3:, 0, 1] = -5.0  # block 0 ff reused at steps 3 and 4
+        router.logits[2, layout.slot(1, "attn1")] = -5.0  # block 1 attn1 reused at step 2
+        router.logits[3:, layout.slot(0, "ff")] = -5.0  # block 0 ff reused at steps 3 and 4
     harmonica.enable(pipe, router)
     counts, _ = count_computations(pipe.transformer)
     dit_images(pipe)
@@ -142,7 +142,7 @@ def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed):
 def test_matches_hand_written_reference_loop(dit_path):
     pipe = DiTPipeline.from_pretrained(dit_path)
     router = HarmoniCaRouter.for_layout(harmonica.describe(pipe), STEPS, generator=generator(3))
-    compute = router.compute_mask(0.5).tolist()
+    compute = router.compute_mask(0.5).reshape(STEPS, 3, 2).tolist()
     assert 0.2 < 1 - router.compute_mask(0.5).float().mean() < 0.8  # a schedule that really mixes
     with torch.no_grad():
         expected = reference_dit_sampling(pipe, compute, (3, 7), 1.5, STEPS, seed=0)
@@ -184,7 +184,7 @@ def test_no_stale_features_across_calls(dit_path):
     third = dit_images(pipe, labels=(1, 2), guidance_scale=1.5)
     assert torch.equal(first, third)
     assert torch.equal(second, dit_images(fresh(), labels=(4, 5, 6), guidance_scale=1.0, seed=1))
-    assert pipe.harmonica.state.pool is None  # freed after each call
+    assert harmonica.controller(pipe).states() == []  # every cache is freed after each call
 
 
 def test_interrupted_call_does_not_leak_into_the_next(dit_path):
@@ -292,9 +292,22 @@ def test_unsupported_pipeline_named(tmp_path):
                        layers_per_block=1, norm_num_groups=8)
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline.*DiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline"):
-        HarmoniCaPipeline.from_pretrained(tmp_path / "ddpm", router=HarmoniCaRouter(5, 1, ["attn1"]))
+        HarmoniCaPipeline.from_pretrained(tmp_path / "ddpm", router=HarmoniCaRouter(5, num_blocks=1, branches=["attn1"]))
+    ddpm = DDPMPipeline.from_pretrained(tmp_path / "ddpm")
     with pytest.raises(UnsupportedPipelineError, match="supported pipelines"):
-        harmonica.describe(DDPMPipeline.from_pretrained(tmp_path / "ddpm"))
+        harmonica.describe(ddpm)
+    with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline.*supported pipelines"):
+        harmonica.enable(ddpm, HarmoniCaRouter(5, num_blocks=1, branches=["attn1"]))
+
+
+def test_transformer_called_outside_a_pipeline_call_is_named(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS))
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises(RuntimeError, match="outside a pipeline call.*harmonica.paused"):
+        pipe.transformer(x, timestep=torch.tensor([999, 999]), class_labels=torch.tensor([1, 2]))
+    with harmonica.paused(pipe):
+        assert pipe.transformer(x, timestep=torch.tensor([999, 999]), class_labels=torch.tensor([1, 2])).sample.shape
 
 
 def test_router_shipped_in_pipeline_folder_is_the_default(dit_path, tmp_path):
@@ -305,7 +318,7 @@ def test_router_shipped_in_pipeline_folder_is_the_default(dit_path, tmp_path):
     stock = DiTPipeline.from_pretrained(folder)
     HarmoniCaRouter.static(harmonica.describe(stock), STEPS).save_pretrained(folder / "router")
     pipe = HarmoniCaPipeline.from_pretrained(folder)
-    assert pipe.harmonica.router.cache_usage() == pytest.approx(0.4)
+    assert harmonica.controller(pipe).router.cache_usage() == pytest.approx(0.4)
     with pytest.raises(ValueError, match="no router given"):
         HarmoniCaPipeline.from_pretrained(dit_path)
 
@@ -317,7 +330,7 @@ def test_fused_blocks_equal_branch_by_branch_and_skip_the_block(dit_path):
     layout = harmonica.describe(pipe)
     router = HarmoniCaRouter.static(layout, STEPS, compute_every=2)
     with torch.no_grad():
-        router.logits[1, 1, 0] = 5.0  # block 1 attn1 computed at step 1: blocks 0 and 2 stay fused there
+        router.logits[1, layout.slot(1, "attn1")] = 5.0  # block 1 attn1 computed at step 1: blocks 0 and 2 stay fused
     harmonica.enable(pipe, router, fused=False)
     expected = dit_images(pipe)
     harmonica.enable(pipe, router, fused=True)
@@ -344,15 +357,16 @@ def test_pool_keeps_only_reused_branches(dit_path):
     pipe = DiTPipeline.from_pretrained(dit_path)
     router = HarmoniCaRouter.for_layout(harmonica.describe(pipe), STEPS, init="compute")
     with torch.no_grad():
-        router.logits[2:, 1, 0] = -5.0  # only block 1's attn1 is ever reused
+        router.logits[2:, router.layout.slot(1, "attn1")] = -5.0  # only block 1's attn1 is ever reused
     harmonica.enable(pipe, router)
     seen = []
-    pipe.transformer.register_forward_hook(lambda *_: seen.append(pipe.harmonica.state.pool))
+    ctl = harmonica.controller(pipe)
+    pipe.transformer.register_forward_hook(lambda *_: seen.extend(s.pools.get("image") for s in ctl.states()))
     dit_images(pipe)
     pools = [p for p in seen if p is not None]
     assert pools and all(p is pools[0] for p in pools)  # one buffer for the whole call
     assert pools[0].num_slots == 1 and pools[0].shape == (4, 16, 16)
-    assert pipe.harmonica.state.pool is None
+    assert ctl.states() == []
 
 
 def test_half_precision_pipeline(dit_path, tmp_path):
@@ -364,7 +378,8 @@ def test_half_precision_pipeline(dit_path, tmp_path):
     assert torch.equal(dit_images(pipe), expected)
     harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS, compute_every=2))
     pools = []
-    pipe.transformer.register_forward_hook(lambda *_: pools.append(pipe.harmonica.state.pool))
+    ctl = harmonica.controller(pipe)
+    pipe.transformer.register_forward_hook(lambda *_: pools.extend(s.pools.get("image") for s in ctl.states()))
     images = dit_images(pipe)
     assert torch.isfinite(images).all()
     assert {p.dtype for p in pools if p is not None} == {torch.bfloat16}

@@ -21,14 +21,14 @@ def taylorseer_warmup(num_steps: int) -> int:
 def apply_taylorseer(pipe, knob, ctx: Context) -> Applied:
     from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
 
-    from ..blocks import block_branches
+    from ..families import blocks_of
 
     interval = int(knob)
     if interval < 1:
         raise ValueError(f"taylorseer's cache_interval must be >= 1, got {knob}")
-    branches = block_branches(pipe.transformer)
-    # diffusers' default identifiers do not match DiT's attn1: name every branch explicitly.
-    patterns = [rf"transformer_blocks\.\d+\.{re.escape(b)}" for b in branches]
+    # diffusers' default identifiers do not match DiT's attn1: name every branch module explicitly.
+    modules = dict.fromkeys((block.list_name, branch.module) for block in blocks_of(pipe) for branch in block.branches)
+    patterns = [rf"^{re.escape(name)}\.\d+\.{re.escape(module)}$" for name, module in modules]
     warmup = taylorseer_warmup(ctx.num_inference_steps)
     config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=1,
                                    taylor_factors_dtype=pipe.transformer.dtype, cache_identifiers=patterns)

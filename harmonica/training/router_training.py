@@ -4,8 +4,8 @@ Data-free: every trajectory starts from Gaussian noise and random class labels (
 
 SDT, per trajectory:
   1. step 0 computes everything without gradients and fills the cache;
-  2. at every later step t, in order: the teacher (the same frozen model, harmonica paused: no cache
-     read or write) and the student (router-mixed: score * fresh + (1 - score) * cached; the cache is
+  2. at every later step t, in order: the teacher (the same frozen model, no cache read or write)
+     and the student (router-mixed: score * fresh + (1 - score) * cached; the cache is
      overwritten, detached, where score > threshold) both run on the student's latent;
      loss_t = lambda_t * MSE(student, teacher) + beta * sum(scores of step t); one optimizer step;
   3. the next latent is the scheduler step on the student's output, detached (no backprop through
@@ -14,6 +14,9 @@ IEPO: lambda is refreshed every ``lambda_every`` iterations (at the next traject
 gradient-free sampling with fixed noise and labels (see ``objectives``); ``objective="sdt"`` keeps
 lambda = 1. ``objective="ltc"`` is the Learning-to-Cache ablation: lambda = 1, steps visited in
 random order, the student's input and a clean cache come from a full-computation teacher trajectory.
+
+The student's cache lives in router training's own hooks (``hooks.TrainingCache``), told the step
+and the mode of every forward by the trainer; the inference cache is not involved.
 
 Multi-process (accelerate): each process draws its own trajectories; gradients, losses and the
 lambda errors are all-reduced, so every process holds the same router. Checkpoints are taken at
@@ -32,10 +35,12 @@ from pathlib import Path
 
 import torch
 
-from ..cache import paused
+from ..cache import controller as harmonica_controller
+from ..cache import describe
+from ..families import family_for
 from ..router import HarmoniCaRouter, check_threshold, parse_init, weights_signature
 from .checkpoints import resume, save_checkpoint
-from .denoisers import denoiser_for
+from .hooks import TrainingCache
 from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
 
 OBJECTIVES = ("harmonica", "sdt", "ltc")
@@ -148,8 +153,6 @@ class RouterTrainer:
     """Trains a ``HarmoniCaRouter`` for ``pipe`` (a supported pipeline, already on its device)."""
 
     def __init__(self, pipe, config: RouterTrainingConfig, accelerator, router: HarmoniCaRouter | None = None):
-        import harmonica
-
         config.check()
         self.config = config
         self.accelerator = accelerator
@@ -159,11 +162,16 @@ class RouterTrainer:
 
             klass = getattr(diffusers, config.scheduler)
             pipe.scheduler = klass.from_config(pipe.scheduler.config)
+        if harmonica_controller(pipe) is not None:
+            raise ValueError("harmonica is enabled on this pipeline; router training uses its own hooks: "
+                             "harmonica.disable(pipe) first")
+        family = family_for(pipe)
         # the base model is frozen, in eval mode, and never receives gradients
         pipe.transformer.eval().requires_grad_(False)
         # the weights the router is trained for: recorded in the run folder and in the saved router
         self.weights_signature = weights_signature(pipe.transformer)
-        layout = harmonica.describe(pipe)
+        layout = describe(pipe)
+        self.denoiser = family.denoiser(pipe, config.guidance_scale, config.prompts)
         if router is None:
             router = HarmoniCaRouter.for_layout(
                 layout, config.num_steps, init=config.init, generator=_generator(config.seed, 7),
@@ -171,9 +179,8 @@ class RouterTrainer:
             )
         self.router = router.to(accelerator.device)
         self.router.threshold = config.threshold
-        harmonica.enable(pipe, self.router, threshold=config.threshold)
-        self.controller = pipe.harmonica
-        self.denoiser = denoiser_for(pipe, config.guidance_scale, config.prompts)
+        self.threshold = config.threshold
+        self.cache = TrainingCache(pipe).attach()
         self.optimizer = torch.optim.AdamW([self.router.logits], lr=config.lr, weight_decay=config.weight_decay)
         self.state = TrainState(config.num_steps, first_refresh=config.lambda_every)
         accelerator.register_for_checkpointing(self.router, self.optimizer, self.state)
@@ -189,21 +196,23 @@ class RouterTrainer:
     def _set_threshold(self) -> float:
         cfg = self.config
         if cfg.target_usage is not None:
-            self.controller.threshold = threshold_for_usage(self.router, cfg.target_usage)[0]
-        return self.controller.threshold
+            self.threshold = threshold_for_usage(self.router, cfg.target_usage)[0]
+        return self.threshold
 
-    def _forward(self, x, t, cond, mode: str | None):
-        if mode == "mix":
-            self._set_threshold()
-        state = self.controller.state
-        state.forced = mode
-        try:
+    def _fill(self, x, t, step: int, cond):
+        """A full-computation forward that (re)fills the student's cache."""
+        with torch.no_grad(), self.cache.running("fill", step):
             return self.denoiser.forward(x, t, cond)
-        finally:
-            state.forced = None
+
+    def _student(self, x, t, step: int, cond):
+        """The router-mixed forward: score * fresh + (1 - score) * cached per branch."""
+        scores = self.router.scores()[step]
+        write = (scores.detach() > self._set_threshold()).tolist()
+        with self.cache.running("mix", step, scores=scores, write=write):
+            return self.denoiser.forward(x, t, cond)
 
     def _teacher(self, x, t, cond):
-        with torch.no_grad(), paused(self.pipe):
+        with torch.no_grad():  # the training hooks are "off" outside running(): the plain model
             return self.denoiser.forward(x, t, cond)
 
     def _optimize(self, step: int, student, teacher) -> dict:
@@ -225,18 +234,22 @@ class RouterTrainer:
                 "usage": usage, "threshold": threshold}
 
     # ---------------------------------------------------------------------- trajectories
+    def _timesteps(self) -> list:
+        sched = self.pipe.scheduler
+        self.denoiser.set_timesteps(sched, self.config.num_steps)
+        return list(sched.timesteps)
+
     def sdt_trajectory(self, trajectory: int) -> list[dict]:
         sched = self.pipe.scheduler
-        sched.set_timesteps(self.config.num_steps)
-        timesteps = list(sched.timesteps)
+        timesteps = self._timesteps()
         x, cond = self._trajectory_inputs(trajectory)
         with torch.no_grad():  # step 0: full computation fills the cache
-            raw = self._forward(x, timesteps[0], cond, "fill")
+            raw = self._fill(x, timesteps[0], 0, cond)
             x = sched.step(self.denoiser.guided(raw), timesteps[0], x).prev_sample
         rows = []
         for i, t in enumerate(timesteps[1:], start=1):
             teacher = self._teacher(x, t, cond)
-            student = self._forward(x, t, cond, "mix")
+            student = self._student(x, t, i, cond)
             rows.append(self._optimize(i, student, teacher))
             with torch.no_grad():
                 x = sched.step(self.denoiser.guided(student.detach()), t, x).prev_sample
@@ -245,11 +258,10 @@ class RouterTrainer:
     def ltc_trajectory(self, trajectory: int) -> list[dict]:
         """Learning-to-Cache: teacher trajectory, clean cache from a full pass, random step order."""
         sched = self.pipe.scheduler
-        sched.set_timesteps(self.config.num_steps)
-        timesteps = list(sched.timesteps)
+        timesteps = self._timesteps()
         x, cond = self._trajectory_inputs(trajectory)
         xs, outs = [], []
-        with torch.no_grad(), paused(self.pipe):
+        with torch.no_grad():
             for t in timesteps:
                 xs.append(x)
                 raw = self.denoiser.forward(x, t, cond)
@@ -259,9 +271,8 @@ class RouterTrainer:
         order = (torch.randperm(len(timesteps) - 1, generator=g) + 1).tolist()
         rows = []
         for i in order:
-            with torch.no_grad():  # a full pass at the previous step: the cache is clean
-                self._forward(xs[i - 1], timesteps[i - 1], cond, "fill")
-            student = self._forward(xs[i], timesteps[i], cond, "mix")
+            self._fill(xs[i - 1], timesteps[i - 1], i - 1, cond)  # a full pass at the previous step: a clean cache
+            student = self._student(xs[i], timesteps[i], i, cond)
             rows.append(self._optimize(i, student, outs[i]))
         return rows
 
@@ -272,7 +283,7 @@ class RouterTrainer:
         g = _generator(cfg.seed, 10_000_019, acc.process_index)  # the same fixed samples at every refresh
         noise = self.denoiser.initial_latents(per_process, g)
         cond = self.denoiser.conditions(per_process, g)
-        raw = image_error_proxy(self.denoiser, self.controller, self.router, self._set_threshold(), noise, cond,
+        raw = image_error_proxy(self.denoiser, self.cache, self.router, self._set_threshold(), noise, cond,
                                 self.pipe.scheduler, variant=cfg.lambda_variant)
         raw = acc.reduce(raw.to(acc.device), reduction="sum").cpu()
         self.state.lam = normalise(raw, cfg.lambda_floor)
@@ -324,6 +335,7 @@ class RouterTrainer:
         if cfg.target_usage is not None:
             threshold, usage = threshold_for_usage(router, cfg.target_usage)
         router.threshold = threshold
+        router.timesteps = [float(t) for t in self._timesteps()]
         router.training_info = {
             "objective": cfg.objective,
             "config": {k: v for k, v in asdict(self.config).items() if k != "prompts"},
@@ -359,7 +371,7 @@ class RouterTrainer:
         path = self.output / "run_config.json"
         current = {k: v for k, v in asdict(self.config).items() if k not in self.RESUMABLE_CHANGES}
         router = self.router
-        current["layout"] = [router.pipeline_class, router.transformer_class, router.num_blocks, list(router.branches)]
+        current["layout"] = [router.pipeline_class, router.transformer_class, router.layout.groups]
         # a router is tied to the weights it was trained on: a retrained model at the same path is another run
         current["transformer_weights"] = self.weights_signature
         current = json.loads(json.dumps(current))
