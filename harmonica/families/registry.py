@@ -9,10 +9,11 @@ from __future__ import annotations
 from torch import nn
 
 from .dit import DIT
+from .flux import FLUX
 from .pixart import PIXART
 from .spec import BlockInfo, Family
 
-FAMILIES: tuple[Family, ...] = (DIT, PIXART)
+FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX)
 SUPPORTED_PIPELINES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.pipelines)
 
 

@@ -72,6 +72,8 @@ class RouterTrainingConfig:
         lambda_samples: fixed samples (over all processes) used to measure lambda.
         lambda_floor: lambda's floor, as a fraction of its mean.
         checkpoint_every: trajectories between checkpoints.
+        height, width, max_sequence_length: image size and prompt length of the training
+            trajectories, for text-to-image families that take them (default: the pipeline's own).
     """
 
     num_steps: int = 20
@@ -93,6 +95,9 @@ class RouterTrainingConfig:
     checkpoint_every: int = 10
     output_dir: str = "runs/router"
     scheduler: str | None = None
+    height: int | None = None
+    width: int | None = None
+    max_sequence_length: int | None = None
     prompts: list[str] = field(default_factory=list)
 
     def check(self) -> None:
@@ -171,7 +176,12 @@ class RouterTrainer:
         # the weights the router is trained for: recorded in the run folder and in the saved router
         self.weights_signature = weights_signature(pipe.transformer)
         layout = describe(pipe)
-        self.denoiser = family.denoiser(pipe, config.guidance_scale, config.prompts)
+        options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length")
+                   if getattr(config, k) is not None}
+        try:
+            self.denoiser = family.denoiser(pipe, config.guidance_scale, config.prompts, **options)
+        except TypeError as err:
+            raise ValueError(f"{family.name} router training does not take {', '.join(options)} ({err})") from err
         if router is None:
             router = HarmoniCaRouter.for_layout(
                 layout, config.num_steps, init=config.init, generator=_generator(config.seed, 7),
