@@ -39,7 +39,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from .families import family_for, pipeline_transformers, transformer_blocks
 from .families.spec import BlockInfo, bind_call
-from .kernels import TORCH, CachePool, gather_apply
+from .kernels import TORCH, CachePool, forecast, gather_apply
 from .router import HarmoniCaRouter, RouterError, RouterLayout, check_threshold
 from .steps import StepLocator, calling_pipeline
 
@@ -84,28 +84,54 @@ class CacheStats:
 class Plan:
     """What a router's schedule means for one transformer, computed once at ``enable``.
 
-    ``schedule[step][slot]``: compute (True) or reuse. ``entries``: for every branch output the
-    schedule ever reuses, ``(slot, element) -> (stream, index)`` in that stream's pool.
-    ``fused[step]``: per block, None (run it), SKIP (covered by an earlier block) or a fused run
-    ``(blocks, [(slot, element, gate position)])``; None for a step without fused runs.
+    ``schedule[step][slot]``: compute (True) or rebuild from the cache. ``coefficients[step][slot]``:
+    the forecast over the branch's last computed outputs (``(1.0,)``: reuse). ``entries``: for every
+    branch output the schedule ever rebuilds, ``(slot, element) -> (stream, first index, depth)``: its
+    last ``depth`` computed outputs live at ``first .. first + depth - 1`` of that stream's pool, a ring.
+    ``fused[step]``: per block, None (run it), SKIP (covered by an earlier block) or a fused run (the
+    blocks it replaces); None for a step without fused runs.
     """
 
-    def __init__(self, blocks: list[BlockInfo], schedule: list[list[bool]], fused: bool):
+    def __init__(self, blocks: list[BlockInfo], schedule: list[list[bool]], coefficients, fused: bool):
         self.blocks = blocks
         self.schedule = schedule
+        self.coefficients = coefficients
         self.num_slots = sum(len(b.branches) for b in blocks)
-        reused = {s for row in schedule[1:] for s, c in enumerate(row) if not c}
-        self.entries: dict[tuple[int, int], tuple[str, int]] = {}
+        depth = self._depths(schedule, coefficients)
+        self.entries: dict[tuple[int, int], tuple[str, int, int]] = {}
         self.capacity: dict[str, int] = {}
         for block in blocks:
             for slot, branch in zip(block.slots, block.branches):
-                if slot not in reused:
+                if slot not in depth:
                     continue
                 for element, stream in enumerate(branch.streams):
-                    self.entries[slot, element] = (stream, self.capacity.get(stream, 0))
-                    self.capacity[stream] = self.capacity.get(stream, 0) + 1
+                    first = self.capacity.get(stream, 0)
+                    self.entries[slot, element] = (stream, first, depth[slot])
+                    self.capacity[stream] = first + depth[slot]
         self.block_level = [b.kind.whole_block or (fused and b.kind.fusable(b.module)) for b in blocks]
         self.fused = [self._runs(row) if step > 0 else None for step, row in enumerate(schedule)]
+
+    @staticmethod
+    def _depths(schedule, coefficients) -> dict[int, int]:
+        """Per rebuilt slot: how many past outputs its forecasts use (trailing zero coefficients and
+        history not computed yet are not kept)."""
+        depth: dict[int, int] = {}
+        computed = [1] * len(schedule[0])  # the first step computes everything
+        for step in range(1, len(schedule)):
+            for slot, compute in enumerate(schedule[step]):
+                if compute:
+                    computed[slot] += 1
+                    continue
+                used = [c != 0 for c in coefficients[step][slot][:computed[slot]]]
+                need = max((k + 1 for k, nonzero in enumerate(used) if nonzero), default=1)
+                depth[slot] = max(depth.get(slot, 1), need)
+        return depth
+
+    def history(self, state: "CacheState", slot: int, element: int) -> list[int]:
+        """Pool indices of the branch output's kept history in ``state``, most recent first."""
+        _, first, depth = self.entries[slot, element]
+        written = state.writes.get((slot, element), 0)
+        return [first + (written - 1 - k) % depth for k in range(min(written, depth))]
 
     def _runs(self, row: list[bool]):
         blocks = self.blocks
@@ -134,12 +160,13 @@ class CacheState:
         self.plan = plan
         self.step: int | None = None
         self.pools: dict[str, CachePool] = {}
+        self.writes: dict[tuple[int, int], int] = {}
 
     def store(self, slot: int, element: int, tensor: torch.Tensor) -> None:
         where = self.plan.entries.get((slot, element))
         if where is None:
             return
-        stream, index = where
+        stream, first, depth = where
         pool = self.pools.get(stream)
         if pool is None:
             pool = self.pools[stream] = CachePool(self.plan.capacity[stream], tensor.shape, tensor.dtype, tensor.device)
@@ -148,16 +175,24 @@ class CacheState:
                 f"harmonica: a branch output of shape {tuple(tensor.shape)} on the {stream!r} stream, whose cache holds "
                 f"{pool.shape}; cached features belong to one pipeline call and one input shape"
             )
-        pool.write(index, tensor)
+        written = self.writes.get((slot, element), 0)
+        pool.write(first + written % depth, tensor)
+        self.writes[slot, element] = written + 1
 
-    def load(self, slot: int, element: int) -> torch.Tensor | None:
-        where = self.plan.entries.get((slot, element))
-        if where is None:
+    def terms(self, slot: int, element: int) -> tuple[list[int], tuple[float, ...]]:
+        """Pool indices (most recent first) and coefficients of a rebuilt branch output at this step."""
+        history = self.plan.history(self, slot, element)
+        return history, self.plan.coefficients[self.step][slot][:len(history)]
+
+    def rebuild(self, slot: int, element: int) -> torch.Tensor | None:
+        if (slot, element) not in self.plan.entries:
             return None
-        pool = self.pools.get(where[0])
-        if pool is None or not pool.is_written(where[1]):
+        stream = self.plan.entries[slot, element][0]
+        history, coefs = self.terms(slot, element)
+        if not history:
             return None
-        return pool.read(where[1])
+        pool = self.pools[stream]
+        return forecast([pool.read(i) for i in history], coefs)
 
     @property
     def nbytes(self) -> int:
@@ -226,7 +261,7 @@ class BranchHook(ModelHook):
                 if tensor is not None:
                     state.store(self.slot, element, tensor)
             return out
-        cached = [state.load(self.slot, element) for element in range(self.elements)]
+        cached = [state.rebuild(self.slot, element) for element in range(self.elements)]
         if any(c is None for c in cached):
             raise RuntimeError(
                 f"harmonica: no cached output for {self.name} at step {state.step}. Cached features belong to one "
@@ -258,21 +293,23 @@ class BlockHook(ModelHook):
             return fused.output(call, fused.streams(call))
         state = current.state
         streams = fused.streams(call)
-        terms: dict[str, tuple[list[int], list]] = {name: ([], []) for name in streams}
+        runs: dict[str, tuple[list, list, list]] = {name: ([], [], []) for name in streams}
         for block in entry:
             gates = block.kind.fused.gates(block.module, call)
             position = 0
             for slot, branch in zip(block.slots, block.branches):
                 for element, stream in enumerate(branch.streams):
-                    indices, stream_gates = terms[stream]
-                    indices.append(state.plan.entries[slot, element][1])
+                    indices, coefficients, stream_gates = runs[stream]
+                    history, coefs = state.terms(slot, element)
+                    indices.append(history)
+                    coefficients.append(coefs)
                     stream_gates.append(gates[position])
                     position += 1
         implementation = None if self.controller.fused else TORCH
         updated = {
-            name: gather_apply(streams[name], state.pools[name], indices, stream_gates, inplace=False,
-                               implementation=implementation) if indices else streams[name]
-            for name, (indices, stream_gates) in terms.items()
+            name: gather_apply(streams[name], state.pools[name], indices, stream_gates, coefficients=coefficients,
+                               inplace=False, implementation=implementation) if indices else streams[name]
+            for name, (indices, coefficients, stream_gates) in runs.items()
         }
         return fused.output(call, updated)
 
@@ -350,7 +387,8 @@ class HarmoniCa:
     def set_schedule(self, schedule: list[list[bool]]) -> None:
         """Install a ``[step][slot]`` compute schedule and derive the plans (kept branches, fused runs)."""
         self.schedule = schedule
-        self.plans = [Plan(blocks, schedule, self.fused) for blocks in self.blocks]
+        coefficients = self.router.forecast_table()
+        self.plans = [Plan(blocks, schedule, coefficients, self.fused) for blocks in self.blocks]
 
     def __deepcopy__(self, memo):
         raise RuntimeError(

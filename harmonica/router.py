@@ -1,9 +1,14 @@
-"""The learned router: one logit per (sampling step, block, branch).
+"""The learned router: per (sampling step, block, branch), a compute/skip logit and forecast coefficients.
 
-A branch is computed at step ``s`` when ``sigmoid(logit[s, block, branch]) > threshold`` and its
-cached output is reused otherwise. The scores do not depend on the input, so a whole sampling
-schedule is known before sampling starts and routing costs nothing at inference. The first step
-always computes everything: it fills the cache, so its logits are not used.
+A branch is computed at step ``s`` when ``sigmoid(logit[s, slot]) > threshold``; otherwise its output is
+rebuilt from the cache as ``sum_k coefficients[s, slot, k] * h_k`` over its last ``history`` computed
+outputs ``h_0`` (most recent), ``h_1``, ... (only those computed so far count). ``history = 1`` with
+coefficient 1 is plain reuse (every router saved before forecasts loads as such); a static schedule
+with Taylor coefficients (``init_forecast("taylor")``: polynomial extrapolation through the steps
+where the branch was computed) is a TaylorSeer-style forecast. Scores and coefficients do not depend
+on the input, so a whole sampling schedule is known before sampling starts and routing costs nothing
+at inference. The first step always computes everything: it fills the cache, so its logits are not
+used.
 
 Routers are saved as ``model.safetensors`` + ``config.json`` through huggingface_hub's
 ``PyTorchModelHubMixin`` (``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``). The config
@@ -113,7 +118,8 @@ class RouterLayout:
 
 WEIGHTS_TOLERANCE = 1e-3  # relative; a cast to fp16 / bf16 moves weights_signature far less
 TIMESTEP_TOLERANCE = 1e-3  # relative; a router's recorded timesteps vs a call's
-STATIC_INIT_LOGIT = 2.0  # init "static:N": scores 0.88 / 0.12, far enough from 0.5 yet free to move
+STATIC_INIT_LOGIT = 2.0
+MAX_HISTORY = 4  # init "static:N": scores 0.88 / 0.12, far enough from 0.5 yet free to move
 INIT_KINDS = ("random", "compute", "reuse", "uniform")
 
 
@@ -169,6 +175,7 @@ class HarmoniCaRouter(
         pipeline_class, transformer_class, scheduler_class: class names of the pipeline it serves.
         threshold: default inference threshold (``score > threshold`` computes).
         timesteps: the scheduler's timesteps it was trained on (checked against each call).
+        history: how many of a branch's last computed outputs a forecast combines (1: reuse).
         training: free-form record of how the router was made (objective, command, ...).
         num_blocks, branches: the layout of routers saved before block lists existed (one list of
             ``num_blocks`` blocks, each with ``branches``); give ``blocks`` instead.
@@ -183,6 +190,7 @@ class HarmoniCaRouter(
         scheduler_class: str = "",
         threshold: float = DEFAULT_THRESHOLD,
         timesteps: Sequence[float] | None = None,
+        history: int = 1,
         training: dict | None = None,
         num_blocks: int | None = None,
         branches: Sequence[str] | None = None,
@@ -209,16 +217,24 @@ class HarmoniCaRouter(
         self.timesteps = None if timesteps is None else [float(t) for t in timesteps]
         if self.timesteps is not None and len(self.timesteps) != self.num_steps:
             raise RouterError(f"the router records {len(self.timesteps)} timesteps for {self.num_steps} steps")
+        if not isinstance(history, numbers.Integral) or not 1 <= int(history) <= MAX_HISTORY:
+            raise RouterError(f"history must be an integer from 1 to {MAX_HISTORY}, got {history!r}")
+        self.history = int(history)
         self.training_info = dict(training or {})
         self.logits = nn.Parameter(torch.zeros(self.num_steps, layout.num_slots))
-        self._register_load_state_dict_pre_hook(self._flatten_saved_logits)
+        coefficients = torch.zeros(self.num_steps, layout.num_slots, self.history)
+        coefficients[..., 0] = 1.0  # reuse
+        self.coefficients = nn.Parameter(coefficients)
+        self._register_load_state_dict_pre_hook(self._upgrade_saved_state)
 
-    @staticmethod
-    def _flatten_saved_logits(state_dict, prefix, *args):
-        """Routers saved before block lists held logits [steps, blocks, branches]: the same slots, flattened."""
+    def _upgrade_saved_state(self, state_dict, prefix, *args):
+        """Routers saved before block lists held logits [steps, blocks, branches] (the same slots,
+        flattened); routers saved before forecasts hold no coefficients (reuse: history 1, coefficient 1)."""
         key = prefix + "logits"
         if key in state_dict and state_dict[key].dim() == 3:
             state_dict[key] = state_dict[key].flatten(1)
+        if prefix + "coefficients" not in state_dict and key in state_dict and self.history == 1:
+            state_dict[prefix + "coefficients"] = torch.ones(*state_dict[key].shape, 1)
 
     # ----------------------------------------------------------------- construction helpers
     @classmethod
@@ -313,6 +329,30 @@ class HarmoniCaRouter(
         return 1.0 - mask.float().mean().item()
 
     @torch.no_grad()
+    def forecast_table(self) -> list[list[tuple[float, ...]]]:
+        """Coefficients as nested lists ``[step][slot] -> (c_0, ..., c_{history-1})`` (what the hooks read)."""
+        return [[tuple(row) for row in step] for step in self.coefficients.detach().double().tolist()]
+
+    @torch.no_grad()
+    def init_forecast(self, kind: str = "taylor", threshold: float | None = None) -> "HarmoniCaRouter":
+        """Set the coefficients: ``"reuse"`` (the last computed output as it is) or ``"taylor"`` /
+        ``"taylor:N"`` (polynomial extrapolation of order N, at most ``history - 1``, through the steps
+        where the branch was last computed under the schedule at ``threshold``; TaylorSeer's
+        finite-difference forecast for a static schedule)."""
+        name, _, order = str(kind).partition(":")
+        if name == "reuse" and not order:
+            table = torch.zeros_like(self.coefficients)
+            table[..., 0] = 1.0
+        elif name == "taylor" and (not order or order.isdigit()):
+            order = self.history - 1 if not order else min(int(order), self.history - 1)
+            table = torch.tensor(taylor_coefficients(self.schedule(threshold), self.history, order),
+                                 dtype=self.coefficients.dtype)
+        else:
+            raise RouterError(f"forecast init must be 'reuse', 'taylor' or 'taylor:N', got {kind!r}")
+        self.coefficients.copy_(table)
+        return self
+
+    @torch.no_grad()
     def clamp_(self) -> "HarmoniCaRouter":
         self.logits.clamp_(-LOGIT_BOUND, LOGIT_BOUND)
         return self
@@ -334,14 +374,20 @@ class HarmoniCaRouter(
                 f"router logits have shape {tuple(self.logits.shape)} but its config says {expected} "
                 "(steps, branch slots): the weights and config.json do not belong together"
             )
-        if not torch.isfinite(self.logits).all():
-            bad = (~torch.isfinite(self.logits)).nonzero()[:5].tolist()
-            names = self.layout.slot_names
-            where = ", ".join(f"step {s} {names[k]}" for s, k in bad)
+        if tuple(self.coefficients.shape) != expected + (self.history,):
             raise RouterError(
-                f"router logits contain NaN or inf (first at {where}); the router file is corrupt or its "
-                "training diverged: retrain it or load another router"
+                f"router coefficients have shape {tuple(self.coefficients.shape)} but its config says "
+                f"{expected + (self.history,)} (steps, branch slots, history)"
             )
+        for name, values in (("logits", self.logits), ("coefficients", self.coefficients)):
+            if not torch.isfinite(values).all():
+                bad = (~torch.isfinite(values)).nonzero()[:5].tolist()
+                names = self.layout.slot_names
+                where = ", ".join(f"step {b[0]} {names[b[1]]}" for b in bad)
+                raise RouterError(
+                    f"router {name} contain NaN or inf (first at {where}); the router file is corrupt or its "
+                    "training diverged: retrain it or load another router"
+                )
         check_threshold(self.threshold)
         return self
 
@@ -416,6 +462,8 @@ class HarmoniCaRouter(
         )
         if self.timesteps is not None:
             config["timesteps"] = self.timesteps
+        if self.history != 1:
+            config["history"] = self.history
         return config
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -439,6 +487,7 @@ class HarmoniCaRouter(
         """Load a router folder or hub repo (safetensors only) and check its config and values."""
         from safetensors import SafetensorError
 
+        kwargs.setdefault("strict", True)  # a weight missing from the file is an error, not a default
         try:
             router = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -459,7 +508,7 @@ class HarmoniCaRouter(
 
 
 CONFIG_KEYS = ("num_steps", "blocks", "num_blocks", "branches", "pipeline_class", "transformer_class",
-               "scheduler_class", "threshold", "timesteps", "training")
+               "scheduler_class", "threshold", "timesteps", "history", "training")
 CLASS_KEYS = ("pipeline_class", "transformer_class", "scheduler_class")
 
 
@@ -487,3 +536,37 @@ def check_config(config: dict | None, where) -> None:
 def _short(values: Sequence[float], n: int = 4) -> str:
     text = ", ".join(f"{v:g}" for v in values[:n])
     return f"[{text}, ...]" if len(values) > n else f"[{text}]"
+
+
+def computed_before(schedule: Sequence[Sequence[bool]], step: int, slot: int, limit: int) -> list[int]:
+    """The last ``limit`` steps before ``step`` where ``slot`` was computed, most recent first (the
+    first step always computes)."""
+    found = []
+    for s in range(step - 1, -1, -1):
+        if s == 0 or schedule[s][slot]:
+            found.append(s)
+            if len(found) == limit:
+                break
+    return found
+
+
+def taylor_coefficients(schedule: Sequence[Sequence[bool]], history: int, order: int) -> list:
+    """``[step][slot][k]``: Lagrange extrapolation weights through the last ``order + 1`` computed steps
+    (fewer where fewer were computed so far), the forecast of a polynomial in the step index; reuse at
+    order 0. Computed steps get reuse weights (they are not used there)."""
+    table = []
+    for step, row in enumerate(schedule):
+        table.append([])
+        for slot, computed in enumerate(row):
+            weights = [0.0] * history
+            points = [] if step == 0 or computed else computed_before(schedule, step, slot, order + 1)
+            if not points:
+                weights[0] = 1.0
+            for k, p in enumerate(points):
+                w = 1.0
+                for j, q in enumerate(points):
+                    if j != k:
+                        w *= (step - q) / (p - q)
+                weights[k] = w
+            table[-1].append(weights)
+    return table

@@ -100,8 +100,10 @@ def test_reused_branch_does_not_run(dit_path, tmp_path):
     assert stats.macs_spent < stats.macs_full
 
 
-def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed):
-    """A hand-written DDIM + CFG loop over the DiT's blocks with the same compute/reuse schedule."""
+def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed, coefficients=None):
+    """A hand-written DDIM + CFG loop over the DiT's blocks with the same compute/reuse schedule;
+    with ``coefficients[step][block][branch]`` a skipped branch is sum_k c_k * (its k-th last computed
+    output) over the outputs computed so far."""
     import torch.nn.functional as F
 
     tr = pipe.transformer
@@ -110,7 +112,19 @@ def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed):
     n = len(labels)
     latents = torch.randn((n, 4, 8, 8), generator=generator(seed))
     y = torch.tensor(list(labels) + [1000] * n)
-    cache = {}
+    history = {}
+
+    def branch(i, b, k, fn, arg):
+        if compute[i][b][k]:
+            history[b, k] = [fn(arg)] + history.get((b, k), [])
+        if compute[i][b][k] or coefficients is None:
+            return history[b, k][0]
+        kept = history[b, k][:len(coefficients[i][b][k])]
+        out = coefficients[i][b][k][0] * kept[0]
+        for c, h in zip(coefficients[i][b][k][1:], kept[1:]):
+            out = out + c * h
+        return out
+
     x = torch.cat([latents, latents])
     for i, t in enumerate(sched.timesteps):
         half = x[:n]
@@ -119,13 +133,9 @@ def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed):
         h = tr.pos_embed(x)
         for b, block in enumerate(tr.transformer_blocks):
             nh, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(h, ts, y, hidden_dtype=h.dtype)
-            if compute[i][b][0]:
-                cache[b, 0] = block.attn1(nh)
-            h = gate_msa.unsqueeze(1) * cache[b, 0] + h
+            h = gate_msa.unsqueeze(1) * branch(i, b, 0, block.attn1, nh) + h
             nh = block.norm3(h) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-            if compute[i][b][1]:
-                cache[b, 1] = block.ff(nh)
-            h = gate_mlp.unsqueeze(1) * cache[b, 1] + h
+            h = gate_mlp.unsqueeze(1) * branch(i, b, 1, block.ff, nh) + h
         cond = tr.transformer_blocks[0].norm1.emb(ts, y, hidden_dtype=h.dtype)
         shift, scale = tr.proj_out_1(F.silu(cond)).chunk(2, dim=1)
         h = tr.proj_out_2(tr.norm_out(h) * (1 + scale[:, None]) + shift[:, None])
@@ -152,6 +162,53 @@ def test_matches_hand_written_reference_loop(dit_path):
     pipe.vae.decode = lambda z, **kw: (captured.setdefault("z", z.clone()), original_decode(z, **kw))[1]
     dit_images(pipe, labels=(3, 7))
     torch.testing.assert_close(captured["z"] * pipe.vae.config.scaling_factor, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_forecast_matches_hand_written_reference_loop(dit_path, fused):
+    """A static schedule with Taylor coefficients (history 3, second order) is a TaylorSeer-style forecast."""
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    steps = 10  # computed at 0, 3, 6, 9: steps 4, 5 forecast to first order, 7, 8 to second order
+    router = HarmoniCaRouter.static(harmonica.describe(pipe), steps, compute_every=3, history=3)
+    router.init_forecast("taylor")
+    mask = router.compute_mask()
+    table = router.coefficients.detach()
+    used = [(i, s) for i in range(steps) for s in range(6) if not mask[i, s]]
+    assert any(len([c for c in table[i, s].tolist() if c != 0]) == 2 for i, s in used)  # first-order steps
+    assert any(len([c for c in table[i, s].tolist() if c != 0]) == 3 for i, s in used)  # second-order steps
+    compute = mask.reshape(steps, 3, 2).tolist()
+    coefficients = [[[[c for c in table[i, b * 2 + k].tolist()] for k in range(2)] for b in range(3)]
+                    for i in range(steps)]
+    # only as many coefficients as outputs were computed so far (the hooks' rule)
+    for i in range(steps):
+        for b in range(3):
+            for k in range(2):
+                done = sum(1 for j in range(i) if compute[j][b][k])
+                coefficients[i][b][k] = coefficients[i][b][k][:min(3, done)]
+    with torch.no_grad():
+        expected = reference_dit_sampling(pipe, compute, (3, 7), 1.5, steps, seed=0, coefficients=coefficients)
+        reuse = reference_dit_sampling(pipe, compute, (3, 7), 1.5, steps, seed=0)
+    captured = {}
+    harmonica.enable(pipe, router, fused=fused)
+    original_decode = pipe.vae.decode
+    pipe.vae.decode = lambda z, **kw: (captured.setdefault("z", z.clone()), original_decode(z, **kw))[1]
+    dit_images(pipe, labels=(3, 7), steps=steps)
+    got = captured["z"] * pipe.vae.config.scaling_factor
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got - reuse).abs().max() > 1e-3  # the forecast is not reuse
+
+
+def test_forecast_fused_equals_branch_by_branch_and_keeps_only_the_history_used(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    router = HarmoniCaRouter.static(harmonica.describe(pipe), 7, compute_every=3, history=3)
+    router.init_forecast("taylor:1")
+    harmonica.enable(pipe, router, fused=False)
+    expected = dit_images(pipe, steps=7)
+    harmonica.enable(pipe, router, fused=True)
+    assert torch.equal(dit_images(pipe, steps=7), expected)
+    plan = harmonica.controller(pipe).plans[0]
+    assert {depth for _, _, depth in plan.entries.values()} == {2}  # first order: two outputs per branch kept
+    assert plan.capacity == {"image": 2 * 6}
 
 
 def test_stats_report_usage_and_macs(dit_path):

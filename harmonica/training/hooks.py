@@ -6,12 +6,15 @@ scheduler lookup) and what the branches do:
 * ``"off"``: the plain model (the teacher): no cache read or write;
 * ``"fill"``: compute every branch and keep its output (the first step of a trajectory, or LTC's
   clean full pass);
-* ``"hard"``: a fixed compute/reuse row ``compute[slot]``, as inference runs it (gradient-free
+* ``"hard"``: a fixed compute/rebuild row ``compute[slot]``, as inference runs it (gradient-free
   sampling for the image-error proxy);
-* ``"mix"``: the student: ``score * fresh + (1 - score) * cached`` per branch, the cache overwritten
+* ``"mix"``: the student: ``score * fresh + (1 - score) * forecast`` per branch, the cache written
   (detached) where ``write[slot]``, as inference at the current threshold would have computed there.
 
-Cached outputs are kept per cache context ("cond" / "uncond" for pipelines that run the guidance
+A branch rebuilt from the cache is ``forecast(history, coefficients)``, the same function inference
+uses: its last computed outputs (most recent first, as many as were computed, at most the router's
+``history``) weighted by the step's coefficients (``coefficients[slot, :len(history)]``; in "mix" they
+carry gradients). Cached outputs are kept per cache context ("cond" / "uncond" for pipelines that run the guidance
 branches as separate forwards), as inference keeps them. ``isolated()`` runs forwards on fresh
 caches and restores the caller's afterwards.
 """
@@ -25,6 +28,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..families import family_for, pipeline_transformers, transformer_blocks
+from ..kernels import forecast
 
 TRAIN_STEP_HOOK = "harmonica_train_step"
 TRAIN_BRANCH_HOOK = "harmonica_train_branch"
@@ -69,11 +73,11 @@ class _BranchHook(ModelHook):
         if mode == "off":
             return self.fn_ref.original_forward(*args, **kwargs)
         if mode == "hard" and not cache.compute[slot]:
-            return self._pack(cache.load(slot, self.elements, self.name))
+            return self._pack(cache.rebuild(slot, self.elements, self.name))
         fresh = self.fn_ref.original_forward(*args, **kwargs)
         parts = fresh if isinstance(fresh, tuple) else (fresh,)
         if mode == "mix":
-            cached = cache.load(slot, self.elements, self.name)
+            cached = cache.rebuild(slot, self.elements, self.name)
             score = cache.scores[slot]
             mixed = tuple(score.to(f.dtype) * f + (1 - score.to(f.dtype)) * c for f, c in zip(parts, cached))
             if cache.write[slot]:
@@ -89,7 +93,8 @@ class _BranchHook(ModelHook):
 class TrainingCache:
     """Hooks router training puts on ``pipe``'s transformer; see the module docstring."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, history: int = 1):
+        self.history = int(history)
         family = family_for(pipe)
         transformers = pipeline_transformers(pipe, family)
         if len(transformers) > 1:
@@ -103,8 +108,9 @@ class TrainingCache:
         self.compute: list[bool] | None = None
         self.scores: torch.Tensor | None = None
         self.write: list[bool] | None = None
+        self.coefficients: torch.Tensor | None = None
         self.context_name = ""
-        self.states: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
+        self.states: dict[str, dict[tuple[int, int], list[torch.Tensor]]] = {}
         self._hooked: list[torch.nn.Module] = []
 
     # ------------------------------------------------------------------ hooks in and out
@@ -134,32 +140,38 @@ class TrainingCache:
         state = self.states.setdefault(self.context_name, {})
         for element, tensor in enumerate(parts):
             if tensor is not None:
-                state[slot, element] = tensor.detach()
+                kept = state.get((slot, element), [])
+                state[slot, element] = [tensor.detach()] + kept[: self.history - 1]
 
-    def load(self, slot: int, elements: int, name: str) -> list[torch.Tensor]:
+    def rebuild(self, slot: int, elements: int, name: str) -> list[torch.Tensor]:
+        """Every element of a branch's output rebuilt from its history with this step's coefficients."""
         state = self.states.get(self.context_name, {})
         found = [state.get((slot, element)) for element in range(elements)]
-        if any(f is None for f in found):
+        if any(not f for f in found):
             raise RuntimeError(f"harmonica training: {name} is reused at step {self.step} but was never computed in "
                                "this trajectory; fill the cache at the trajectory's first step")
-        return found
+        row = self.coefficients[slot] if self.coefficients is not None else None
+        return [forecast(h, None if row is None else row[:len(h)]) for h in found]
 
     # ------------------------------------------------------------------------ forwards
     @contextmanager
-    def running(self, mode: str, step: int, compute=None, scores: torch.Tensor | None = None, write=None):
-        """Forwards inside the block run in ``mode`` at ``step`` (see the module docstring)."""
+    def running(self, mode: str, step: int, compute=None, scores: torch.Tensor | None = None, write=None,
+                coefficients: torch.Tensor | None = None):
+        """Forwards inside the block run in ``mode`` at ``step`` (see the module docstring);
+        ``coefficients``: the step's forecast coefficients ``[slot, history]`` (None: reuse)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "hard" and (compute is None or len(compute) != self.num_slots):
             raise ValueError(f"mode 'hard' needs compute flags for all {self.num_slots} branch slots")
         if mode == "mix" and (scores is None or write is None or step == 0):
             raise ValueError("mode 'mix' needs scores and write flags, and never runs at the first step (it fills)")
-        saved = (self.mode, self.step, self.compute, self.scores, self.write)
+        saved = (self.mode, self.step, self.compute, self.scores, self.write, self.coefficients)
         self.mode, self.step, self.compute, self.scores, self.write = mode, step, compute, scores, write
+        self.coefficients = coefficients
         try:
             yield self
         finally:
-            self.mode, self.step, self.compute, self.scores, self.write = saved
+            self.mode, self.step, self.compute, self.scores, self.write, self.coefficients = saved
 
     @contextmanager
     def isolated(self):

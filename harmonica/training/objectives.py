@@ -26,10 +26,10 @@ import torch
 
 
 @torch.no_grad()
-def sample_final_latents(denoiser, cache, noise, cond, schedule, scheduler) -> torch.Tensor:
-    """Gradient-free sampling with a fixed compute schedule ([step][slot] booleans) through the
-    training hooks (``cache``); leaves the caller's caches, the global RNG and ``scheduler``
-    untouched (a copy steps)."""
+def sample_final_latents(denoiser, cache, noise, cond, schedule, scheduler, coefficients=None) -> torch.Tensor:
+    """Gradient-free sampling with a fixed compute schedule ([step][slot] booleans) and forecast
+    ``coefficients`` ([step, slot, history], None: reuse) through the training hooks (``cache``);
+    leaves the caller's caches, the global RNG and ``scheduler`` untouched (a copy steps)."""
     import copy
 
     sched = copy.deepcopy(scheduler)
@@ -37,7 +37,8 @@ def sample_final_latents(denoiser, cache, noise, cond, schedule, scheduler) -> t
     x = noise.clone()
     with cache.isolated():
         for step, t in enumerate(sched.timesteps):
-            with cache.running("hard", step, compute=schedule[step]):
+            step_coefficients = None if coefficients is None else coefficients[step]
+            with cache.running("hard", step, compute=schedule[step], coefficients=step_coefficients):
                 raw = denoiser.forward(x, t, cond)
             x = sched.step(denoiser.guided(raw), t, x).prev_sample
     return x
@@ -59,7 +60,8 @@ def image_error_proxy(denoiser, cache, router, threshold, noise, cond, scheduler
         steps = [list(row) for row in schedule]
         if t is not None:
             steps[t] = [compute] * len(steps[t])
-        return sample_final_latents(denoiser, cache, noise, cond, steps, scheduler).double()
+        return sample_final_latents(denoiser, cache, noise, cond, steps, scheduler,
+                                    router.coefficients.detach()).double()
 
     base = final() if variant == "paper" else None
     raw = torch.zeros(router.num_steps, dtype=torch.float64)

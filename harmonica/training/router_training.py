@@ -38,7 +38,7 @@ import torch
 from ..cache import controller as harmonica_controller
 from ..cache import describe
 from ..families import family_for
-from ..router import HarmoniCaRouter, check_threshold, parse_init, weights_signature
+from ..router import MAX_HISTORY, HarmoniCaRouter, check_threshold, parse_init, weights_signature
 from .checkpoints import resume, save_checkpoint
 from .hooks import TrainingCache
 from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
@@ -67,6 +67,12 @@ class RouterTrainingConfig:
         init: starting logits: "random" (randn, as the paper), "uniform" (all 0: every branch
             equal) or "static:N" (FORA's schedule, compute every N-th step: logits +2 / -2).
         lambda_variant: "stake" (default) or "paper"; see ``objectives`` for both.
+        history: a skipped branch is forecast from its last ``history`` computed outputs with learned
+            coefficients (trained together with the scores); 1: plain reuse, nothing else learned.
+        forecast_init: the coefficients' start with ``history > 1``: "taylor" (polynomial
+            extrapolation through the steps where the branch is computed under the initial schedule,
+            TaylorSeer's forecast), "taylor:N" (order N) or "reuse".
+        coefficient_lr: AdamW learning rate of the coefficients.
         guidance_scale: classifier-free guidance of the training trajectories.
         lambda_every: iterations between IEPO lambda refreshes (C).
         lambda_samples: fixed samples (over all processes) used to measure lambda.
@@ -91,6 +97,9 @@ class RouterTrainingConfig:
     lambda_floor: float = 0.05
     init: str = "random"
     lambda_variant: str = "stake"
+    history: int = 1
+    forecast_init: str = "taylor"
+    coefficient_lr: float = 1e-3
     seed: int = 0
     checkpoint_every: int = 10
     output_dir: str = "runs/router"
@@ -108,6 +117,10 @@ class RouterTrainingConfig:
         check_threshold(self.threshold)
         if self.target_usage is not None and not 0 <= self.target_usage < 1:
             raise ValueError(f"target_usage must be in [0, 1), got {self.target_usage}")
+        if not 1 <= self.history <= MAX_HISTORY:
+            raise ValueError(f"history must be from 1 to {MAX_HISTORY}, got {self.history}")
+        if self.objective == "ltc" and self.history != 1:
+            raise ValueError("the LTC objective trains reuse only (history 1)")
         if self.lambda_variant not in LAMBDA_VARIANTS:
             raise ValueError(f"lambda_variant must be one of {LAMBDA_VARIANTS}, got {self.lambda_variant!r}")
         parse_init(self.init)
@@ -185,13 +198,24 @@ class RouterTrainer:
         if router is None:
             router = HarmoniCaRouter.for_layout(
                 layout, config.num_steps, init=config.init, generator=_generator(config.seed, 7),
-                threshold=config.threshold,
+                threshold=config.threshold, history=config.history,
             )
+            if config.history > 1:
+                start = config.threshold if config.target_usage is None else \
+                    threshold_for_usage(router, config.target_usage)[0]
+                router.init_forecast(config.forecast_init, start)
         self.router = router.to(accelerator.device)
         self.router.threshold = config.threshold
         self.threshold = config.threshold
-        self.cache = TrainingCache(pipe).attach()
-        self.optimizer = torch.optim.AdamW([self.router.logits], lr=config.lr, weight_decay=config.weight_decay)
+        self.initial = {"logits": router.logits.detach().clone(), "coefficients": router.coefficients.detach().clone(),
+                        "schedule": router.compute_mask(self._set_threshold()).clone()}
+        self.cache = TrainingCache(pipe, history=router.history).attach()
+        groups = [{"params": [self.router.logits], "lr": config.lr}]
+        if router.history > 1:
+            groups.append({"params": [self.router.coefficients], "lr": config.coefficient_lr})
+        else:
+            self.router.coefficients.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
         self.state = TrainState(config.num_steps, first_refresh=config.lambda_every)
         accelerator.register_for_checkpointing(self.router, self.optimizer, self.state)
         self.output = Path(config.output_dir)
@@ -218,7 +242,7 @@ class RouterTrainer:
         """The router-mixed forward: score * fresh + (1 - score) * cached per branch."""
         scores = self.router.scores()[step]
         write = (scores.detach() > self._set_threshold()).tolist()
-        with self.cache.running("mix", step, scores=scores, write=write):
+        with self.cache.running("mix", step, scores=scores, write=write, coefficients=self.router.coefficients[step]):
             return self.denoiser.forward(x, t, cond)
 
     def _teacher(self, x, t, cond):
@@ -352,6 +376,7 @@ class RouterTrainer:
             "iterations": self.state.iteration,
             "lambda": [round(float(v), 4) for v in self.state.lam],
             "transformer_weights": self.weights_signature,
+            "moved": self.movement(threshold),
         }
         summary = {
             "objective": cfg.objective,
@@ -365,12 +390,31 @@ class RouterTrainer:
             "target_usage": cfg.target_usage,
             "peak_memory_mb": round(_peak_memory_mb(acc.device), 1),
             "lambda": router.training_info["lambda"],
+            "moved_from_init": router.training_info["moved"],
         }
         if acc.is_main_process:
             router.save_pretrained(self.output / "router")
             (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         acc.wait_for_everyone()
         return summary
+
+    @torch.no_grad()
+    def movement(self, threshold: float) -> dict:
+        """How far the router moved from its initialisation: hard decisions changed (compute <-> rebuild,
+        steps 1..T-1, at the initial and final thresholds), mean |logit change|, and the coefficient
+        change on the branches the final schedule rebuilds."""
+        router, initial = self.router, self.initial
+        final = router.compute_mask(threshold)
+        changed = (final[1:] != initial["schedule"][1:]).sum().item()
+        rebuilt = ~final
+        delta = (router.coefficients - initial["coefficients"]).abs()
+        return {
+            "decisions_changed": int(changed),
+            "decisions": int(final[1:].numel()),
+            "mean_abs_logit_change": round((router.logits - initial["logits"])[1:].abs().mean().item(), 4),
+            "mean_abs_coefficient_change": round(delta[rebuilt].mean().item(), 4) if rebuilt.any() else 0.0,
+            "max_abs_coefficient_change": round(delta[rebuilt].max().item(), 4) if rebuilt.any() else 0.0,
+        }
 
     # settings that may change between a run and its resumption
     RESUMABLE_CHANGES = ("checkpoint_every", "output_dir")
