@@ -138,10 +138,4 @@ def fusable(block: nn.Module) -> bool:
     return _basic_has_gates(block) if spec.gates is _basic_gates else True
 
 
-def count_macs(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Run ``fn`` under torch's FLOP counter; return its output and multiply-accumulates (FLOPs / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        out = fn()
-    return out, counter.get_total_flops() // 2
+from .macs import count_macs  # noqa: E402,F401  (the one MAC counter, shared with the evaluation harness)
