@@ -73,7 +73,6 @@ def main(argv=None):
     from accelerate import Accelerator
 
     from harmonica import evaluation as ev
-    from harmonica.metrics import resolve_extractor
 
     device = ev.resolve_device(args.device)
     accelerator = Accelerator(cpu=device == "cpu")
@@ -92,7 +91,7 @@ def main(argv=None):
         if reference_name is None:
             log("no --reference given: FD / KID are skipped (PSNR / SSIM and costs are still measured)")
         else:
-            extractor = resolve_extractor(args.extractor, args.inception_weights, judge_path,
+            extractor = ev.resolve_extractor(args.extractor, args.inception_weights, judge_path,
                                           try_download=not args.no_download)
             log(f"feature space: {extractor.distance_name} ({extractor.note})")
             reference = ev.reference_images(reference_name, args.num_reference)

@@ -63,7 +63,6 @@ def main(argv=None):
 
     from harmonica import evaluation as ev
     from harmonica import methods
-    from harmonica.metrics import resolve_extractor
 
     import torch
 
@@ -84,7 +83,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         if reference_name is None:
             raise SystemExit("pareto needs reference images for FD: --reference")
-        extractor = resolve_extractor(args.extractor, args.inception_weights, judge_path,
+        extractor = ev.resolve_extractor(args.extractor, args.inception_weights, judge_path,
                                       try_download=not args.no_download)
         log(f"feature space: {extractor.distance_name} ({extractor.note})")
         reference = ev.reference_images(reference_name, args.num_reference)

@@ -15,7 +15,7 @@ from conftest import generator
 import harmonica
 from harmonica import evaluation as ev
 from harmonica import methods
-from harmonica.metrics import (
+from harmonica.evaluation import (
     JUDGE_EXTRACTOR,
     CallMeter,
     Extractor,
@@ -252,7 +252,7 @@ def test_psnr_and_ssim_on_known_inputs():
     assert ssim(a, b).item() == pytest.approx(expected.item(), abs=1e-5)
     u8 = (x * 255).round().to(torch.uint8)
     assert ssim(u8, u8) == pytest.approx(torch.ones(2))
-    from harmonica.metrics import similarity
+    from harmonica.evaluation import similarity
 
     y = x.clone()
     y[1] += 0.1
@@ -291,7 +291,7 @@ def test_judge_is_a_torch_fidelity_extractor(judge_dir):
                                         feature_extractor_weights_path=str(judge_dir), verbose=False)(
         torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
     assert feats16.shape == (2, 128)
-    from harmonica.metrics import _scale_images
+    from harmonica.evaluation.metrics import _scale_images
 
     unit, = create_feature_extractor(JUDGE_EXTRACTOR, ["128"], cuda=False,
                                      feature_extractor_weights_path=str(judge_dir), verbose=False)(_scale_images())
@@ -338,7 +338,7 @@ def test_extractor_choice(judge_dir, tmp_path):
 
 
 def test_inception_is_preferred_whenever_it_loads(judge_dir, monkeypatch):
-    import harmonica.metrics as hm
+    import harmonica.evaluation.metrics as hm
 
     tried = []
     monkeypatch.setattr(hm, "inception_loadable", lambda path=None: (tried.append(path) or True, "stub"))
@@ -445,3 +445,31 @@ def test_speed_kernel_switch_lists_fused_and_unfused(dit_path):
     assert [(r.name, r.fused) for r, _ in both] == [("fora", True), ("fora", False), ("fewer-steps", True)]
     assert [(r.name, r.fused) for r, _ in with_kernel_setting(entries, "off")] == [("fora", False), ("fewer-steps", True)]
     assert both[1][0].series.endswith("(kernel off)")
+
+
+# ----------------------------------------------------------------------------- one MAC counter
+def test_one_mac_counter_for_the_cache_stats_and_the_harness(dit):
+    """blocks.count_macs (harmonica.stats) is harmonica.macs.count_macs, the harness counts with the
+    same MacCounter, and both agree with torch's own FlopCounterMode on a transformer forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harmonica import blocks, macs
+
+    assert blocks.count_macs is macs.count_macs
+    t = dit.transformer
+    x = torch.randn(2, 4, 8, 8, generator=generator(0))
+    kw = dict(timestep=torch.tensor([500, 500]), class_labels=torch.tensor([1, 2]))
+    with torch.no_grad():
+        out, counted = blocks.count_macs(lambda: t(x, **kw).sample)
+        with FlopCounterMode(display=False) as flops:
+            t(x, **kw)
+        with macs.MacCounter() as outer:  # nested counters both see the inner region
+            _, inner = macs.count_macs(lambda: t(x, **kw))
+    assert counted == flops.get_total_flops() // 2 == inner == outer.macs > 0
+    # the harness's per-call count (CallMeter) and the cache's statistics agree on a whole call
+    setup = dit_setup(dit)
+    clone, _ = applied_clone(dit, "fora", 1, setup)
+    _, cost = measured(clone, setup)
+    stock = measured(methods.clone_pipeline(dit), setup)[1]
+    assert cost.macs == stock.macs == harmonica.stats(clone).macs_full
+    assert counted * STEPS * 2 == stock.macs  # batch 2 with CFG = 4 rows = two batch-2 forwards per step
