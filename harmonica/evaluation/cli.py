@@ -30,6 +30,18 @@ def add_pipeline_args(p, default_steps: int = 20, default_batch: int = 16) -> No
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 
 
+def add_error_bar_args(p) -> None:
+    """Seed sets and bootstrap (``stats.py``): every quality figure with its spread."""
+    g = p.add_argument_group("error bars")
+    g.add_argument("--seed_sets", type=int, default=1,
+                   help="evaluate every point on K disjoint seed sets (set j: noise seeds SEED + j*10,000,000 + i, "
+                        "labels as set 0); figures are means over the sets with their std (3 or more recommended)")
+    g.add_argument("--bootstrap", type=int, default=1000,
+                   help="resamples of the sample indices, shared by all methods (paired), for 95%% intervals of "
+                        "FD / KID / class accuracy / PSNR / SSIM and of differences between methods; 0: off")
+    g.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap resamples")
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -242,16 +242,47 @@ def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, extractor
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _fid_feature_extractor(name: str, weights_path: str | None, cuda: bool):
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor
+
+    layer = FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid")
+    return create_feature_extractor(name, [layer], cuda=cuda, verbose=False, feature_extractor_weights_path=weights_path)
+
+
 @torch.no_grad()
-def class_accuracies(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> tuple[float, dict[int, float]]:
-    """Fraction of uint8 ``[N, 3, H, W]`` images that ``judge`` classifies as ``labels``, overall and
-    per label ({label: fraction}), from one pass of the judge."""
+def feature_vectors(images: torch.Tensor, extractor: Extractor, device: str | torch.device = "cpu",
+                    batch_size: int = 64) -> torch.Tensor:
+    """float64 ``[N, d]`` features of uint8 ``[N, 3, H, W]`` images in the FD / KID feature space of
+    ``extractor`` (the layer torch-fidelity uses for FID), one row per image: what the bootstrap
+    resamples (``stats.py``)."""
+    if extractor.kind == "judge":
+        register_judge_extractor()
+    cuda = torch.device(device).type == "cuda"
+    fe = _fid_feature_extractor(extractor.name, extractor.weights_path, cuda)
+    out = []
+    for batch in images.cpu().split(batch_size):
+        out.append(fe(batch.cuda() if cuda else batch)[0].double().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def judge_hits(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> torch.Tensor:
+    """bool ``[N]``: the judge classifies image ``i`` as ``labels[i]``."""
     labels = torch.as_tensor(labels).reshape(-1)
     if len(labels) != len(images_uint8):
         raise ValueError(f"{len(images_uint8)} images but {len(labels)} labels")
     device = next(judge.parameters()).device
     preds = torch.cat([judge(judge_input(b.to(device))).argmax(-1).cpu() for b in images_uint8.split(batch_size)])
-    hits = preds == labels
+    return preds == labels
+
+
+def class_accuracies(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> tuple[float, dict[int, float]]:
+    """Fraction of uint8 ``[N, 3, H, W]`` images that ``judge`` classifies as ``labels``, overall and
+    per label ({label: fraction}), from one pass of the judge."""
+    labels = torch.as_tensor(labels).reshape(-1)
+    hits = judge_hits(judge, images_uint8, labels, batch_size)
     return hits.float().mean().item(), {int(c): hits[labels == c].float().mean().item() for c in labels.unique()}
 
 

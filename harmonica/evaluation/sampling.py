@@ -14,12 +14,13 @@ gathers them in index order.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 CALIBRATION_OFFSET = 1_000_000  # calibration samples (MagCache) use indices from here: disjoint from evaluation
+SEED_SET_OFFSET = 10_000_000  # seed set j draws its noise seeds from SEED + j * SEED_SET_OFFSET
 
 
 # ==================================================================== family-specific facts
@@ -119,6 +120,15 @@ def setup_for(pipe, num_inference_steps: int, guidance_scale: float, seed: int =
     if is_class_conditional(pipe):
         num_classes = num_classes or family_num_classes(pipe)
     return SamplingSetup(num_inference_steps, guidance_scale, seed, batch_size, num_classes, prompts, height, width)
+
+
+def seed_set(setup: SamplingSetup, j: int, num_samples: int | None = None) -> SamplingSetup:
+    """The setup of seed set ``j``: sample ``i`` has noise seed ``SEED + j * SEED_SET_OFFSET + i`` and
+    the same condition as sample ``i`` of set 0. Sets are disjoint from each other and from the
+    calibration samples as long as there are at most ``CALIBRATION_OFFSET`` samples."""
+    if num_samples is not None and num_samples > CALIBRATION_OFFSET:
+        raise ValueError(f"seed sets are disjoint for at most {CALIBRATION_OFFSET} samples, got {num_samples}")
+    return replace(setup, seed=setup.seed + int(j) * SEED_SET_OFFSET)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
