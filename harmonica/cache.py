@@ -40,6 +40,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 from .families import family_for, pipeline_transformers, transformer_blocks
 from .families.spec import BlockInfo, bind_call
 from .kernels import TORCH, CachePool, forecast, gather_apply
+from .macs import count_macs
 from .router import HarmoniCaRouter, RouterError, RouterLayout, check_threshold
 from .steps import StepLocator, calling_pipeline
 
@@ -347,15 +348,6 @@ class StepHook(ModelHook):
                 ctl.current = None
             ctl.end_forward(self, forward, args, kwargs)
         return out
-
-
-def count_macs(fn):
-    """Run ``fn`` under torch's FLOP counter; return its output and multiply-accumulates (FLOPs / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        out = fn()
-    return out, counter.get_total_flops() // 2
 
 
 # ============================================================================= controller

@@ -32,9 +32,11 @@ METHODS: dict[str, MethodSpec] = {
         delta_dit.SPEC,
         fbcache.SPEC,
         taylorseer.SPEC,
+        taylorseer.SPEC_ORDER2,
         pab.SPEC,
         magcache.SPEC,
         dbcache.SPEC,
+        dbcache.SPEC_TAYLORSEER,
         routers.LTC,
         routers.HARMONICA,
     )
