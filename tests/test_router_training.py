@@ -272,3 +272,25 @@ def test_two_process_run_keeps_routers_identical(dit_path, tmp_path):
     assert summary["processes"] == 2
     assert summary["max_logit_difference_between_processes"] == 0
     assert summary["iterations"] == 2 * (STEPS - 1)
+
+
+def test_forecast_router_trains_scores_and_coefficients(dit_path, tmp_path):
+    """history 3: the coefficients start at the Taylor forecast of the initial schedule, receive
+    gradients through the student's forecast and move; the summary says how far."""
+    trainer = make_trainer(dit_path, tmp_path, history=3, forecast_init="taylor", init="static:2", target_usage=0.4,
+                           coefficient_lr=1e-2, trajectories=2)
+    start = trainer.router.coefficients.detach().clone()
+    assert (start[..., 1] != 0).any()  # Taylor, not reuse: a second coefficient somewhere
+    summary = trainer.train()
+    moved = summary["moved_from_init"]
+    assert moved["decisions"] == (STEPS - 1) * trainer.router.num_slots
+    assert moved["mean_abs_coefficient_change"] > 0 and moved["mean_abs_logit_change"] > 0
+    saved = harmonica.HarmoniCaRouter.from_pretrained(tmp_path / "router")
+    assert saved.history == 3 and torch.equal(saved.coefficients, trainer.router.coefficients)
+    assert not torch.equal(saved.coefficients, start)
+
+
+def test_reuse_router_keeps_its_coefficients(dit_path, tmp_path):
+    trainer = make_trainer(dit_path, tmp_path, trajectories=1)
+    trainer.train()
+    assert trainer.router.history == 1 and torch.equal(trainer.router.coefficients, torch.ones_like(trainer.router.coefficients))
