@@ -14,7 +14,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from diffusers import DiffusionPipeline
-from tiny_models import flux_call_kwargs, tiny_flux_pipeline
+from tiny_models import flux_call_kwargs, sd3_call_kwargs, tiny_flux_pipeline, tiny_sd3_pipeline
 
 import harmonica
 from harmonica import HarmoniCaRouter, RouterError
@@ -31,6 +31,8 @@ CASES = {
                                    "no-cfg": (flux_call_kwargs(true_cfg=False), 1)}),
     "flux-dev": (lambda: tiny_flux_pipeline(guidance_embeds=True),
                  {"guidance-embedding": (flux_call_kwargs(true_cfg=False), 1)}),
+    "sd3": (tiny_sd3_pipeline, {"cfg": (sd3_call_kwargs(), 1), "no-cfg": (sd3_call_kwargs(guidance_scale=1.0), 1)}),
+    "sd35-dual-attention": (lambda: tiny_sd3_pipeline(dual_attention=True), {"cfg": (sd3_call_kwargs(), 1)}),
 }
 VARIANTS = [(name, variant) for name, (_, variants) in CASES.items() for variant in variants]
 

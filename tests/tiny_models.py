@@ -155,3 +155,32 @@ def flux_call_kwargs(true_cfg: bool = True, **extra):
         kw.update(negative_prompt=["", ""], true_cfg_scale=4.0)
     kw.update(extra)
     return kw
+
+
+def tiny_sd3_pipeline(dual_attention: bool = False, num_layers: int = 2):
+    """SD3 (MMDiT; the last block is context_pre_only); ``dual_attention``: SD3.5-like, block 0 has attn2."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer, text_encoder = tiny_clip(hidden=16, projection=16, with_projection=True)
+    tokenizer_2, text_encoder_2 = tiny_clip(hidden=16, projection=16, with_projection=True)
+    tokenizer_3, text_encoder_3 = tiny_t5()
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4,
+                                        num_layers=num_layers, attention_head_dim=8, num_attention_heads=2,
+                                        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+                                        pos_embed_max_size=8, dual_attention_layers=(0,) if dual_attention else (),
+                                        qk_norm="rms_norm" if dual_attention else None).eval()
+    randomize_zero_init(transformer)
+    vae = tiny_vae()
+    vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+    return StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                                    text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                                    tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+                                    transformer=transformer)
+
+
+def sd3_call_kwargs(**extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=16, width=16,
+              max_sequence_length=8, output_type="pt", guidance_scale=4.5)
+    kw.update(extra)
+    return kw

@@ -11,9 +11,10 @@ from torch import nn
 from .dit import DIT
 from .flux import FLUX
 from .pixart import PIXART
+from .sd3 import SD3
 from .spec import BlockInfo, Family
 
-FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX)
+FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX, SD3)
 SUPPORTED_PIPELINES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.pipelines)
 
 
