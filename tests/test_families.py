@@ -14,7 +14,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 from diffusers import DiffusionPipeline
-from tiny_models import flux_call_kwargs, sd3_call_kwargs, tiny_flux_pipeline, tiny_sd3_pipeline
+from tiny_models import (flux_call_kwargs, sana_call_kwargs, sd3_call_kwargs, tiny_flux_pipeline, tiny_sana_pipeline,
+                         tiny_sd3_pipeline)
 
 import harmonica
 from harmonica import HarmoniCaRouter, RouterError
@@ -33,6 +34,7 @@ CASES = {
                  {"guidance-embedding": (flux_call_kwargs(true_cfg=False), 1)}),
     "sd3": (tiny_sd3_pipeline, {"cfg": (sd3_call_kwargs(), 1), "no-cfg": (sd3_call_kwargs(guidance_scale=1.0), 1)}),
     "sd35-dual-attention": (lambda: tiny_sd3_pipeline(dual_attention=True), {"cfg": (sd3_call_kwargs(), 1)}),
+    "sana": (tiny_sana_pipeline, {"cfg": (sana_call_kwargs(), 1), "no-cfg": (sana_call_kwargs(guidance_scale=1.0), 1)}),
 }
 VARIANTS = [(name, variant) for name, (_, variants) in CASES.items() for variant in variants]
 

@@ -184,3 +184,56 @@ def sd3_call_kwargs(**extra):
               max_sequence_length=8, output_type="pt", guidance_scale=4.5)
     kw.update(extra)
     return kw
+
+
+def tiny_gemma(hidden: int = 16):
+    """A character-level Gemma tokenizer built in memory and a 2-layer random Gemma2 encoder (Sana)."""
+    from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["\u2581"]
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=[])
+    torch.manual_seed(3)
+    config = Gemma2Config(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+                          pad_token_id=0, eos_token_id=1, bos_token_id=2, attn_implementation="eager")
+    return tokenizer, Gemma2Model(config).eval()
+
+
+def tiny_dc_vae():
+    """A 3-level DC-AE (spatial factor 4): Sana wants sides divisible by 32, so 32x32 images are 8x8 latents."""
+    from diffusers import AutoencoderDC
+
+    torch.manual_seed(0)
+    return AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
+                         encoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+                         decoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+                         encoder_block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+                         encoder_qkv_multiscales=((), (), (5,)), decoder_qkv_multiscales=((), (), (5,)),
+                         encoder_layers_per_block=(1, 1, 1), decoder_layers_per_block=(1, 1, 1),
+                         downsample_block_type="conv", upsample_block_type="interpolate",
+                         decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407).eval()
+
+
+def tiny_sana_pipeline(num_layers: int = 2):
+    from diffusers import DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    tokenizer, text_encoder = tiny_gemma()
+    torch.manual_seed(0)
+    transformer = SanaTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers,
+                                         num_attention_heads=2, attention_head_dim=8, num_cross_attention_heads=2,
+                                         cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
+                                         sample_size=8).eval()
+    randomize_zero_init(transformer)
+    scheduler = DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    return SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=tiny_dc_vae(),
+                        scheduler=scheduler)
+
+
+def sana_call_kwargs(**extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=32, width=32,
+              max_sequence_length=16, output_type="pt", guidance_scale=4.5, use_resolution_binning=False,
+              complex_human_instruction=None)
+    kw.update(extra)
+    return kw

@@ -11,10 +11,11 @@ from torch import nn
 from .dit import DIT
 from .flux import FLUX
 from .pixart import PIXART
+from .sana import SANA
 from .sd3 import SD3
 from .spec import BlockInfo, Family
 
-FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX, SD3)
+FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX, SD3, SANA)
 SUPPORTED_PIPELINES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.pipelines)
 
 
