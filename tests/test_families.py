@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from diffusers import DiffusionPipeline
 from tiny_models import (flux_call_kwargs, sana_call_kwargs, sd3_call_kwargs, tiny_flux_pipeline, tiny_sana_pipeline,
-                         tiny_sd3_pipeline)
+                         tiny_sd3_pipeline, tiny_wan_pipeline, wan_call_kwargs)
 
 import harmonica
 from harmonica import HarmoniCaRouter, RouterError
@@ -35,6 +35,12 @@ CASES = {
     "sd3": (tiny_sd3_pipeline, {"cfg": (sd3_call_kwargs(), 1), "no-cfg": (sd3_call_kwargs(guidance_scale=1.0), 1)}),
     "sd35-dual-attention": (lambda: tiny_sd3_pipeline(dual_attention=True), {"cfg": (sd3_call_kwargs(), 1)}),
     "sana": (tiny_sana_pipeline, {"cfg": (sana_call_kwargs(), 1), "no-cfg": (sana_call_kwargs(guidance_scale=1.0), 1)}),
+    "wan": (tiny_wan_pipeline, {"cfg": (wan_call_kwargs(), 2), "no-cfg": (wan_call_kwargs(guidance_scale=1.0), 1)}),
+    # Wan 2.2 A14B-like: transformer_2 takes over at step 3 of 5 (t = 667 < 0.8 * 1000)
+    "wan22-two-experts": (lambda: tiny_wan_pipeline(two_experts=True, boundary_ratio=0.8),
+                          {"cfg": (wan_call_kwargs(num_inference_steps=5), 2)}),
+    # Wan 2.2 TI2V-5B-like: per-token timesteps (expand_timesteps=True), 48-channel VAE
+    "wan22-ti2v": (lambda: tiny_wan_pipeline(ti2v=True), {"no-cfg": (wan_call_kwargs(guidance_scale=1.0), 1)}),
 }
 VARIANTS = [(name, variant) for name, (_, variants) in CASES.items() for variant in variants]
 
@@ -280,7 +286,7 @@ def test_denoiser_steps_reproduce_the_pipeline(family_paths, name):
 
 
 def _sizes(kwargs) -> dict:
-    return {k: kwargs[k] for k in ("height", "width", "max_sequence_length") if k in kwargs}
+    return {k: kwargs[k] for k in ("height", "width", "max_sequence_length", "num_frames") if k in kwargs}
 
 
 # --------------------------------------------------------------------------------- recipes

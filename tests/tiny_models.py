@@ -237,3 +237,52 @@ def sana_call_kwargs(**extra):
               complex_human_instruction=None)
     kw.update(extra)
     return kw
+
+
+def tiny_wan_vae(ti2v: bool = False):
+    """A tiny Wan video VAE (spatial factor 8, temporal 4); ``ti2v``: Wan 2.2 TI2V's 48-channel patchified
+    VAE (spatial factor 16)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    if ti2v:
+        return AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+                                latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1],
+                                num_res_blocks=1, scale_factor_spatial=16, scale_factor_temporal=4,
+                                temperal_downsample=[False, True, True]).eval()
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def tiny_wan_transformer(in_channels: int = 16, num_layers: int = 2, seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
+                                        in_channels=in_channels, out_channels=in_channels, text_dim=32, freq_dim=32,
+                                        ffn_dim=32, num_layers=num_layers, cross_attn_norm=True,
+                                        qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    randomize_zero_init(transformer)
+    return transformer
+
+
+def tiny_wan_pipeline(two_experts: bool = False, ti2v: bool = False, boundary_ratio: float = 0.5):
+    """Wan 2.1 T2V; ``two_experts``: Wan 2.2 A14B-like (``transformer_2`` takes over below ``boundary_ratio``);
+    ``ti2v``: Wan 2.2 TI2V-5B-like (per-token timesteps, ``expand_timesteps=True``)."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    tokenizer, text_encoder = tiny_t5(umt5=True)
+    channels = 48 if ti2v else 16
+    extra = {}
+    if two_experts:
+        extra = dict(transformer_2=tiny_wan_transformer(channels, seed=1), boundary_ratio=boundary_ratio)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_wan_vae(ti2v),
+                       transformer=tiny_wan_transformer(channels), scheduler=scheduler, expand_timesteps=ti2v, **extra)
+
+
+def wan_call_kwargs(**extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=32, width=32,
+              num_frames=5, max_sequence_length=8, output_type="pt", guidance_scale=5.0)
+    kw.update(extra)
+    return kw

@@ -14,8 +14,9 @@ from .pixart import PIXART
 from .sana import SANA
 from .sd3 import SD3
 from .spec import BlockInfo, Family
+from .wan import WAN
 
-FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX, SD3, SANA)
+FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX, SD3, SANA, WAN)
 SUPPORTED_PIPELINES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.pipelines)
 
 
