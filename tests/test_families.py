@@ -14,8 +14,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 from diffusers import DiffusionPipeline
-from tiny_models import (flux_call_kwargs, sana_call_kwargs, sd3_call_kwargs, tiny_flux_pipeline, tiny_sana_pipeline,
-                         tiny_sd3_pipeline, tiny_wan_pipeline, wan_call_kwargs)
+from tiny_models import (flux_call_kwargs, qwenimage_call_kwargs, sana_call_kwargs, sd3_call_kwargs, tiny_flux_pipeline,
+                         tiny_qwenimage_pipeline, tiny_sana_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline,
+                         wan_call_kwargs)
 
 import harmonica
 from harmonica import HarmoniCaRouter, RouterError
@@ -41,6 +42,8 @@ CASES = {
                           {"cfg": (wan_call_kwargs(num_inference_steps=5), 2)}),
     # Wan 2.2 TI2V-5B-like: per-token timesteps (expand_timesteps=True), 48-channel VAE
     "wan22-ti2v": (lambda: tiny_wan_pipeline(ti2v=True), {"no-cfg": (wan_call_kwargs(guidance_scale=1.0), 1)}),
+    "qwenimage": (tiny_qwenimage_pipeline, {"true-cfg": (qwenimage_call_kwargs(true_cfg=True), 2),
+                                            "no-cfg": (qwenimage_call_kwargs(true_cfg=False), 1)}),
 }
 VARIANTS = [(name, variant) for name, (_, variants) in CASES.items() for variant in variants]
 

@@ -286,3 +286,54 @@ def wan_call_kwargs(**extra):
               num_frames=5, max_sequence_length=8, output_type="pt", guidance_scale=5.0)
     kw.update(extra)
     return kw
+
+
+def tiny_qwen_vl(hidden: int = 16):
+    """A byte-level Qwen2 tokenizer built in memory (with the chat-template tokens) and a 2-layer random
+    Qwen2.5-VL text encoder (Qwen-Image)."""
+    from tokenizers import AddedToken, pre_tokenizers
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tokenizer.add_tokens([AddedToken(token, special=True) for token in specials[1:]])
+    ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
+    text = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, vocab_size=len(vocab), rope_theta=1e6,
+                rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}, **ids)
+    vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=hidden)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, hidden_size=hidden, vocab_size=len(vocab),
+                              vision_start_token_id=1, vision_end_token_id=2, vision_token_id=0, image_token_id=0,
+                              video_token_id=0, **ids)
+    torch.manual_seed(4)
+    return tokenizer, Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_qwenimage_pipeline(num_layers: int = 2):
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+
+    tokenizer, text_encoder = tiny_qwen_vl()
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=num_layers,
+                                              attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(2, 2, 4)).eval()
+    randomize_zero_init(transformer)
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4,
+                                 latents_std=[1.0] * 4).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02)
+    return QwenImagePipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
+                             tokenizer=tokenizer)
+
+
+def qwenimage_call_kwargs(true_cfg: bool = True, **extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=32, width=32,
+              max_sequence_length=16, output_type="pt")
+    if true_cfg:
+        kw.update(negative_prompt=[" ", " "], true_cfg_scale=4.0)
+    kw.update(extra)
+    return kw
