@@ -80,6 +80,7 @@ class RouterTrainingConfig:
         checkpoint_every: trajectories between checkpoints.
         height, width, max_sequence_length: image size and prompt length of the training
             trajectories, for text-to-image families that take them (default: the pipeline's own).
+        num_frames: video length of the training trajectories, for video families (Wan).
     """
 
     num_steps: int = 20
@@ -107,6 +108,7 @@ class RouterTrainingConfig:
     height: int | None = None
     width: int | None = None
     max_sequence_length: int | None = None
+    num_frames: int | None = None
     prompts: list[str] = field(default_factory=list)
 
     def check(self) -> None:
@@ -189,7 +191,7 @@ class RouterTrainer:
         # the weights the router is trained for: recorded in the run folder and in the saved router
         self.weights_signature = weights_signature(pipe.transformer)
         layout = describe(pipe)
-        options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length")
+        options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length", "num_frames")
                    if getattr(config, k) is not None}
         try:
             self.denoiser = family.denoiser(pipe, config.guidance_scale, config.prompts, **options)
