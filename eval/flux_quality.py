@@ -42,9 +42,9 @@ def main():
     pipe = FluxPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     judge = ShapesJudge.from_pretrained(args.judge).eval()
-    shipped_shift = pipe.scheduler.config.shift
-    for i, (shift, cfg, steps) in enumerate(itertools.product(args.shift or [shipped_shift], args.cfg or [FLUX_TRUE_CFG],
-                                                              args.steps or [FLUX_STEPS])):
+    grid = itertools.product(args.shift or [pipe.scheduler.config.shift], args.cfg or [FLUX_TRUE_CFG],
+                             args.steps or [FLUX_STEPS])
+    for i, (shift, cfg, steps) in enumerate(grid):
         pipe.scheduler = FlowMatchEulerDiscreteScheduler(**flux_scheduler_config(shift))
         t0 = time.time()
         with torch.no_grad():

@@ -168,8 +168,8 @@ def main(argv=None):
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         config_file = output / "run_config.json"
-        settings = {k: v for k, v in vars(args).items()
-                    if not k.startswith("eval_") and k not in ("checkpoint_every", "log_every", "cpu", "judge", "steps")}
+        free = ("checkpoint_every", "log_every", "cpu", "judge", "steps")  # may change on resume, with eval_*
+        settings = {k: v for k, v in vars(args).items() if not k.startswith("eval_") and k not in free}
         settings["num_processes"] = accelerator.num_processes
         if config_file.exists() and json.loads(config_file.read_text()) != settings:
             raise SystemExit(f"{output} holds a run with other settings ({config_file}); use another --output")
@@ -209,7 +209,7 @@ def main(argv=None):
     txt_ids = torch.zeros(FLUX_MAX_SEQUENCE_LENGTH, 3, device=device)
     g = torch.Generator()
     log_file = output / "training_log.jsonl"
-    losses, t0, t_start = [], time.time(), time.time()
+    losses, t0, c0, t_start = [], time.time(), time.process_time(), time.time()
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="flux",
                disable=not accelerator.is_main_process)
     for step in bar:
@@ -242,8 +242,9 @@ def main(argv=None):
         if accelerator.is_main_process and (done % args.log_every == 0 or done == args.steps):
             with log_file.open("a") as f:
                 f.write(json.dumps({"step": done, "loss": sum(losses) / len(losses), "lr": lr_sched.get_last_lr()[0],
-                                    "seconds": round(time.time() - t0, 2)}) + "\n")
-            losses, t0 = [], time.time()
+                                    "seconds": round(time.time() - t0, 2),
+                                    "cpu_seconds": round(time.process_time() - c0, 2)}) + "\n")
+            losses, t0, c0 = [], time.time(), time.process_time()
         if done % args.checkpoint_every == 0 or done == args.steps:
             save_checkpoint(accelerator, output, done)
         if accelerator.is_main_process and ((args.eval_every and done % args.eval_every == 0) or done == args.steps):
