@@ -1,8 +1,12 @@
-"""The embedded default: a small class-conditional latent DiT trained by this project on the shapes data.
+"""The embedded models trained by this project on the shapes data.
 
-Its architecture lives here so that the training scripts, the tests and the evaluation build the
-same models. The trained pipeline ships in ``pipelines/shapes-dit`` as a stock ``DiTPipeline``
-folder; the judge (classifier) ships in ``pipelines/shapes-dit/judge``.
+* The default: a small class-conditional latent DiT, a stock ``DiTPipeline`` folder in
+  ``pipelines/shapes-dit``; the judge (classifier) ships in ``pipelines/shapes-dit/judge``.
+* A text-to-image Flux-style model (flow matching, double- and single-stream blocks, true CFG) on
+  the captioned shapes, a stock ``FluxPipeline`` folder in ``pipelines/shapes-flux``.
+
+Their architectures live here so that the training scripts, the tests and the evaluation build the
+same models.
 """
 
 from __future__ import annotations
@@ -90,12 +94,13 @@ def save_pipeline(path: str | Path, transformer, vae) -> None:
 # FluxPipeline, flow matching, double- and single-stream blocks) trained on the captioned shapes
 # (harmonica.data.captioned_shapes_dataset). Ships in pipelines/shapes-flux; see its TRAINING.md.
 
+# The reasons for these settings, with the measurements behind them: pipelines/shapes-flux/TRAINING.md.
 FLUX_PIPELINE = REPO_ROOT / "pipelines" / "shapes-flux"
-FLUX_MAX_SEQUENCE_LENGTH = 16  # T5 and CLIP token budget: the longest caption is 10 tokens + </s>
+FLUX_MAX_SEQUENCE_LENGTH = 16  # T5 and CLIP token budget (longest caption: 10 T5 / 11 CLIP tokens)
 FLUX_NEGATIVE_PROMPT = ""  # the unconditional prompt of true CFG (training drops captions to it)
-FLUX_STEPS = 20
-FLUX_TRUE_CFG = 4.0
-FLUX_SHIFT = 1.0
+FLUX_STEPS = 20  # Euler steps, as the DiT's DDIM steps
+FLUX_TRUE_CFG = 4.0  # true_cfg_scale: two transformer forwards per step
+FLUX_SHIFT = 1.0  # static timestep shift of the scheduler and of the training timesteps
 FLUX_IMAGE_SIZE = 32
 FLUX_TEXT_SEED = 0  # the frozen random text encoders are a function of this seed (and the configs)
 
