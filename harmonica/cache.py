@@ -88,7 +88,8 @@ class Plan:
     ``schedule[step][slot]``: compute (True) or rebuild from the cache. ``coefficients[step][slot]``:
     the forecast over the branch's last computed outputs (``(1.0,)``: reuse). ``entries``: for every
     branch output the schedule ever rebuilds, ``(slot, element) -> (stream, first index, depth)``: its
-    last ``depth`` computed outputs live at ``first .. first + depth - 1`` of that stream's pool, a ring.
+    last ``depth`` computed outputs live at ``first .. first + depth - 1`` of that stream's pool, most
+    recent first.
     ``fused[step]``: per block, None (run it), SKIP (covered by an earlier block) or a fused run (the
     blocks it replaces); None for a step without fused runs.
     """
@@ -99,6 +100,12 @@ class Plan:
         self.coefficients = coefficients
         self.num_slots = sum(len(b.branches) for b in blocks)
         depth = self._depths(schedule, coefficients)
+        # slots whose every rebuild is plain reuse (coefficient exactly 1 on the last output): no arithmetic
+        self.reuse_only = {slot for slot in depth if all(
+            schedule[step][slot] or tuple(coefficients[step][slot][:1]) == (1.0,) and not any(coefficients[step][slot][1:])
+            for step in range(1, len(schedule)))}
+        self.table = torch.tensor(coefficients, dtype=torch.float32)  # [step, slot, history]
+        self._tables: dict[str, torch.Tensor] = {}
         self.entries: dict[tuple[int, int], tuple[str, int, int]] = {}
         self.capacity: dict[str, int] = {}
         for block in blocks:
@@ -128,11 +135,17 @@ class Plan:
                 depth[slot] = max(depth.get(slot, 1), need)
         return depth
 
+    def step_coefficients(self, step: int, device) -> torch.Tensor:
+        """The coefficient table of one step, ``[slot, history]`` fp32 on ``device`` (copied there once)."""
+        key = str(device)
+        if key not in self._tables:
+            self._tables[key] = self.table.to(device)
+        return self._tables[key][step]
+
     def history(self, state: "CacheState", slot: int, element: int) -> list[int]:
         """Pool indices of the branch output's kept history in ``state``, most recent first."""
         _, first, depth = self.entries[slot, element]
-        written = state.writes.get((slot, element), 0)
-        return [first + (written - 1 - k) % depth for k in range(min(written, depth))]
+        return list(range(first, first + state.kept.get((slot, element), 0)))
 
     def _runs(self, row: list[bool]):
         blocks = self.blocks
@@ -161,7 +174,7 @@ class CacheState:
         self.plan = plan
         self.step: int | None = None
         self.pools: dict[str, CachePool] = {}
-        self.writes: dict[tuple[int, int], int] = {}
+        self.kept: dict[tuple[int, int], int] = {}  # outputs kept per entry (at most its depth)
 
     def store(self, slot: int, element: int, tensor: torch.Tensor) -> None:
         where = self.plan.entries.get((slot, element))
@@ -176,23 +189,26 @@ class CacheState:
                 f"harmonica: a branch output of shape {tuple(tensor.shape)} on the {stream!r} stream, whose cache holds "
                 f"{pool.shape}; cached features belong to one pipeline call and one input shape"
             )
-        written = self.writes.get((slot, element), 0)
-        pool.write(first + written % depth, tensor)
-        self.writes[slot, element] = written + 1
+        pool.push(first, depth, tensor)
+        self.kept[slot, element] = min(self.kept.get((slot, element), 0) + 1, depth)
 
-    def terms(self, slot: int, element: int) -> tuple[list[int], tuple[float, ...]]:
-        """Pool indices (most recent first) and coefficients of a rebuilt branch output at this step."""
+    def terms(self, slot: int, element: int, coefficients) -> tuple[list[int], object]:
+        """Pool indices (most recent first) of a rebuilt branch output at this step and its forecast
+        coefficients (None: plain reuse of the last output). ``coefficients``: the step's
+        ``[slot, history]`` table, a device tensor (compiled code: a graph input, so one graph serves
+        every step) or nested tuples of floats (eager: the fused kernel's tables)."""
         history = self.plan.history(self, slot, element)
-        return history, self.plan.coefficients[self.step][slot][:len(history)]
+        if slot in self.plan.reuse_only:
+            return history[:1], None
+        return history, coefficients[slot][:len(history)]
 
-    def rebuild(self, slot: int, element: int) -> torch.Tensor | None:
+    def rebuild(self, slot: int, element: int, coefficients) -> torch.Tensor | None:
         if (slot, element) not in self.plan.entries:
             return None
-        stream = self.plan.entries[slot, element][0]
-        history, coefs = self.terms(slot, element)
+        history, coefs = self.terms(slot, element, coefficients)
         if not history:
             return None
-        pool = self.pools[stream]
+        pool = self.pools[self.plan.entries[slot, element][0]]
         return forecast([pool.read(i) for i in history], coefs)
 
     @property
@@ -221,10 +237,18 @@ class Forward:
     compute: list[bool]
     fused: list | None
     counting: list[int] | None  # MACs per slot, while a new input shape is measured
+    coefficient_values: list | None  # the step's forecast coefficients, [slot] -> floats
+    coefficient_table: torch.Tensor | None  # the same as a [slot, history] tensor on the model's device
     position: object
     key: tuple[int, str]
     record: CallRecord
     shape: tuple
+
+    def coefficients(self):
+        """Tensors when compiling (graph inputs, no per-step constants), floats otherwise."""
+        if torch.compiler.is_compiling():
+            return self.coefficient_table
+        return self.coefficient_values
 
 
 class _ContextState(BaseState):
@@ -262,7 +286,8 @@ class BranchHook(ModelHook):
                 if tensor is not None:
                     state.store(self.slot, element, tensor)
             return out
-        cached = [state.rebuild(self.slot, element) for element in range(self.elements)]
+        coefficients = current.coefficients()
+        cached = [state.rebuild(self.slot, element, coefficients) for element in range(self.elements)]
         if any(c is None for c in cached):
             raise RuntimeError(
                 f"harmonica: no cached output for {self.name} at step {state.step}. Cached features belong to one "
@@ -293,6 +318,7 @@ class BlockHook(ModelHook):
         if entry is SKIP:
             return fused.output(call, fused.streams(call))
         state = current.state
+        step_coefficients = current.coefficients()
         streams = fused.streams(call)
         runs: dict[str, tuple[list, list, list]] = {name: ([], [], []) for name in streams}
         for block in entry:
@@ -301,7 +327,7 @@ class BlockHook(ModelHook):
             for slot, branch in zip(block.slots, block.branches):
                 for element, stream in enumerate(branch.streams):
                     indices, coefficients, stream_gates = runs[stream]
-                    history, coefs = state.terms(slot, element)
+                    history, coefs = state.terms(slot, element, step_coefficients)
                     indices.append(history)
                     coefficients.append(coefs)
                     stream_gates.append(gates[position])
@@ -330,23 +356,20 @@ class StepHook(ModelHook):
         self.controller.end_thread_call()
         return module
 
-    @torch.compiler.disable(recursive=False)
+    @torch.compiler.disable(recursive=False)  # this frame runs eagerly; the model forward it calls compiles
     def new_forward(self, module, *args, **kwargs):
         ctl = self.controller
         if not ctl.active:
             return self.fn_ref.original_forward(*args, **kwargs)
-        with ctl.lock:
-            forward = ctl.begin_forward(self, module, args, kwargs)
-            ctl.current = forward
-            try:
-                if forward.counting is not None:
-                    out, total = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
-                    ctl.macs_table[ctl.shape_key(self.transformer_index, args, kwargs)] = (total, forward.counting)
-                else:
-                    out = self.fn_ref.original_forward(*args, **kwargs)
-            finally:
-                ctl.current = None
-            ctl.end_forward(self, forward, args, kwargs)
+        forward = ctl.enter(self, module, args, kwargs)
+        try:
+            if forward.counting is not None:
+                out = ctl.counted(forward, self.fn_ref.original_forward, args, kwargs)
+            else:
+                out = self.fn_ref.original_forward(*args, **kwargs)
+            ctl.end_forward(forward)
+        finally:
+            ctl.leave()
         return out
 
 
@@ -426,6 +449,31 @@ class HarmoniCa:
         self._restore.clear()
 
     # ------------------------------------------------------------------- per-forward logic
+    # These run eagerly under torch.compile (compiler-disabled): the compiled graphs hold only the
+    # model's own computation, the cache reads and writes and the fused applies.
+    @torch.compiler.disable
+    def enter(self, hook: StepHook, module, args, kwargs) -> Forward:
+        """Take the lock, find the forward's step and state, and publish its decisions to the hooks."""
+        self.lock.acquire()
+        try:
+            self.current = self.begin_forward(hook, module, args, kwargs)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.current
+
+    @torch.compiler.disable
+    def leave(self) -> None:
+        self.current = None
+        self.lock.release()
+
+    @torch.compiler.disable
+    def counted(self, forward: Forward, original, args, kwargs):
+        """Run a forward while measuring its MACs, in total and per branch slot (new input shapes)."""
+        out, total = count_macs(lambda: original(*args, **kwargs))
+        self.macs_table[forward.shape] = (total, forward.counting)
+        return out
+
     def begin_forward(self, hook: StepHook, module, args, kwargs) -> Forward:
         t_index = hook.transformer_index
         context = hook.context._context
@@ -452,10 +500,13 @@ class HarmoniCa:
         compute = [True] * plan.num_slots if fill else plan.schedule[position.step]
         shape = self.shape_key(t_index, args, kwargs)
         counting = [0] * plan.num_slots if shape not in self.macs_table and fill else None
-        return Forward(state, compute, None if fill else plan.fused[position.step], counting, position, key, record,
-                       shape)
+        values = None if fill else plan.coefficients[position.step]
+        table = None if fill else plan.step_coefficients(position.step, self._device(t_index))
+        return Forward(state, compute, None if fill else plan.fused[position.step], counting, values, table, position,
+                       key, record, shape)
 
-    def end_forward(self, hook: StepHook, forward: Forward, args, kwargs) -> None:
+    @torch.compiler.disable
+    def end_forward(self, forward: Forward) -> None:
         record, position = forward.record, forward.position
         total, per_slot = self.macs_table.get(forward.shape, (0, [0] * len(forward.compute)))
         reused = [s for s, c in enumerate(forward.compute) if not c]
@@ -490,6 +541,9 @@ class HarmoniCa:
             record = self.records.pop(threading.get_ident(), None)
             if record is not None and record.finished and not record.states:
                 self.finish(record)
+
+    def _device(self, t_index: int) -> torch.device:
+        return next(self.transformers[t_index].parameters()).device
 
     @staticmethod
     def shape_key(t_index: int, args, kwargs) -> tuple:

@@ -103,13 +103,14 @@ def test_lambda_refresh_leaves_rng_cache_and_scheduler_untouched(dit_path, tmp_p
         trainer.router.logits.copy_(torch.randn(trainer.router.logits.shape, generator=torch.Generator().manual_seed(1)) * 3)
     trainer.sdt_trajectory(0)  # leaves a filled cache behind
     states = trainer.cache.states
-    kept = {ctx: {k: v.clone() for k, v in entries.items()} for ctx, entries in states.items()}
+    kept = {ctx: {k: [t.clone() for t in v] for k, v in entries.items()} for ctx, entries in states.items()}
     timesteps = trainer.pipe.scheduler.timesteps.clone()
     rng = torch.get_rng_state()
     trainer.refresh_lambda()
     assert torch.equal(torch.get_rng_state(), rng)
     assert trainer.cache.states is states and kept and trainer.cache.mode == "off"
-    assert all(torch.equal(states[ctx][k], v) for ctx, entries in kept.items() for k, v in entries.items())
+    assert all(len(states[ctx][k]) == len(v) and all(torch.equal(a, b) for a, b in zip(states[ctx][k], v))
+               for ctx, entries in kept.items() for k, v in entries.items())
     assert torch.equal(trainer.pipe.scheduler.timesteps, timesteps)
     lam = trainer.state.lam
     assert lam[0] == 0 and torch.isclose(lam[1:].mean(), torch.tensor(1.0)) and (lam[1:] > 0).all()
@@ -129,7 +130,8 @@ def test_memory_does_not_grow_with_steps(dit_path, tmp_path):
     rec = Recorder(trainer)
     trainer.sdt_trajectory(0)
     assert all(not c["x"].requires_grad for c in rec.calls)
-    assert not any(t.requires_grad for entries in trainer.cache.states.values() for t in entries.values())
+    assert not any(t.requires_grad for entries in trainer.cache.states.values() for history in entries.values()
+                   for t in history)
 
 
 def test_resume_gives_the_same_router(dit_path, tmp_path):

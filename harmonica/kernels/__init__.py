@@ -116,7 +116,8 @@ def _terms(indices, coefficients) -> tuple[list[list[int]] | None, list | None]:
         if any(len(t) != 1 for t in terms):
             raise ValueError("a branch with several cached slots needs its forecast coefficients")
         return terms, None
-    coefficients = [None if c is None else [float(x) for x in c] for c in coefficients]
+    # numbers are read once here; tensors (traced by torch.compile) stay tensors for the reference
+    coefficients = [None if c is None else c if torch.is_tensor(c) else [float(x) for x in c] for c in coefficients]
     if len(coefficients) != len(terms) or any(c is not None and len(c) != len(t) for c, t in zip(coefficients, terms)):
         raise ValueError("coefficients must give one number per cached slot of every branch")
     return terms, coefficients
@@ -184,7 +185,8 @@ def gather_apply(
         elif any(not 0 <= s < storage.shape[0] for s in flat):
             raise IndexError(f"indices {flat} are outside a pool of {storage.shape[0]} slots")
 
-    chosen = implementation or backend(hidden.device)
+    # under torch.compile the reference is traced and inductor fuses it into one kernel of its own
+    chosen = implementation or (TORCH if torch.compiler.is_compiling() else backend(hidden.device))
     if chosen not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if chosen != TORCH and not _records_grad(hidden, storage, gates):

@@ -87,6 +87,17 @@ class CachePool:
         self._written[slot] = True
         return target
 
+    def push(self, first: int, depth: int, tensor: torch.Tensor) -> torch.Tensor:
+        """Keep a history in slots ``first .. first + depth - 1``, most recent first: move each written
+        slot one place back (the oldest falls off) and write ``tensor`` at ``first``. Slot positions never
+        depend on how often a history was written, so compiled graphs that read them are reused."""
+        for k in range(depth - 1, 0, -1):
+            if self._written[self._check_slot(first + k - 1)]:
+                with torch.no_grad():
+                    self.storage[first + k].copy_(self.storage[first + k - 1])
+                self._written[first + k] = True
+        return self.write(first, tensor)
+
     def read(self, slot: int) -> torch.Tensor:
         """The tensor stored in ``slot``: a view of the pool (no copy), overwritten by the next ``write``."""
         slot = self._check_slot(slot)

@@ -76,7 +76,9 @@ def gather_apply_reference(
     already be shaped by ``channel_gate``. With ``inplace`` the sum is accumulated in ``hidden``
     itself, which is returned; otherwise ``hidden`` is left as it was and a new tensor is returned.
     """
-    out = hidden if inplace else hidden.clone()
+    # out of place: a contiguous result, as a block's own residual add gives (its layout is what the
+    # next block sees, and compiled blocks are specialised on it)
+    out = hidden if inplace else hidden.clone(memory_format=torch.contiguous_format)
     coefficients = coefficients or [None] * len(terms)
     for slots, gate, coefs in zip(terms, gates, coefficients):
         f = forecast([storage[s] for s in slots], coefs)
