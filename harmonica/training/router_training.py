@@ -41,60 +41,62 @@ from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold
 OBJECTIVES = ("harmonica", "sdt", "ltc")
 
 
+def _setting(default, help: str, **extra):
+    """A RouterTrainingConfig field with its help text (shown by train/train_router.py --help)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
 @dataclass
 class RouterTrainingConfig:
     """Settings of one router training run (recipes in pipelines/recipes/*.json set these).
 
-    Attributes:
-        num_steps: sampling steps the router is trained for (its ``num_inference_steps``).
-        objective: "harmonica" (SDT + IEPO), "sdt" (SDT, lambda = 1) or "ltc" (Learning-to-Cache).
-        trajectories: sampling trajectories in all (each gives num_steps - 1 optimizer steps).
-        batch_size: trajectories' batch per process (the CFG batch is twice this).
-        lr, weight_decay: AdamW on the router logits (clamped to [-5, 5] after each update).
-        beta: weight of the cache-use penalty (sum of scores).
-        target_usage: cache usage (fraction of all branch computations reused) the router is trained
-            at and ends with. The threshold then follows the scores: at every iteration it is the
-            score at that rank (``objectives.threshold_for_usage``), so training builds and reads the
-            cache exactly as inference at the target will; beta only pushes unneeded scores down.
-            None: the fixed ``threshold`` below, and speed is set by beta alone (as in the paper).
-        threshold: inference threshold without a target (the cache is overwritten in training
-            where score > threshold).
-        init: starting logits: "random" (randn, as the paper), "uniform" (all 0: every branch
-            equal) or "static:N" (FORA's schedule, compute every N-th step: logits +2 / -2).
-        lambda_variant: "stake" (default) or "paper"; see ``objectives`` for both.
-        guidance_scale: classifier-free guidance of the training trajectories.
-        lambda_every: iterations between IEPO lambda refreshes (C).
-        lambda_samples: fixed samples (over all processes) used to measure lambda.
-        lambda_floor: lambda's floor, as a fraction of its mean.
-        checkpoint_every: trajectories between checkpoints.
+    Every field's help text (``metadata["help"]``) is what ``train/train_router.py --help`` shows.
+    ``check()`` refuses values of the wrong type or out of range.
     """
 
-    num_steps: int = 20
-    objective: str = "harmonica"
-    trajectories: int = 200
-    batch_size: int = 16
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    beta: float = 1e-4
-    target_usage: float | None = None
-    threshold: float = 0.1
-    guidance_scale: float = 1.5
-    lambda_every: int = 500
-    lambda_samples: int = 8
-    lambda_floor: float = 0.05
-    init: str = "random"
-    lambda_variant: str = "stake"
-    seed: int = 0
-    checkpoint_every: int = 10
-    output_dir: str = "runs/router"
-    scheduler: str | None = None
-    prompts: list[str] = field(default_factory=list)
+    num_steps: int = _setting(20, "sampling steps the router is trained for (its num_inference_steps)")
+    objective: str = _setting("harmonica", "harmonica (SDT + IEPO), sdt (SDT, lambda = 1) or ltc (Learning-to-Cache)",
+                              choices=OBJECTIVES)
+    trajectories: int = _setting(200, "sampling trajectories in all (each gives num_steps - 1 optimizer steps)")
+    batch_size: int = _setting(16, "trajectories per batch and process (the CFG batch is twice this)")
+    lr: float = _setting(1e-2, "AdamW learning rate on the router logits (clamped to [-5, 5] after each update)")
+    weight_decay: float = _setting(0.0, "AdamW weight decay on the router logits")
+    beta: float = _setting(1e-4, "weight of the cache-use penalty (sum of the scores of the step)")
+    target_usage: float | None = _setting(
+        None, "cache usage (fraction of branch computations reused) the router is trained at and ends with: the "
+        "threshold follows the score at that rank at every iteration, so training builds and reads the cache as "
+        "inference at the target will; beta only pushes unneeded scores down. Unset: the fixed --threshold, and "
+        "beta alone sets the speed (as in the paper)")
+    threshold: float = _setting(0.1, "inference threshold in (0, 1) without a target usage (the cache is "
+                                "overwritten in training where score > threshold)")
+    guidance_scale: float = _setting(1.5, "classifier-free guidance of the training trajectories (<= 1: none)")
+    lambda_every: int = _setting(500, "iterations between IEPO lambda refreshes (C)")
+    lambda_samples: int = _setting(8, "fixed samples (over all processes) used to measure lambda")
+    lambda_floor: float = _setting(0.05, "lambda's floor, as a fraction of its mean, in [0, 1]")
+    init: str = _setting("random", "starting logits: random (randn, as the paper), uniform (all 0), compute, "
+                         "reuse, or static:N (FORA's compute-every-N schedule, logits +2 / -2)")
+    lambda_variant: str = _setting("stake", "IEPO lambda: stake or paper (see harmonica/training/objectives.py)",
+                                   choices=LAMBDA_VARIANTS)
+    seed: int = _setting(0, "seed of every random draw (trajectories, labels, lambda samples), >= 0")
+    checkpoint_every: int = _setting(10, "trajectories between checkpoints (accelerate state)")
+    output_dir: str = _setting("runs/router", "run folder: checkpoints, training_log.jsonl, summary.json, router/")
+    scheduler: str | None = _setting(None, "diffusers scheduler class to train with, e.g. DPMSolverMultistepScheduler "
+                                     "(unset: the pipeline's own)")
+    prompts: list[str] = _setting([], "PixArt: prompts the trajectories draw from")
 
     def check(self) -> None:
+        """Raise ValueError naming the first setting of the wrong type or out of range."""
+        from ..cli import type_problems
+
+        problems = type_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.num_steps < 2:
-            raise ValueError("a router needs at least 2 sampling steps (the first always computes)")
+            raise ValueError(f"num_steps must be >= 2 (the first step always computes), got {self.num_steps}")
         check_threshold(self.threshold)
         if self.target_usage is not None and not 0 <= self.target_usage < 1:
             raise ValueError(f"target_usage must be in [0, 1), got {self.target_usage}")
@@ -104,6 +106,24 @@ class RouterTrainingConfig:
         for name in ("trajectories", "batch_size", "lambda_every", "lambda_samples", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "beta", "guidance_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.lambda_floor <= 1:
+            raise ValueError(f"lambda_floor must be in [0, 1], got {self.lambda_floor}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not self.output_dir.strip():
+            raise ValueError("output_dir must not be empty")
+        if self.scheduler is not None:
+            import diffusers
+
+            klass = getattr(diffusers, self.scheduler, None)
+            if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
+                raise ValueError(f"scheduler must name a diffusers scheduler class (e.g. DDIMScheduler, "
+                                 f"DPMSolverMultistepScheduler), got {self.scheduler!r}")
 
 
 class TrainState:
