@@ -1,5 +1,7 @@
-"""Command lines: train/train_router.py's recipes and options are checked before anything runs."""
+"""Command lines: train/train_router.py's recipes and options are checked before anything runs, and every
+script's --help shows its defaults."""
 
+import argparse
 import json
 import runpy
 from dataclasses import fields
@@ -136,3 +138,41 @@ def test_every_router_training_setting_has_help(train_router):
     text = " ".join(parser.format_help().split())
     assert "--trajectories TRAJECTORIES sampling trajectories in all" in text
     assert f"(default: {RouterTrainingConfig().trajectories})" in text
+
+
+SCRIPTS = ["train/train_router.py", "train/train_dit.py", "train/train_judge.py", "train/train_vae.py",
+           "eval/fid.py", "eval/speed.py", "eval/pareto.py", "eval/hook_overhead.py", "eval/router_memory.py",
+           "eval/kernel_bench.py", "harmonica/demo.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_shows_every_default(script, monkeypatch, capsys):
+    """Every option that takes a value says its default in --help (argparse's value, or the help text's own
+    words where the default depends on something, e.g. 'default: cuda when available')."""
+    parsers = []
+    original = argparse.ArgumentParser.parse_known_args
+
+    def capture(self, *args, **kwargs):
+        parsers.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
+    monkeypatch.setattr("sys.argv", [script, "--help"])
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per option
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    parser = next(p for p in parsers if any(a.option_strings == ["-h", "--help"] for a in p._actions))
+    options = [a for a in parser._actions if a.option_strings and a.nargs != 0 and a.default != argparse.SUPPRESS]
+    assert options
+    blocks = {}  # first option string -> its lines in --help
+    for line in out.splitlines():
+        if line.strip().startswith("-"):
+            key = line.strip().split()[0].rstrip(",")
+            blocks[key] = line
+        elif line.startswith("    ") and blocks:
+            blocks[key] += " " + line.strip()
+    for action in options:
+        text = blocks[action.option_strings[0]]
+        assert "default" in text.lower(), f"{script}: {text.strip()}"
