@@ -156,6 +156,35 @@ def test_resume_gives_the_same_router(dit_path, tmp_path):
     assert torch.equal(saved.logits, full.router.logits)
 
 
+def test_resume_skips_a_damaged_checkpoint(dit_path, tmp_path):
+    """A truncated file in the newest checkpoint: warned about by name, set aside, and the run resumes from
+    the previous checkpoint to the same router as an uninterrupted run."""
+    full = make_trainer(dit_path, tmp_path / "full", trajectories=3)
+    full.train()
+    cut = make_trainer(dit_path, tmp_path / "cut", trajectories=3)
+    original = cut.sdt_trajectory
+
+    def dies_at_third(trajectory):
+        if trajectory == 2:
+            raise KeyboardInterrupt
+        return original(trajectory)
+
+    cut.sdt_trajectory = dies_at_third
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    newest = tmp_path / "cut" / "checkpoints" / "checkpoint-2"
+    damaged = "custom_checkpoint_2.pkl"  # the training state (tests/test_checkpoints.py covers every file)
+    data = (newest / damaged).read_bytes()
+    (newest / damaged).write_bytes(data[: len(data) // 3])
+    resumed = make_trainer(dit_path, tmp_path / "cut", trajectories=3)
+    with pytest.warns(UserWarning, match=rf"checkpoint-2 is damaged \({damaged}: truncated"):
+        resumed.train()
+    assert torch.equal(resumed.router.logits, full.router.logits)
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-2.broken" / damaged).read_bytes() == data[: len(data) // 3]
+    log = [json.loads(line) for line in (tmp_path / "cut" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == list(range(1, 3 * (STEPS - 1) + 1))
+
+
 def test_resume_with_other_settings_is_refused(dit_path, tmp_path):
     make_trainer(dit_path, tmp_path, trajectories=1).train()
     with pytest.raises(ValueError, match="trajectories=1 there, 2 now"):
