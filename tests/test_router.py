@@ -114,3 +114,96 @@ def test_load_router_accepts_a_training_run_folder(tmp_path):
     assert torch.equal(load_router(tmp_path / "run").logits, router.logits)
     with pytest.raises(RouterError):
         load_router(tmp_path / "run" / "missing")
+
+
+# ----------------------------------------------------------------------------- router paths and hub ids
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """An empty local hub cache; any download from the hub fails the test unless a test allows it."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    calls = []
+
+    def no_hub(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("the hub was asked for a path that names a local folder")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_hub)
+    return calls
+
+
+@pytest.mark.parametrize("spec", ["runs/typo", "./typo", "../typo-router", "a/b/c", "my router", "runs/typo/"])
+def test_missing_local_router_is_refused_at_once(spec, tmp_path, monkeypatch, hub):
+    import time
+
+    from harmonica.pipeline import load_router
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    start = time.perf_counter()
+    with pytest.raises(RouterError, match="the folder does not exist") as err:
+        load_router(spec)
+    assert time.perf_counter() - start < 2
+    assert spec in str(err.value) and "taken for a local folder because" in str(err.value)
+    assert hub == []
+
+
+def test_pipeline_with_a_missing_router_folder(dit_path, tmp_path, monkeypatch, hub):
+    from harmonica import HarmoniCaPipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(RouterError, match="no router at runs/typo: the folder does not exist"):
+        HarmoniCaPipeline.from_pretrained(dit_path, router="runs/typo")
+
+
+def unreachable_endpoint():
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("how", ["offline", "unreachable"])
+def test_hub_id_that_cannot_be_fetched_is_refused_at_once(how, tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from harmonica.pipeline import load_router
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.chdir(tmp_path)
+    if how == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    else:
+        monkeypatch.setattr(constants, "ENDPOINT", unreachable_endpoint())
+    start = time.perf_counter()
+    with pytest.raises(RouterError) as err:
+        load_router("someone/harmonica-router")
+    assert time.perf_counter() - start < 5  # huggingface_hub alone retries for ~25 s
+    text = str(err.value)
+    assert "'someone/harmonica-router' is not a folder here" in text and "taken for a hub id" in text
+    assert "could not be fetched" in text
+    assert ("HF_HUB_OFFLINE=1" if how == "offline" else "the hub cannot be reached") in text
+
+
+def test_hub_router_in_the_local_cache_loads_while_the_hub_is_unreachable(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from harmonica.pipeline import load_router
+
+    cache = tmp_path / "hub-cache"
+    commit = "0" * 40
+    snapshot = cache / "models--someone--harmonica-router" / "snapshots" / commit
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5, generator=torch.Generator().manual_seed(2))
+    router.save_pretrained(snapshot)
+    (cache / "models--someone--harmonica-router" / "refs").mkdir()
+    (cache / "models--someone--harmonica-router" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", unreachable_endpoint())
+    monkeypatch.chdir(tmp_path)
+    assert torch.equal(load_router("someone/harmonica-router").logits, router.logits)
