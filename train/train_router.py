@@ -97,7 +97,8 @@ def parse_settings(argv=None) -> tuple[ScriptOptions, RouterTrainingConfig]:
     if unknown:
         close = [m for u in unknown if u.startswith("--")
                  for m in difflib.get_close_matches(u.split("=")[0], parser._option_string_actions, n=1)]
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     config = RouterTrainingConfig(**{f.name: getattr(training, f.name) for f in fields(TrainingOptions) if f.init})
     try:
         config.check()
