@@ -1,5 +1,6 @@
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -207,3 +208,80 @@ def test_hub_router_in_the_local_cache_loads_while_the_hub_is_unreachable(tmp_pa
     monkeypatch.setattr(constants, "ENDPOINT", unreachable_endpoint())
     monkeypatch.chdir(tmp_path)
     assert torch.equal(load_router("someone/harmonica-router").logits, router.logits)
+
+
+# ---------------------------------------------------------------- the transformer weights a router was trained on
+@pytest.fixture(scope="module")
+def transformer():
+    from tiny_models import tiny_dit_pipeline
+
+    return tiny_dit_pipeline().transformer
+
+
+def variant(transformer, how):
+    import copy
+
+    other = copy.deepcopy(transformer)
+    with torch.no_grad():
+        if how in ("float16", "bfloat16"):
+            return other.to(getattr(torch, how))
+        g = torch.Generator().manual_seed(0)
+        for param in other.parameters():
+            if how == "noise":  # a fine-tune: N(0, 1e-3) on every weight
+                param.add_(torch.randn(param.shape, generator=g) * 1e-3)
+            elif how == "retrained":  # same architecture, other weights
+                param.copy_(torch.randn(param.shape, generator=g) * param.std().nan_to_num(0.02))
+    return other
+
+
+def router_trained_on(record):
+    return HarmoniCaRouter.for_layout(LAYOUT, 5, training={"transformer_weights": record})
+
+
+@pytest.mark.parametrize("how", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("style", ["summary", "old mean |w|"])
+def test_same_weights_in_any_dtype_do_not_warn(transformer, how, style):
+    from harmonica.router import weights_signature, weights_summary
+
+    record = weights_summary(transformer) if style == "summary" else weights_signature(transformer)
+    router = router_trained_on(record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        router.check_weights(variant(transformer, how) if how != "float32" else transformer)
+
+
+def test_fine_tuned_or_retrained_weights_warn(transformer):
+    from harmonica.router import weights_distance, weights_signature, weights_summary
+
+    router = router_trained_on(weights_summary(transformer))
+    for how in ("noise", "retrained"):
+        with pytest.warns(UserWarning, match=r"on other transformer weights \(.*: .* moved by .* bf16 rounding"):
+            router.check_weights(variant(transformer, how))
+    # what the old record (mean |w|) did not see, and still sees of a retrained model
+    assert weights_distance(weights_signature(transformer), variant(transformer, "noise"))[0] < 1
+    with pytest.warns(UserWarning, match=r"trained on other transformer weights \(mean \|w\|"):
+        router_trained_on(weights_signature(transformer)).check_weights(variant(transformer, "retrained"))
+
+
+def test_weights_summary_margins(transformer):
+    """A cast moves the summary far less than the tolerance, a fine-tune far more (README: figures)."""
+    from harmonica.router import weights_distance, weights_summary
+
+    record = weights_summary(transformer)
+    bf16 = weights_distance(record, variant(transformer, "bfloat16"))[0]
+    fp16 = weights_distance(record, variant(transformer, "float16"))[0]
+    noise = weights_distance(record, variant(transformer, "noise"))[0]
+    assert fp16 < bf16 < 0.5 and noise > 2 and noise > 8 * bf16
+
+
+def test_weights_summary_round_trips_through_the_router_config(transformer, tmp_path):
+    from harmonica.router import weights_summary
+
+    record = weights_summary(transformer)
+    assert len(record["stats"]) == sum(1 for t in transformer.state_dict().values() if t.is_floating_point())
+    router_trained_on(record).save_pretrained(tmp_path)
+    loaded = HarmoniCaRouter.from_pretrained(tmp_path)
+    assert loaded.training_info["transformer_weights"] == record
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.check_weights(transformer)

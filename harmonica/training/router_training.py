@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ..cache import paused
-from ..router import HarmoniCaRouter, check_threshold, parse_init, weights_signature
+from ..router import HarmoniCaRouter, check_threshold, parse_init, weights_distance, weights_summary
 from .checkpoints import resume, save_checkpoint
 from .denoisers import denoiser_for
 from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
@@ -182,7 +182,7 @@ class RouterTrainer:
         # the base model is frozen, in eval mode, and never receives gradients
         pipe.transformer.eval().requires_grad_(False)
         # the weights the router is trained for: recorded in the run folder and in the saved router
-        self.weights_signature = weights_signature(pipe.transformer)
+        self.weights_summary = weights_summary(pipe.transformer)
         layout = harmonica.describe(pipe)
         if router is None:
             router = HarmoniCaRouter.for_layout(
@@ -349,7 +349,7 @@ class RouterTrainer:
             "config": {k: v for k, v in asdict(self.config).items() if k != "prompts"},
             "iterations": self.state.iteration,
             "lambda": [round(float(v), 4) for v in self.state.lam],
-            "transformer_weights": self.weights_signature,
+            "transformer_weights": self.weights_summary,
         }
         summary = {
             "objective": cfg.objective,
@@ -381,16 +381,23 @@ class RouterTrainer:
         router = self.router
         current["layout"] = [router.pipeline_class, router.transformer_class, router.num_blocks, list(router.branches)]
         # a router is tied to the weights it was trained on: a retrained model at the same path is another run
-        current["transformer_weights"] = self.weights_signature
+        # (compared with weights_distance, so that the same weights in another dtype are the same run)
+        current["transformer_weights"] = self.weights_summary
         current = json.loads(json.dumps(current))
         if path.exists():
             saved = json.loads(path.read_text())
-            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            changed = sorted(k for k in set(saved) | set(current)
+                             if k != "transformer_weights" and saved.get(k) != current.get(k))
+            differ = [f"{k}={saved.get(k)!r} there, {current.get(k)!r} now" for k in changed]
+            distance, what = weights_distance(saved.get("transformer_weights"), self.pipe.transformer,
+                                              self.weights_summary)
+            if not distance <= 1:
+                changed.append("transformer_weights")
+                differ.append(f"transformer_weights: {what}")
             if changed:
                 raise ValueError(
                     f"{self.output} holds a router training run with other settings ({', '.join(changed)} "
-                    f"differ: {', '.join(f'{k}={saved.get(k)!r} there, {current.get(k)!r} now' for k in changed)}). "
-                    "Give a new --output_dir, or delete that folder to start over."
+                    f"differ: {', '.join(differ)}). Give a new --output_dir, or delete that folder to start over."
                 )
         elif self.accelerator.is_main_process:
             if (self.output / "checkpoints").exists():
