@@ -2,7 +2,8 @@
 
 Its architecture lives here so that the training scripts, the tests and the evaluation build the
 same models. The trained pipeline ships in ``pipelines/shapes-dit`` as a stock ``DiTPipeline``
-folder; the judge (classifier) ships in ``pipelines/shapes-dit/judge``.
+folder; the judge (classifier) ships in ``pipelines/shapes-dit/judge``. An installed wheel carries
+``pipelines/`` as ``harmonica/_pipelines`` (``PIPELINES_DIR`` is whichever is in use).
 """
 
 from __future__ import annotations
@@ -12,8 +13,23 @@ from pathlib import Path
 
 from .data import CLASS_NAMES
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_PIPELINE = REPO_ROOT / "pipelines" / "shapes-dit"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the source checkout, when harmonica runs from one
+
+
+def pipelines_dir() -> Path:
+    """The embedded pipelines and recipes: the checkout's top-level ``pipelines/`` when harmonica runs from a
+    source checkout (also an editable install), else the package data ``harmonica._pipelines`` that an
+    installed wheel carries (the same folder, see pyproject.toml)."""
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "pipelines").is_dir():
+        return REPO_ROOT / "pipelines"
+    from importlib.resources import files
+
+    return Path(str(files("harmonica") / "_pipelines"))
+
+
+PIPELINES_DIR = pipelines_dir()
+RECIPES_DIR = PIPELINES_DIR / "recipes"
+EMBEDDED_PIPELINE = PIPELINES_DIR / "shapes-dit"
 EMBEDDED_JUDGE = EMBEDDED_PIPELINE / "judge"
 EMBEDDED_ROUTER = EMBEDDED_PIPELINE / "router"
 
