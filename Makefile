@@ -5,6 +5,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # torch 2.14.1 + torchvision 0.29.1 is the pair that imports together here (see shared/ENVIRONMENT.md).
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
+# cache-dit (DBCache baselines of the harness) without its dependencies: they would replace our torch /
+# diffusers; 1.5.3 runs with the versions above (tested in tests/test_eval.py).
+CACHEDIT ?= cache-dit==1.5.3
 
 .PHONY: demo test install clean
 
@@ -13,6 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[test,triton]"
+	$(BIN)/python -m pip install -q --no-deps $(CACHEDIT)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,7 +10,10 @@ without caching, split across processes by accelerate, and scores them on the ma
 * PSNR / SSIM against the uncached images of the same seeds;
 * cache usage and transformer MACs (theoretical speedup) of one measured batch.
 
-Writes <out>/<method>-<knob>.json and appends a row to <out>/results.md.
+Error bars (--seed_sets K, --bootstrap B): each figure is the mean over K disjoint seed sets with its
+std, and a 95% interval from B resamples of the samples (paired: the same resamples for every
+method), e.g. "2.282 ±0.041 [2.210, 2.356]". Writes <out>/<method>-<knob>.json (with "errors" and
+"metrics_per_set") and appends a row to <out>/results.md.
 
     python eval/fid.py --method fora=2 --num_samples 1000
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
@@ -30,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def build_parser():
     from harmonica.cli import HelpFormatter
-    from harmonica.evaluation import add_pipeline_args
+    from harmonica.evaluation import add_error_bar_args, add_pipeline_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_pipeline_args(p)
+    add_error_bar_args(p)
     p.add_argument("--method", action="append", default=None,
                    help="method string (repeatable); default: none (the stock pipeline)")
     p.add_argument("--list_methods", action="store_true", help="print the methods and their knobs, then exit")
@@ -74,7 +78,6 @@ def main(argv=None):
     from accelerate import Accelerator
 
     from harmonica import evaluation as ev
-    from harmonica.metrics import resolve_extractor
 
     device = ev.resolve_device(args.device)
     accelerator = Accelerator(cpu=device == "cpu")
@@ -93,7 +96,7 @@ def main(argv=None):
         if reference_name is None:
             log("no --reference given: FD / KID are skipped (PSNR / SSIM and costs are still measured)")
         else:
-            extractor = resolve_extractor(args.extractor, args.inception_weights, judge_path,
+            extractor = ev.resolve_extractor(args.extractor, args.inception_weights, judge_path,
                                           try_download=not args.no_download)
             log(f"feature space: {extractor.distance_name} ({extractor.note})")
             reference = ev.reference_images(reference_name, args.num_reference)
@@ -104,7 +107,8 @@ def main(argv=None):
             isc = extractor.kind == "judge" or judge_path is None
     run = ev.QualityRun(pipe, setup, args.num_samples, args.out, accelerator=accelerator, reference=reference,
                         extractor=extractor, judge=judge, isc=isc, pipeline_id=str(args.pipeline),
-                        keep_samples=not args.no_keep_samples)
+                        keep_samples=not args.no_keep_samples, seed_sets=args.seed_sets, bootstrap=args.bootstrap,
+                        bootstrap_seed=args.bootstrap_seed)
     results = []
     for request, knob in entries:
         result = run.evaluate(request, knob)

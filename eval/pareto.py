@@ -7,10 +7,21 @@ space, class accuracy, PSNR / SSIM against the uncached samples of the same seed
 (cache usage, transformer MACs). Then the main process times every point and the stock pipeline
 interleaved in one process (median of --repeats) for the measured speedup.
 
-Writes <out>/pareto.png (speedup vs FD), <out>/pareto.md, <out>/pareto.json and one JSON per point.
-Samples are kept in <out>/samples, so an interrupted sweep resumes without regenerating them.
+Every figure has its error bar (--seed_sets K disjoint seed sets and/or --bootstrap B paired resamples
+of the samples, see harmonica/evaluation/stats.py); every measured speedup the [min-max] of its
+per-round ratios, and one above its MACs speedup is flagged "(!> MACs ...)", never taken as a result.
+Then, for each speed level (--levels, default 1.5 2 2.5), one table with each method at its best
+setting at or above that speed (lowest FD, PSNR breaking ties) and its paired difference to the best
+row with a 95% interval: "tie" when it contains 0, else "win" / "loss".
+
+Writes <out>/pareto.png (speedup vs FD, error bars on both axes), <out>/pareto.md (all points, then
+the level tables), <out>/pareto.json (points, timing, levels), <out>/bootstrap.npz (the resampled
+figures of every point, so --plot_only redraws the level tables) and one JSON per point. Samples are
+kept in <out>/samples (seed set j > 0 in samples/set<j>), so an interrupted sweep resumes without
+regenerating them.
 
     python eval/pareto.py --num_samples 1000                 # embedded model, every method
+    python eval/pareto.py --num_samples 1000 --seed_sets 3 --method taylorseer2=2,3 --method dbcache=0.08,0.12
     python eval/pareto.py --method fora=2,3,4 --method harmonica@runs/r1 --method harmonica@runs/r2
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
         --dynamo_backend no eval/pareto.py --device cpu
@@ -28,10 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def build_parser():
     from harmonica.cli import HelpFormatter
-    from harmonica.evaluation import add_pipeline_args
+    from harmonica.evaluation import DEFAULT_LEVELS, add_error_bar_args, add_pipeline_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_pipeline_args(p)
+    add_error_bar_args(p)
     p.add_argument("--method", action="append", default=None, help="method string (repeatable); default: all")
     p.add_argument("--num_samples", type=int, default=1000)
     g = p.add_argument_group("metrics")
@@ -49,6 +61,8 @@ def build_parser():
     t.add_argument("--warmup", type=int, default=1)
     t.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (on a shared CPU, 1 keeps timings stable)")
+    t.add_argument("--levels", type=float, nargs="+", default=list(DEFAULT_LEVELS),
+                   help="speed levels of the best-setting tables (speedups, e.g. 1.5 2 2.5)")
     p.add_argument("--out", default="outputs/pareto")
     p.add_argument("--plot_only", action="store_true", help="redraw <out>/pareto.png and .md from <out>/pareto.json")
     return p
@@ -64,8 +78,8 @@ def main(argv=None):
 
     from harmonica import evaluation as ev
     from harmonica import methods
-    from harmonica.metrics import resolve_extractor
 
+    import numpy as np
     import torch
 
     if args.threads:
@@ -85,13 +99,14 @@ def main(argv=None):
     if accelerator.is_main_process:
         if reference_name is None:
             raise SystemExit("pareto needs reference images for FD: --reference")
-        extractor = resolve_extractor(args.extractor, args.inception_weights, judge_path,
+        extractor = ev.resolve_extractor(args.extractor, args.inception_weights, judge_path,
                                       try_download=not args.no_download)
         log(f"feature space: {extractor.distance_name} ({extractor.note})")
         reference = ev.reference_images(reference_name, args.num_reference)
         judge = ev.load_judge(judge_path, accelerator.device)
     run = ev.QualityRun(pipe, setup, args.num_samples, args.out, accelerator=accelerator, reference=reference,
-                        extractor=extractor, judge=judge, pipeline_id=str(args.pipeline))
+                        extractor=extractor, judge=judge, pipeline_id=str(args.pipeline), seed_sets=args.seed_sets,
+                        bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed)
     out = Path(args.out)
     points = []
     for request, knob in [(methods.MethodRequest("none", []), None)] + entries:
@@ -107,41 +122,61 @@ def main(argv=None):
             for point, row in zip(points, speed["rows"]):  # both: stock first, then entries in order
                 point["measured_speedup"] = row["speedup"]
                 point["latency_s"] = row["latency_s"]
+                point["latencies_s"] = row["latencies_s"]
+                point["speedup_spread"] = row["speedup_spread"]
+                point["above_macs_bound"] = row["above_macs_bound"]
             timing = {k: v for k, v in speed.items() if k != "rows"}
         else:
             timing = None
         for point in points:
             point["macs_speedup"] = point["cost"]["macs_speedup"]
         data = {"pipeline": str(args.pipeline), "setup": setup.describe(), "num_samples": args.num_samples,
+                "seed_sets": args.seed_sets, "bootstrap": {"resamples": args.bootstrap, "seed": args.bootstrap_seed},
                 "reference": reference_name, "extractor": dataclasses.asdict(extractor), "timing": timing,
-                "points": points}
+                "levels_asked": args.levels, "points": points}
+        if run.replicates:
+            np.savez(out / "bootstrap.npz", **ev.replicates_to_arrays(run.replicates))
+        elif (out / "bootstrap.npz").exists():
+            (out / "bootstrap.npz").unlink()  # resamples of an earlier run: not these points'
+        table, png = write_table_and_plot(out, data, run.replicates)
         ev.write_json(out / "pareto.json", data)
-        table, png = write_table_and_plot(out, data)
         log(table)
         log(f"wrote {png}, {out / 'pareto.md'}, {out / 'pareto.json'}")
     accelerator.wait_for_everyone()
     return points if accelerator.is_main_process else None
 
 
-def write_table_and_plot(out: Path, data: dict):
-    """<out>/pareto.md and <out>/pareto.png from a pareto.json document; returns (table, png path)."""
+def write_table_and_plot(out: Path, data: dict, replicates: dict | None = None):
+    """<out>/pareto.md and <out>/pareto.png from a pareto.json document (its "levels" recomputed from
+    the points and the bootstrap replicates); returns (table, png path)."""
     from harmonica import evaluation as ev
 
     points, setup = data["points"], data["setup"]
     key = "measured_speedup" if data.get("timing") else "macs_speedup"  # no timing: --speedup macs
-    table = ev.pareto_markdown(points, key)
+    data["levels"] = ev.best_settings(points, data.get("levels_asked") or ev.DEFAULT_LEVELS, key, replicates)
+    table = ev.pareto_markdown(points, key) + "\n" + ev.levels_markdown(data["levels"], points, key)
     (out / "pareto.md").write_text(table)
+    sets = data.get("seed_sets", 1) or 1
     png = ev.pareto_plot(points, out / "pareto.png", key,
                          title=f"{Path(str(data['pipeline'])).name}: {setup['num_inference_steps']} steps, "
-                               f"CFG {setup['guidance_scale']}, N={data['num_samples']}")
+                               f"CFG {setup['guidance_scale']}, N={data['num_samples']}"
+                               + (f" x {sets} seed sets" if sets > 1 else ""))
     return table, png
 
 
 def replot(out: Path):
     import json
 
+    import numpy as np
+
+    from harmonica import evaluation as ev
+
     data = json.loads((out / "pareto.json").read_text())
-    _, png = write_table_and_plot(out, data)
+    replicates = None
+    if (out / "bootstrap.npz").is_file():
+        with np.load(out / "bootstrap.npz") as arrays:
+            replicates = ev.replicates_from_arrays(arrays)
+    _, png = write_table_and_plot(out, data, replicates)
     print(f"wrote {png}, {out / 'pareto.md'}")
     return data["points"]
 

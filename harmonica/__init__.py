@@ -1,7 +1,8 @@
 """harmonica: a learned per-step feature cache (HarmoniCa) for diffusers Diffusion Transformer pipelines."""
 
-from .cache import CacheStats, describe, disable, enable, paused, stats
-from .pipeline import SUPPORTED_PIPELINES, HarmoniCaPipeline
+from .cache import CacheStats, controller, describe, disable, enable, paused, stats
+from .families import SUPPORTED_PIPELINES
+from .pipeline import HarmoniCaPipeline
 from .router import HarmoniCaRouter, RouterError, RouterLayout
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ __all__ = [
     "RouterLayout",
     "CacheStats",
     "SUPPORTED_PIPELINES",
+    "controller",
     "describe",
     "enable",
     "disable",

@@ -1,41 +1,48 @@
 """The feature cache: diffusers ModelHooks that compute or reuse each branch as the router decides.
 
-Two kinds of hook, both on diffusers' own hook machinery (``diffusers.hooks.HookRegistry``):
+Three kinds of hook, on diffusers' own hook machinery (``diffusers.hooks.HookRegistry``), all
+attached to the transformer's modules and sharing one controller (``HarmoniCa``) that lives with
+them, not with any pipeline object:
 
-* ``StepHook`` on the transformer reads the timestep the pipeline passes, finds its index in the
-  pipeline scheduler's ``timesteps`` (the denoising loop's own position, not a call counter) and
-  sets the step's compute/reuse decisions. A call's first forward (step 0, or any step not after
-  the previous one) starts a new cache: features never outlive the pipeline call that made them.
-* ``BranchHook`` on every branch module (``attn1`` / ``attn2`` / ``ff`` of a block) either runs the
-  module and stores its output, or returns the stored output without running the module. The block's
-  own code then applies the current step's adaLN gate and the residual add, so what is cached is the
-  un-gated branch output.
-* ``BlockHook`` on every block (when ``fused``, the default): a run of consecutive blocks whose
-  branches are all reused at a step is replaced by one ``hidden + sum(gate * cached)``
+* ``StepHook`` on the transformer finds the denoising step of each forward (``harmonica.steps``:
+  from the pipeline's cache context, or from the timestep looked up in the scheduler of the pipeline
+  whose call is running) and picks the call's cache state for this thread and cache context ("cond"
+  / "uncond": pipelines with true CFG run two forwards per step, each with its own cache). The first
+  forward of a call (or of a transformer within a call) fills the cache; the last frees it.
+* ``BranchHook`` on every branch module either runs the module and stores its output, or returns
+  the stored output without running the module. The block's own code then applies the current step's
+  adaLN gate and the residual add, so what is cached is the un-gated branch output.
+* ``BlockHook`` on every block the family can fuse: a run of consecutive blocks whose branches are
+  all reused at a step is replaced by one ``stream + sum(gate * cached)`` per residual stream
   (``harmonica.kernels.gather_apply``: one fused Triton kernel on CUDA, the torch reference
-  elsewhere); the gates are computed as the blocks compute them (``blocks.BlockSpec.gates``).
+  elsewhere), the gates computed as the blocks compute them (the family's ``Fused`` spec).
 
-Cached outputs live in one ``CachePool`` per call, holding only the branches the schedule reuses.
+Cached outputs live in one ``CachePool`` per token stream and call, holding only the branches the
+schedule ever reuses. Forwards are serialised by a lock, and each thread's call has its own state.
 
-``enable(pipe, router)`` attaches both and ``disable(pipe)`` removes them, leaving every module as
-it was. ``stats(pipe)`` tells what the last call computed, reused and spent in multiply-accumulates.
+``enable(pipe, router)`` attaches the hooks and ``disable(pipe)`` removes them, leaving every module as
+it was. ``stats(pipe)`` tells what the last call of that pipeline computed, reused and spent in
+multiply-accumulates.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
+import threading
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
 
-from .blocks import block_branches, branch_modules, count_macs, fusable, spec_for, transformer_blocks
-from .kernels import CachePool, gather_apply
-from .router import HarmoniCaRouter, RouterLayout, check_threshold
-from .steps import StepLocator
+from .families import family_for, pipeline_transformers, transformer_blocks
+from .families.spec import BlockInfo, bind_call
+from .kernels import TORCH, CachePool, forecast, gather_apply
+from .macs import count_macs
+from .router import HarmoniCaRouter, RouterError, RouterLayout, check_threshold
+from .steps import StepLocator, calling_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ class CacheStats:
     """What one pipeline call did. ``cache_usage`` is the fraction of branch computations reused."""
 
     num_steps: int = 0
+    forwards: int = 0
     branch_calls: int = 0
     reused: int = 0
     macs_full: int = 0
@@ -73,265 +81,337 @@ class CacheStats:
         )
 
 
+# ================================================================================ the plan
+class Plan:
+    """What a router's schedule means for one transformer, computed once at ``enable``.
+
+    ``schedule[step][slot]``: compute (True) or rebuild from the cache. ``coefficients[step][slot]``:
+    the forecast over the branch's last computed outputs (``(1.0,)``: reuse). ``entries``: for every
+    branch output the schedule ever rebuilds, ``(slot, element) -> (stream, first index, depth)``: its
+    last ``depth`` computed outputs live at ``first .. first + depth - 1`` of that stream's pool, a ring.
+    ``fused[step]``: per block, None (run it), SKIP (covered by an earlier block) or a fused run (the
+    blocks it replaces); None for a step without fused runs.
+    """
+
+    def __init__(self, blocks: list[BlockInfo], schedule: list[list[bool]], coefficients, fused: bool):
+        self.blocks = blocks
+        self.schedule = schedule
+        self.coefficients = coefficients
+        self.num_slots = sum(len(b.branches) for b in blocks)
+        depth = self._depths(schedule, coefficients)
+        self.entries: dict[tuple[int, int], tuple[str, int, int]] = {}
+        self.capacity: dict[str, int] = {}
+        for block in blocks:
+            for slot, branch in zip(block.slots, block.branches):
+                if slot not in depth:
+                    continue
+                for element, stream in enumerate(branch.streams):
+                    first = self.capacity.get(stream, 0)
+                    self.entries[slot, element] = (stream, first, depth[slot])
+                    self.capacity[stream] = first + depth[slot]
+        self.block_level = [b.kind.whole_block or (fused and b.kind.fusable(b.module)) for b in blocks]
+        self.fused = [self._runs(row) if step > 0 else None for step, row in enumerate(schedule)]
+
+    @staticmethod
+    def _depths(schedule, coefficients) -> dict[int, int]:
+        """Per rebuilt slot: how many past outputs its forecasts use (trailing zero coefficients and
+        history not computed yet are not kept)."""
+        depth: dict[int, int] = {}
+        computed = [1] * len(schedule[0])  # the first step computes everything
+        for step in range(1, len(schedule)):
+            for slot, compute in enumerate(schedule[step]):
+                if compute:
+                    computed[slot] += 1
+                    continue
+                used = [c != 0 for c in coefficients[step][slot][:computed[slot]]]
+                need = max((k + 1 for k, nonzero in enumerate(used) if nonzero), default=1)
+                depth[slot] = max(depth.get(slot, 1), need)
+        return depth
+
+    def history(self, state: "CacheState", slot: int, element: int) -> list[int]:
+        """Pool indices of the branch output's kept history in ``state``, most recent first."""
+        _, first, depth = self.entries[slot, element]
+        written = state.writes.get((slot, element), 0)
+        return [first + (written - 1 - k) % depth for k in range(min(written, depth))]
+
+    def _runs(self, row: list[bool]):
+        blocks = self.blocks
+        reused = [self.block_level[b.index] and not any(row[s] for s in b.slots) for b in blocks]
+        plan, i = [None] * len(blocks), 0
+        while i < len(blocks):
+            if not reused[i]:
+                i += 1
+                continue
+            end = i
+            while (end + 1 < len(blocks) and reused[end + 1] and blocks[end + 1].kind is blocks[i].kind
+                   and blocks[end + 1].list_name == blocks[i].list_name):
+                end += 1
+            plan[i] = blocks[i:end + 1]
+            for j in range(i + 1, end + 1):
+                plan[j] = SKIP
+            i = end + 1
+        return plan if any(p is not None for p in plan) else None
+
+
+# =========================================================================== per-call state
 class CacheState:
-    """Everything harmonica keeps during one pipeline call, shared by all hooks of a transformer."""
+    """The cache of one pipeline call, one cache context and one transformer."""
 
-    def __init__(self, num_blocks: int, num_branches: int):
-        self.num_blocks = num_blocks
-        self.num_branches = num_branches
-        self.num_slots = num_blocks * num_branches
-        self.active = True
-        self.reset()
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.step: int | None = None
+        self.pools: dict[str, CachePool] = {}
+        self.writes: dict[tuple[int, int], int] = {}
 
-    def reset(self) -> None:
-        self.pool: CachePool | None = None  # allocated at the first store of a call, freed at its end
-        self.slot_map: list[int | None] = list(range(self.num_slots))  # branch slot -> pool slot (None: not kept)
-        self.plan: list | None = None  # per block, for the forward in progress: None, SKIP or a fused run
-        self.step: int | None = None  # step index of the forward in progress / last finished
-        self.compute_now: list[bool] = [True] * self.num_slots
-        self.counting_macs: list[int] | None = None  # set while MACs of a new input shape are measured
-        self.stats = CacheStats()
-        # Router training (harmonica.training) drives the forwards itself:
-        self.forced: str | None = None  # "fill": compute everything; "mix": router-mixed student forward
-        self.mix: torch.Tensor | None = None  # per-slot scores of the current mixed forward (carry gradients)
-        self.write: list[bool] | None = None  # per-slot: overwrite the cache in the current mixed forward
-
-    def keep_only(self, slots) -> None:
-        """Store only these branch slots (the ones a schedule reuses)."""
-        keep = sorted(set(slots))
-        self.slot_map = [None] * self.num_slots
-        for j, slot in enumerate(keep):
-            self.slot_map[slot] = j
-
-    def store(self, slot: int, tensor: torch.Tensor) -> None:
-        j = self.slot_map[slot]
-        if j is None:
+    def store(self, slot: int, element: int, tensor: torch.Tensor) -> None:
+        where = self.plan.entries.get((slot, element))
+        if where is None:
             return
-        pool = self.pool
-        if pool is None or pool.shape != tuple(tensor.shape) or pool.dtype != tensor.dtype or pool.device != tensor.device:
-            if pool is not None and any(pool.is_written(i) for i in range(pool.num_slots)) and self.forced is None:
-                raise RuntimeError(
-                    f"harmonica: a branch output of shape {tuple(tensor.shape)} in a call whose cache holds "
-                    f"{pool.shape}; cached features belong to one pipeline call"
-                )
-            size = 1 + max(i for i in self.slot_map if i is not None)
-            self.pool = pool = CachePool(size, tensor.shape, tensor.dtype, tensor.device)
-        pool.write(j, tensor)
+        stream, first, depth = where
+        pool = self.pools.get(stream)
+        if pool is None:
+            pool = self.pools[stream] = CachePool(self.plan.capacity[stream], tensor.shape, tensor.dtype, tensor.device)
+        elif pool.shape != tuple(tensor.shape) or pool.dtype != tensor.dtype:
+            raise RuntimeError(
+                f"harmonica: a branch output of shape {tuple(tensor.shape)} on the {stream!r} stream, whose cache holds "
+                f"{pool.shape}; cached features belong to one pipeline call and one input shape"
+            )
+        written = self.writes.get((slot, element), 0)
+        pool.write(first + written % depth, tensor)
+        self.writes[slot, element] = written + 1
 
-    def load(self, slot: int) -> torch.Tensor | None:
-        j = self.slot_map[slot]
-        if j is None or self.pool is None or not self.pool.is_written(j):
+    def terms(self, slot: int, element: int) -> tuple[list[int], tuple[float, ...]]:
+        """Pool indices (most recent first) and coefficients of a rebuilt branch output at this step."""
+        history = self.plan.history(self, slot, element)
+        return history, self.plan.coefficients[self.step][slot][:len(history)]
+
+    def rebuild(self, slot: int, element: int) -> torch.Tensor | None:
+        if (slot, element) not in self.plan.entries:
             return None
-        return self.pool.read(j)
+        stream = self.plan.entries[slot, element][0]
+        history, coefs = self.terms(slot, element)
+        if not history:
+            return None
+        pool = self.pools[stream]
+        return forecast([pool.read(i) for i in history], coefs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.pools.values())
 
 
+class CallRecord:
+    """One pipeline call of one thread: its cache states (per transformer and cache context) and stats."""
+
+    def __init__(self, pipeline):
+        self.pipeline = None if pipeline is None else weakref.ref(pipeline)
+        self.states: dict[tuple[int, str], CacheState] = {}
+        self.finished: set[tuple[int, str]] = set()
+        self.stats = CacheStats()
+
+    def belongs_to(self, pipeline) -> bool:
+        return (self.pipeline() if self.pipeline is not None else None) is pipeline
+
+
+@dataclass
+class Forward:
+    """What the hooks of the forward in progress read (its state and decisions), and where it is."""
+
+    state: CacheState
+    compute: list[bool]
+    fused: list | None
+    counting: list[int] | None  # MACs per slot, while a new input shape is measured
+    position: object
+    key: tuple[int, str]
+    record: CallRecord
+    shape: tuple
+
+
+class _ContextState(BaseState):
+    def reset(self):
+        pass
+
+
+# ================================================================================== hooks
 class BranchHook(ModelHook):
     """Compute a branch and keep its output, or return the kept output without running the branch."""
 
-    def __init__(self, state: CacheState, slot: int, name: str):
+    def __init__(self, controller: "HarmoniCa", slot: int, name: str, elements: int):
         super().__init__()
-        self.state = state
+        self.controller = controller
         self.slot = slot
         self.name = name
+        self.elements = elements
 
     def new_forward(self, module, *args, **kwargs):
-        state = self.state
-        if not state.active:
+        current = self.controller.current
+        if current is None:
             return self.fn_ref.original_forward(*args, **kwargs)
-        if state.mix is not None:
-            return self._mixed(*args, **kwargs)
-        if state.compute_now[self.slot]:
-            if state.counting_macs is not None:
+        state = current.state
+        if current.compute[self.slot]:
+            if current.counting is not None:
                 out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
-                state.counting_macs[self.slot] = macs
+                current.counting[self.slot] += macs
             else:
                 out = self.fn_ref.original_forward(*args, **kwargs)
-            state.store(self.slot, out)
+            parts = out if isinstance(out, tuple) else (out,)
+            if len(parts) != self.elements:
+                raise RuntimeError(f"harmonica: {self.name} returned {len(parts)} tensors, its family spec names "
+                                   f"{self.elements} (an IP adapter or another processor changes its outputs?)")
+            for element, tensor in enumerate(parts):
+                if tensor is not None:
+                    state.store(self.slot, element, tensor)
             return out
-        cached = state.load(self.slot)
-        hidden = args[0] if args else kwargs.get("hidden_states")
-        if cached is None or (hidden is not None and cached.shape[:-1] != hidden.shape[:-1]):
+        cached = [state.rebuild(self.slot, element) for element in range(self.elements)]
+        if any(c is None for c in cached):
             raise RuntimeError(
-                f"harmonica: no usable cached output for {self.name} at step {state.step} "
-                f"(cached {None if cached is None else tuple(cached.shape)}, input "
-                f"{None if hidden is None else tuple(hidden.shape)}). Cached features belong to one pipeline "
-                "call; call the transformer through the pipeline's denoising loop."
+                f"harmonica: no cached output for {self.name} at step {state.step}. Cached features belong to one "
+                "pipeline call; call the transformer through the pipeline's denoising loop."
             )
-        return cached
-
-    def _mixed(self, *args, **kwargs):
-        """Training forward: score * fresh + (1 - score) * cached; the cache keeps the fresh (detached)
-        output where the score is above the threshold, as inference would have computed it there."""
-        state = self.state
-        fresh = self.fn_ref.original_forward(*args, **kwargs)
-        cached = state.load(self.slot)
-        if cached is None or cached.shape != fresh.shape:
-            raise RuntimeError(f"harmonica: router-mixed forward of {self.name} without a filled cache")
-        cached = cached.clone()  # autograd keeps it for the score's gradient; the pool slot may be rewritten
-        score = state.mix[self.slot].to(fresh.dtype)
-        out = score * fresh + (1 - score) * cached
-        if state.write[self.slot]:
-            state.store(self.slot, fresh.detach())
-        return out
+        return tuple(cached) if self.elements > 1 else cached[0]
 
 
 class BlockHook(ModelHook):
-    """Replaces a run of fully reused blocks by one fused gather-apply of their cached branches."""
+    """Replaces a run of fully reused blocks by one gather-apply of their cached branches per stream."""
 
-    def __init__(self, state: CacheState, index: int):
+    def __init__(self, controller: "HarmoniCa", info: BlockInfo):
         super().__init__()
-        self.state = state
-        self.index = index
-        self._params: list[str] = []
-
-    def initialize_hook(self, module):
-        self._params = list(inspect.signature(module.forward).parameters)
-        return module
+        self.controller = controller
+        self.info = info
 
     def new_forward(self, module, *args, **kwargs):
-        state = self.state
-        entry = None if state.plan is None else state.plan[self.index]
+        current = self.controller.current
+        entry = None if current is None or current.fused is None else current.fused[self.info.index]
         if entry is None:
+            if current is not None and current.counting is not None and self.info.kind.whole_block:
+                out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
+                current.counting[self.info.first_slot] += macs
+                return out
             return self.fn_ref.original_forward(*args, **kwargs)
-        call = dict(zip(self._params, args))
-        call.update(kwargs)
-        hidden = call["hidden_states"]
+        fused = self.info.kind.fused
+        call = bind_call(module, args, kwargs)
         if entry is SKIP:
-            return hidden
-        blocks, slots = entry
-        gates = []
-        for block in blocks:
-            gates.extend(spec_for(block).gates(block, hidden, call))
-        indices = [state.slot_map[s] for s in slots]
-        return gather_apply(hidden, state.pool, indices, gates, inplace=False)
+            return fused.output(call, fused.streams(call))
+        state = current.state
+        streams = fused.streams(call)
+        runs: dict[str, tuple[list, list, list]] = {name: ([], [], []) for name in streams}
+        for block in entry:
+            gates = block.kind.fused.gates(block.module, call)
+            position = 0
+            for slot, branch in zip(block.slots, block.branches):
+                for element, stream in enumerate(branch.streams):
+                    indices, coefficients, stream_gates = runs[stream]
+                    history, coefs = state.terms(slot, element)
+                    indices.append(history)
+                    coefficients.append(coefs)
+                    stream_gates.append(gates[position])
+                    position += 1
+        implementation = None if self.controller.fused else TORCH
+        updated = {
+            name: gather_apply(streams[name], state.pools[name], indices, stream_gates, coefficients=coefficients,
+                               inplace=False, implementation=implementation) if indices else streams[name]
+            for name, (indices, coefficients, stream_gates) in runs.items()
+        }
+        return fused.output(call, updated)
 
 
 class StepHook(ModelHook):
-    """Maps the pipeline's timestep to its step index and sets that step's decisions."""
+    """Finds each forward's step, picks its cache state and decisions, and keeps the call's statistics."""
 
-    def __init__(self, controller: "HarmoniCa"):
+    _is_stateful = True  # receives diffusers' cache context ("cond" / "uncond") and end-of-call resets
+
+    def __init__(self, controller: "HarmoniCa", transformer_index: int):
         super().__init__()
         self.controller = controller
+        self.transformer_index = transformer_index
+        self.context = StateManager(_ContextState)
 
+    def reset_state(self, module):  # pipelines of CacheMixin models call this when a call ends
+        self.controller.end_thread_call()
+        return module
+
+    @torch.compiler.disable(recursive=False)
     def new_forward(self, module, *args, **kwargs):
         ctl = self.controller
-        state = ctl.state
-        if not state.active:
+        if not ctl.active:
             return self.fn_ref.original_forward(*args, **kwargs)
-        step, num_steps = ctl.locate(args, kwargs)
-        if state.forced is not None:
-            return self._forced_forward(step, args, kwargs)
-        new_call = state.step is None or step <= state.step
-        if new_call:
-            ctl.begin_call(num_steps)
-        state.step = step
-        if new_call:  # the first forward of a call fills the cache
-            state.compute_now = [True] * state.num_slots
-        else:
-            state.compute_now = ctl.schedule[step]
-            state.plan = ctl.plans[step]
-        key = ctl.shape_key(args, kwargs)
-        try:
-            if new_call and key not in ctl.macs_table:
-                state.counting_macs = [0] * state.num_slots
-                out, total = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
-                ctl.macs_table[key] = (total, state.counting_macs)
-            else:
-                out = self.fn_ref.original_forward(*args, **kwargs)
-        finally:
-            state.counting_macs = None
-            state.plan = None
-        ctl.account_step(key, state.compute_now)
-        if step == num_steps - 1:
-            ctl.end_call()
+        with ctl.lock:
+            forward = ctl.begin_forward(self, module, args, kwargs)
+            ctl.current = forward
+            try:
+                if forward.counting is not None:
+                    out, total = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
+                    ctl.macs_table[ctl.shape_key(self.transformer_index, args, kwargs)] = (total, forward.counting)
+                else:
+                    out = self.fn_ref.original_forward(*args, **kwargs)
+            finally:
+                ctl.current = None
+            ctl.end_forward(self, forward, args, kwargs)
         return out
 
-    def _forced_forward(self, step: int, args, kwargs):
-        """A forward whose mode the router trainer chose ("fill" or "mix"); no statistics are kept."""
-        ctl, state = self.controller, self.controller.state
-        state.step = step
-        state.compute_now = [True] * state.num_slots
-        state.slot_map = list(range(state.num_slots))  # training may read any branch
-        if state.forced == "mix":
-            if step == 0:
-                raise RuntimeError("harmonica: the first step always computes everything; fill it, don't mix it")
-            scores = ctl.router.scores()[step].reshape(-1)
-            state.mix = scores
-            state.write = (scores.detach() > ctl.threshold).tolist()
-        elif state.forced != "fill":
-            raise ValueError(f"unknown forced mode {state.forced!r}")
-        try:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        finally:
-            state.mix = None
-            state.write = None
 
-
+# ============================================================================= controller
 class HarmoniCa:
-    """The harmonica controller attached to a pipeline as ``pipe.harmonica``."""
+    """The controller behind the hooks of one pipeline's transformer(s): router, plan and call states."""
 
     def __init__(self, pipe, router: HarmoniCaRouter, threshold: float | None, fused: bool = True):
+        self.family = family_for(pipe)
         self.router = router.validate()
         self.fused = bool(fused)
         self.threshold = router.threshold if threshold is None else check_threshold(threshold)
-        self._pipe = weakref.ref(pipe)
-        self.transformer = pipe.transformer
         self.layout = describe(pipe)
         router.check_compatible(self.layout)
-        router.check_weights(pipe.transformer)
-        mask = router.compute_mask(self.threshold)
-        self.set_schedule([row.flatten().tolist() for row in mask])  # [step][block * branches + branch]
-        self.state = CacheState(router.num_blocks, len(router.branches))
+        self.transformers = [t for _, t in pipeline_transformers(pipe, self.family)]
+        for transformer in self.transformers:
+            router.check_weights(transformer)
+        self.blocks = [transformer_blocks(self.family, t) for t in self.transformers]
+        self.locators = [StepLocator(self.family, t) for t in self.transformers]
+        self.set_schedule(router.schedule(self.threshold))
+        self.active = True
+        self.current: Forward | None = None
+        self.lock = threading.RLock()
+        self.records: dict[int, CallRecord] = {}
         self.macs_table: dict[tuple, tuple[int, list[int]]] = {}
         self.last_stats: CacheStats | None = None
-        self.locate = StepLocator(pipe, self.transformer, hint=" (use `with harmonica.paused(pipe):` to call the "
-                                  "transformer directly)")
+        self._stats_by_pipeline: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._restore: list[tuple[torch.nn.Module, bool, bool]] = []
 
     def set_schedule(self, schedule: list[list[bool]]) -> None:
-        """Install a [step][slot] compute schedule and derive the fused block plans and kept slots."""
+        """Install a ``[step][slot]`` compute schedule and derive the plans (kept branches, fused runs)."""
         self.schedule = schedule
-        k = len(self.router.branches)
-        blocks = transformer_blocks(self.transformer)
-        can_fuse = [self.fused and fusable(b) for b in blocks]
-        self.reused_slots = sorted({s for row in schedule[1:] for s, c in enumerate(row) if not c})
-        self.plans = []
-        for step, row in enumerate(schedule):
-            reused = [step > 0 and can_fuse[b] and not any(row[b * k:(b + 1) * k]) for b in range(len(blocks))]
-            plan, b = [None] * len(blocks), 0
-            while b < len(blocks):
-                if not reused[b]:
-                    b += 1
-                    continue
-                end = b
-                while end + 1 < len(blocks) and reused[end + 1]:
-                    end += 1
-                plan[b] = (blocks[b:end + 1], list(range(b * k, (end + 1) * k)))
-                for j in range(b + 1, end + 1):
-                    plan[j] = SKIP
-                b = end + 1
-            self.plans.append(plan if any(p is not None for p in plan) else None)
+        coefficients = self.router.forecast_table()
+        self.plans = [Plan(blocks, schedule, coefficients, self.fused) for blocks in self.blocks]
+
+    def __deepcopy__(self, memo):
+        raise RuntimeError(
+            "harmonica: cannot deep-copy a pipeline or transformer with harmonica enabled (its hooks hold the cache "
+            "of running calls). Call harmonica.disable(pipe), copy, then harmonica.enable(...) on each."
+        )
 
     # ------------------------------------------------------------------ hooks in and out
     def attach(self) -> None:
-        blocks = transformer_blocks(self.transformer) if self.fused else []
-        modules = [self.transformer] + blocks + [m for row in branch_modules(self.transformer) for m in row]
+        modules = []
+        for transformer, blocks in zip(self.transformers, self.blocks):
+            modules.append(transformer)
+            modules.extend(b.module for b in blocks)
+            modules.extend(m for b in blocks for m in b.modules)
         for m in modules:
             self._restore.append((m, "_diffusers_hook" in m.__dict__, "forward" in m.__dict__))
-        names = self.router.branches
-        for b, row in enumerate(branch_modules(self.transformer)):
-            for k, module in enumerate(row):
-                registry = HookRegistry.check_if_exists_or_initialize(module)
-                hook = BranchHook(self.state, b * len(names) + k, f"block {b} {names[k]}")
-                registry.register_hook(hook, BRANCH_HOOK)
-        for b, block in enumerate(blocks):
-            HookRegistry.check_if_exists_or_initialize(block).register_hook(BlockHook(self.state, b), BLOCK_HOOK)
-        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
-        registry.register_hook(StepHook(self), STEP_HOOK)
-        registry.invalidate_child_registries_cache()
+        for t_index, (transformer, blocks, plan) in enumerate(zip(self.transformers, self.blocks, self.plans)):
+            for block in blocks:
+                for slot, branch, module in zip(block.slots, block.branches, block.modules):
+                    name = f"{block.list_name}[{block.index}].{branch.name}"
+                    hook = BranchHook(self, slot, name, branch.elements)
+                    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, BRANCH_HOOK)
+                if plan.block_level[block.index]:
+                    registry = HookRegistry.check_if_exists_or_initialize(block.module)
+                    registry.register_hook(BlockHook(self, block), BLOCK_HOOK)
+            registry = HookRegistry.check_if_exists_or_initialize(transformer)
+            registry.register_hook(StepHook(self, t_index), STEP_HOOK)
+            registry.invalidate_child_registries_cache()
 
     def detach(self) -> None:
-        self.state.reset()
+        self.records.clear()
         for module, had_registry, had_forward in self._restore:
             registry = module.__dict__.get("_diffusers_hook")
             if registry is None:
@@ -345,116 +425,161 @@ class HarmoniCa:
                     del module.forward
         self._restore.clear()
 
-    # ------------------------------------------------------------------- per-step logic
-    @contextmanager
-    def isolated(self, schedule: list[list[bool]] | None = None):
-        """Run pipeline calls (e.g. gradient-free sampling during training) without touching the cache
-        state of the caller: features, step, statistics and schedule are restored afterwards.
-        ``schedule`` ([step][slot] compute flags) replaces the router's schedule inside the block."""
-        saved_state = self.state.__dict__.copy()  # the pool object itself is left alone inside
-        saved_schedule, saved_last = self.schedule, self.last_stats
-        self.state.reset()
-        self.state.active = True
-        if schedule is not None:
-            self.set_schedule(schedule)
-        try:
-            yield self
-        finally:
-            self.state.__dict__.clear()
-            self.state.__dict__.update(saved_state)
-            if schedule is not None:
-                self.set_schedule(saved_schedule)
-            self.last_stats = saved_last
+    # ------------------------------------------------------------------- per-forward logic
+    def begin_forward(self, hook: StepHook, module, args, kwargs) -> Forward:
+        t_index = hook.transformer_index
+        context = hook.context._context
+        position = self.locators[t_index].locate(bind_call(module, args, kwargs), context, calling_pipeline())
+        key = (t_index, context.name if context is not None else "")
+        thread = threading.get_ident()
+        record = self.records.get(thread)
+        state = None if record is None else record.states.get(key)
+        new_call = (record is None or not record.belongs_to(position.pipeline) or key in record.finished
+                    or (state is not None and position.step <= state.step))
+        if new_call:
+            self.router.check_compatible(self.layout, position.num_steps)
+            if position.timesteps is not None:
+                self.router.check_timesteps(position.timesteps)
+            record = self.records[thread] = CallRecord(position.pipeline)
+            state = None
+        if state is None:
+            for other in [k for k in record.states if k[1] == key[1] and k[0] != t_index]:
+                record.states.pop(other)  # the pipeline switched experts (Wan 2.2): the other cache is done
+            state = record.states[key] = CacheState(self.plans[t_index])
+        fill = state.step is None  # a state's first forward computes everything and fills the cache
+        state.step = position.step
+        plan = state.plan
+        compute = [True] * plan.num_slots if fill else plan.schedule[position.step]
+        shape = self.shape_key(t_index, args, kwargs)
+        counting = [0] * plan.num_slots if shape not in self.macs_table and fill else None
+        return Forward(state, compute, None if fill else plan.fused[position.step], counting, position, key, record,
+                       shape)
 
-    def begin_call(self, num_steps: int) -> None:
-        pipe = self._pipe()
-        layout = describe(pipe)
-        self.router.check_compatible(layout, num_steps)
-        self.state.reset()
-        self.state.keep_only(self.reused_slots)
-
-    def shape_key(self, args, kwargs) -> tuple:
-        hidden = args[0] if args else kwargs.get("hidden_states")
-        enc = kwargs.get("encoder_hidden_states")
-        if enc is None and len(args) > 1 and torch.is_tensor(args[1]) and args[1].dim() == 3:
-            enc = args[1]
-        return tuple(hidden.shape), None if enc is None else tuple(enc.shape)
-
-    def account_step(self, key, compute_now: list[bool]) -> None:
-        total, per_slot = self.macs_table.get(key, (0, [0] * self.state.num_slots))
-        reused = [s for s, c in enumerate(compute_now) if not c]
-        st = self.state.stats
-        st.num_steps += 1
-        st.branch_calls += len(compute_now)
+    def end_forward(self, hook: StepHook, forward: Forward, args, kwargs) -> None:
+        record, position = forward.record, forward.position
+        total, per_slot = self.macs_table.get(forward.shape, (0, [0] * len(forward.compute)))
+        reused = [s for s, c in enumerate(forward.compute) if not c]
+        st = record.stats
+        st.forwards += 1
+        st.num_steps = max(st.num_steps, position.step + 1)
+        st.branch_calls += len(forward.compute)
         st.reused += len(reused)
-        st.reused_per_step.append(len(reused))
+        while len(st.reused_per_step) <= position.step:
+            st.reused_per_step.append(0)
+        st.reused_per_step[position.step] += len(reused)
         st.macs_full += total
         st.macs_spent += total - sum(per_slot[s] for s in reused)
+        if position.step == position.num_steps - 1:
+            record.states.pop(forward.key, None)  # frees this context's cache
+            record.finished.add(forward.key)
+            if not record.states:
+                self.finish(record)
 
-    def end_call(self) -> None:
-        self.last_stats = self.state.stats
-        self.state.reset()  # frees the cache pool; the next call starts clean
+    def finish(self, record: CallRecord) -> None:
+        self.last_stats = record.stats
+        pipeline = record.pipeline() if record.pipeline is not None else None
+        if pipeline is not None:
+            self._stats_by_pipeline[pipeline] = record.stats
+        for thread, r in list(self.records.items()):
+            if r is record:
+                del self.records[thread]
+
+    def end_thread_call(self) -> None:
+        """The pipeline's call ended (diffusers resets stateful hooks then): free this thread's cache."""
+        with self.lock:
+            record = self.records.pop(threading.get_ident(), None)
+            if record is not None and record.finished and not record.states:
+                self.finish(record)
+
+    @staticmethod
+    def shape_key(t_index: int, args, kwargs) -> tuple:
+        shapes = [tuple(a.shape) for a in list(args) + list(kwargs.values()) if torch.is_tensor(a)]
+        return (t_index, *shapes)
+
+    def stats_for(self, pipe) -> CacheStats | None:
+        return self._stats_by_pipeline.get(pipe)
+
+    def states(self) -> list[CacheState]:
+        """Cache states of calls in flight (all threads)."""
+        return [s for r in self.records.values() for s in r.states.values()]
 
 
 # ------------------------------------------------------------------------------ public API
 def describe(pipe) -> RouterLayout:
     """The layout a router must have to serve ``pipe`` (raises if the pipeline is not supported)."""
-    from .pipeline import check_supported
+    family = family_for(pipe)
+    transformers = pipeline_transformers(pipe, family)
+    layouts = []
+    for _, transformer in transformers:
+        blocks = transformer_blocks(family, transformer)
+        layouts.append(RouterLayout(
+            blocks=tuple((b.list_name, tuple(br.name for br in b.branches)) for b in blocks),
+            pipeline_class=type(pipe).__name__,
+            transformer_class=type(transformer).__name__,
+            scheduler_class=type(pipe.scheduler).__name__,
+        ))
+    if any(layout != layouts[0] for layout in layouts[1:]):
+        names = ", ".join(name for name, _ in transformers)
+        raise RouterError(f"the transformers of this pipeline ({names}) have different blocks; one router cannot "
+                          "serve both")
+    return layouts[0]
 
-    check_supported(pipe)
-    transformer = pipe.transformer
-    return RouterLayout(
-        num_blocks=len(transformer.transformer_blocks),
-        branches=block_branches(transformer),
-        pipeline_class=type(pipe).__name__,
-        transformer_class=type(transformer).__name__,
-        scheduler_class=type(pipe.scheduler).__name__,
-    )
+
+def controller(pipe) -> HarmoniCa | None:
+    """The harmonica controller on ``pipe``'s transformer (None when harmonica is not enabled there)."""
+    transformer = getattr(pipe, "transformer", None)
+    transformer = getattr(transformer, "_orig_mod", transformer)
+    registry = None if transformer is None else transformer.__dict__.get("_diffusers_hook")
+    hook = None if registry is None else registry.get_hook(STEP_HOOK)
+    return None if hook is None else hook.controller
 
 
 def enable(pipe, router: HarmoniCaRouter, threshold: float | None = None, fused: bool = True):
-    """Attach ``router`` to ``pipe`` (replacing a router already attached). Returns ``pipe``.
+    """Attach ``router`` to ``pipe``'s transformer(s) (replacing a router already attached). Returns ``pipe``.
 
-    ``fused=False`` applies reused branches one by one inside each block instead of replacing runs of
-    fully reused blocks by the fused gather-apply (same results in fp32; for measuring the kernel).
+    The hooks live on the transformer: every pipeline sharing it (``from_pipe``, ``Pipeline(**components)``)
+    runs with this router, each with its own scheduler. ``fused=False`` applies reused branches one by one
+    (the torch reference wherever a block must be replaced as a whole), for measuring the kernel.
     Every check runs before anything is attached: on error the pipeline is left as it was.
     """
     if not isinstance(router, HarmoniCaRouter):
         raise TypeError(f"router must be a HarmoniCaRouter, got {type(router).__name__}")
-    controller = HarmoniCa(pipe, router, threshold, fused=fused)
+    new = HarmoniCa(pipe, router, threshold, fused=fused)
     disable(pipe)
-    controller.attach()
-    pipe.harmonica = controller
+    new.attach()
     return pipe
 
 
 def disable(pipe):
-    """Remove harmonica from ``pipe``: every module is left exactly as before ``enable``."""
-    controller = pipe.__dict__.get("harmonica")
-    if controller is not None:
-        controller.detach()
-        del pipe.harmonica
+    """Remove harmonica from ``pipe``'s transformer(s): every module is left exactly as before ``enable``."""
+    found = controller(pipe)
+    if found is not None:
+        found.detach()
     return pipe
 
 
+def _require(pipe) -> HarmoniCa:
+    found = controller(pipe)
+    if found is None:
+        raise RuntimeError("harmonica is not enabled on this pipeline (harmonica.enable(pipe, router))")
+    return found
+
+
 def stats(pipe) -> CacheStats | None:
-    """Statistics of the last completed pipeline call (None before the first)."""
-    controller = pipe.__dict__.get("harmonica")
-    if controller is None:
-        raise RuntimeError("harmonica is not enabled on this pipeline")
-    return controller.last_stats
+    """Statistics of the last completed call of ``pipe`` (None before its first)."""
+    return _require(pipe).stats_for(pipe)
 
 
 @contextmanager
 def paused(pipe):
     """Run the transformer without harmonica (no cache reads or writes) inside the block."""
-    controller = pipe.__dict__.get("harmonica")
-    if controller is None:
+    found = controller(pipe)
+    if found is None:
         yield pipe
         return
-    previous = controller.state.active
-    controller.state.active = False
+    previous = found.active
+    found.active = False
     try:
         yield pipe
     finally:
-        controller.state.active = previous
+        found.active = previous

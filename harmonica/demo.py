@@ -73,11 +73,11 @@ def main(argv=None):
                                torch.ones_like(images["stock"][:1]),
                                images["harmonica"][c * args.per_class:(c + 1) * args.per_class]]))
     grid = save_image_grid(torch.stack(rows), out / "side_by_side.png", scale=3)
-    heat = save_router_heatmap(router, out / "router_heatmap.png", threshold=fast.harmonica.threshold)
+    heat = save_router_heatmap(router, out / "router_heatmap.png", threshold=harmonica.controller(fast).threshold)
     diff = (images["stock"] - images["harmonica"]).abs()
     speedup = latency["stock"] / latency["harmonica"]
     print(f"pipeline   {args.pipeline} ({len(labels)} images, {args.steps} DDIM steps, CFG {args.guidance_scale})")
-    print(f"router     {source}, threshold {fast.harmonica.threshold:.4g}")
+    print(f"router     {source}, threshold {harmonica.controller(fast).threshold:.4g}")
     print(f"latency    stock {latency['stock']:.2f} s, harmonica {latency['harmonica']:.2f} s "
           f"(median of {args.repeats}, interleaved) -> speedup {speedup:.2f}x")
     print(f"cache      usage {stats.cache_usage:.1%}, transformer MACs {stats.macs_speedup:.2f}x fewer")

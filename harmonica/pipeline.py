@@ -1,8 +1,8 @@
 """Pipeline glue: ``HarmoniCaPipeline.from_pretrained`` loads a stock diffusers pipeline and attaches a router.
 
-What comes back *is* the diffusers pipeline (a ``DiTPipeline``, ``PixArtAlphaPipeline`` or
-``PixArtSigmaPipeline``), with the same call signature, ``to()``, ``save_pretrained()`` and so on;
-harmonica lives in its hooks and in ``pipe.harmonica`` (router, threshold, ``last_stats``).
+What comes back *is* the diffusers pipeline (``DiTPipeline``, ``FluxPipeline``, ...; see
+``harmonica.families``), with the same call signature, ``to()``, ``save_pretrained()`` and so on;
+harmonica lives in the hooks on its transformer (``harmonica.controller(pipe)``: router, threshold).
 """
 
 from __future__ import annotations
@@ -10,34 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .families import SUPPORTED_PIPELINES, UnsupportedPipelineError, family_for, unsupported
 from .router import HarmoniCaRouter, RouterError
 
-SUPPORTED_PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
 ROUTER_SUBFOLDER = "router"
 
-
-class UnsupportedPipelineError(ValueError):
-    pass
-
-
-def _unsupported(name: str) -> UnsupportedPipelineError:
-    return UnsupportedPipelineError(
-        f"harmonica does not support {name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
-    )
-
-
-def num_classes_of(pipe) -> int:
-    """Class count of a DiT pipeline: its ``id2label`` table when it has one, else ImageNet's 1000."""
-    labels = getattr(pipe, "labels", None)
-    return len(labels) if labels else 1000
-
-
-def check_supported(pipe) -> None:
-    import diffusers
-
-    supported = tuple(getattr(diffusers, n) for n in SUPPORTED_PIPELINES)
-    if not isinstance(pipe, supported):
-        raise _unsupported(type(pipe).__name__)
+__all__ = ["SUPPORTED_PIPELINES", "HarmoniCaPipeline", "UnsupportedPipelineError", "load_router"]
 
 
 def _local_reason(spec) -> str | None:
@@ -175,7 +153,7 @@ class HarmoniCaPipeline:
         )
         name = config.get("_class_name", "?")
         if name not in SUPPORTED_PIPELINES:
-            raise _unsupported(name)
+            raise unsupported(name)
         local = Path(pretrained_model_name_or_path) if Path(pretrained_model_name_or_path).is_dir() else None
         router = load_router(router, local)
         pipe = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)

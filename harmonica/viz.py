@@ -42,9 +42,10 @@ def save_router_heatmap(router, path: str | Path, threshold: float | None = None
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    mask = router.compute_mask(threshold).reshape(router.num_steps, -1).numpy()
-    scores = router.scores().detach().reshape(router.num_steps, -1).numpy()
-    k = len(router.branches)
+    mask = router.compute_mask(threshold).numpy()
+    scores = router.scores().detach().numpy()
+    blocks = router.layout.blocks
+    starts = [sum(len(b) for _, b in blocks[:i]) for i in range(len(blocks))]  # first slot of each block
     fig_w = max(6.0, 0.28 * mask.shape[1] + 2)
     fig_h = max(3.0, 0.28 * mask.shape[0] + 1.6)
     fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=110)
@@ -53,11 +54,12 @@ def save_router_heatmap(router, path: str | Path, threshold: float | None = None
         for c in range(mask.shape[1]):
             ax.text(c, s, f"{scores[s, c]:.1f}".lstrip("0"), ha="center", va="center", fontsize=5,
                     color="white" if mask[s, c] else "black")
-    ax.set_xticks([b * k + (k - 1) / 2 for b in range(router.num_blocks)])
-    ax.set_xticklabels([str(b) for b in range(router.num_blocks)], fontsize=7)
-    for b in range(1, router.num_blocks):
-        ax.axvline(b * k - 0.5, color="white", linewidth=1.2)
-    ax.set_xlabel(f"block (branches in each: {', '.join(router.branches)})")
+    ax.set_xticks([start + (len(b) - 1) / 2 for start, (_, b) in zip(starts, blocks)])
+    ax.set_xticklabels([str(i) for i in range(len(blocks))], fontsize=7)
+    for start in starts[1:]:
+        ax.axvline(start - 0.5, color="white", linewidth=1.2)
+    groups = "; ".join(f"{name} x{count}: {', '.join(branches)}" for name, count, branches in router.layout.groups)
+    ax.set_xlabel(f"block (branches in each: {groups})")
     ax.set_ylabel("sampling step")
     ax.set_yticks(range(0, mask.shape[0], max(1, mask.shape[0] // 10)))
     usage = 1 - mask.mean()

@@ -86,8 +86,8 @@ def test_reused_branch_does_not_run(dit_path, tmp_path):
     layout = harmonica.describe(pipe)
     router = HarmoniCaRouter.for_layout(layout, STEPS, init="compute")
     with torch.no_grad():
-        router.logits[2, 1, 0] = -5.0  # block 1 attn1 reused at step 2
-        router.logits[3:, 0, 1] = -5.0  # block 0 ff reused at steps 3 and 4
+        router.logits[2, layout.slot(1, "attn1")] = -5.0  # block 1 attn1 reused at step 2
+        router.logits[3:, layout.slot(0, "ff")] = -5.0  # block 0 ff reused at steps 3 and 4
     harmonica.enable(pipe, router)
     counts, _ = count_computations(pipe.transformer)
     dit_images(pipe)
@@ -100,8 +100,10 @@ def test_reused_branch_does_not_run(dit_path, tmp_path):
     assert stats.macs_spent < stats.macs_full
 
 
-def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed):
-    """A hand-written DDIM + CFG loop over the DiT's blocks with the same compute/reuse schedule."""
+def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed, coefficients=None):
+    """A hand-written DDIM + CFG loop over the DiT's blocks with the same compute/reuse schedule;
+    with ``coefficients[step][block][branch]`` a skipped branch is sum_k c_k * (its k-th last computed
+    output) over the outputs computed so far."""
     import torch.nn.functional as F
 
     tr = pipe.transformer
@@ -110,7 +112,19 @@ def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed):
     n = len(labels)
     latents = torch.randn((n, 4, 8, 8), generator=generator(seed))
     y = torch.tensor(list(labels) + [1000] * n)
-    cache = {}
+    history = {}
+
+    def branch(i, b, k, fn, arg):
+        if compute[i][b][k]:
+            history[b, k] = [fn(arg)] + history.get((b, k), [])
+        if compute[i][b][k] or coefficients is None:
+            return history[b, k][0]
+        kept = history[b, k][:len(coefficients[i][b][k])]
+        out = coefficients[i][b][k][0] * kept[0]
+        for c, h in zip(coefficients[i][b][k][1:], kept[1:]):
+            out = out + c * h
+        return out
+
     x = torch.cat([latents, latents])
     for i, t in enumerate(sched.timesteps):
         half = x[:n]
@@ -119,13 +133,9 @@ def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed):
         h = tr.pos_embed(x)
         for b, block in enumerate(tr.transformer_blocks):
             nh, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(h, ts, y, hidden_dtype=h.dtype)
-            if compute[i][b][0]:
-                cache[b, 0] = block.attn1(nh)
-            h = gate_msa.unsqueeze(1) * cache[b, 0] + h
+            h = gate_msa.unsqueeze(1) * branch(i, b, 0, block.attn1, nh) + h
             nh = block.norm3(h) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-            if compute[i][b][1]:
-                cache[b, 1] = block.ff(nh)
-            h = gate_mlp.unsqueeze(1) * cache[b, 1] + h
+            h = gate_mlp.unsqueeze(1) * branch(i, b, 1, block.ff, nh) + h
         cond = tr.transformer_blocks[0].norm1.emb(ts, y, hidden_dtype=h.dtype)
         shift, scale = tr.proj_out_1(F.silu(cond)).chunk(2, dim=1)
         h = tr.proj_out_2(tr.norm_out(h) * (1 + scale[:, None]) + shift[:, None])
@@ -142,7 +152,7 @@ def reference_dit_sampling(pipe, compute, labels, guidance_scale, steps, seed):
 def test_matches_hand_written_reference_loop(dit_path):
     pipe = DiTPipeline.from_pretrained(dit_path)
     router = HarmoniCaRouter.for_layout(harmonica.describe(pipe), STEPS, generator=generator(3))
-    compute = router.compute_mask(0.5).tolist()
+    compute = router.compute_mask(0.5).reshape(STEPS, 3, 2).tolist()
     assert 0.2 < 1 - router.compute_mask(0.5).float().mean() < 0.8  # a schedule that really mixes
     with torch.no_grad():
         expected = reference_dit_sampling(pipe, compute, (3, 7), 1.5, STEPS, seed=0)
@@ -152,6 +162,53 @@ def test_matches_hand_written_reference_loop(dit_path):
     pipe.vae.decode = lambda z, **kw: (captured.setdefault("z", z.clone()), original_decode(z, **kw))[1]
     dit_images(pipe, labels=(3, 7))
     torch.testing.assert_close(captured["z"] * pipe.vae.config.scaling_factor, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_forecast_matches_hand_written_reference_loop(dit_path, fused):
+    """A static schedule with Taylor coefficients (history 3, second order) is a TaylorSeer-style forecast."""
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    steps = 10  # computed at 0, 3, 6, 9: steps 4, 5 forecast to first order, 7, 8 to second order
+    router = HarmoniCaRouter.static(harmonica.describe(pipe), steps, compute_every=3, history=3)
+    router.init_forecast("taylor")
+    mask = router.compute_mask()
+    table = router.coefficients.detach()
+    used = [(i, s) for i in range(steps) for s in range(6) if not mask[i, s]]
+    assert any(len([c for c in table[i, s].tolist() if c != 0]) == 2 for i, s in used)  # first-order steps
+    assert any(len([c for c in table[i, s].tolist() if c != 0]) == 3 for i, s in used)  # second-order steps
+    compute = mask.reshape(steps, 3, 2).tolist()
+    coefficients = [[[[c for c in table[i, b * 2 + k].tolist()] for k in range(2)] for b in range(3)]
+                    for i in range(steps)]
+    # only as many coefficients as outputs were computed so far (the hooks' rule)
+    for i in range(steps):
+        for b in range(3):
+            for k in range(2):
+                done = sum(1 for j in range(i) if compute[j][b][k])
+                coefficients[i][b][k] = coefficients[i][b][k][:min(3, done)]
+    with torch.no_grad():
+        expected = reference_dit_sampling(pipe, compute, (3, 7), 1.5, steps, seed=0, coefficients=coefficients)
+        reuse = reference_dit_sampling(pipe, compute, (3, 7), 1.5, steps, seed=0)
+    captured = {}
+    harmonica.enable(pipe, router, fused=fused)
+    original_decode = pipe.vae.decode
+    pipe.vae.decode = lambda z, **kw: (captured.setdefault("z", z.clone()), original_decode(z, **kw))[1]
+    dit_images(pipe, labels=(3, 7), steps=steps)
+    got = captured["z"] * pipe.vae.config.scaling_factor
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got - reuse).abs().max() > 1e-3  # the forecast is not reuse
+
+
+def test_forecast_fused_equals_branch_by_branch_and_keeps_only_the_history_used(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    router = HarmoniCaRouter.static(harmonica.describe(pipe), 7, compute_every=3, history=3)
+    router.init_forecast("taylor:1")
+    harmonica.enable(pipe, router, fused=False)
+    expected = dit_images(pipe, steps=7)
+    harmonica.enable(pipe, router, fused=True)
+    assert torch.equal(dit_images(pipe, steps=7), expected)
+    plan = harmonica.controller(pipe).plans[0]
+    assert {depth for _, _, depth in plan.entries.values()} == {2}  # first order: two outputs per branch kept
+    assert plan.capacity == {"image": 2 * 6}
 
 
 def test_stats_report_usage_and_macs(dit_path):
@@ -184,7 +241,7 @@ def test_no_stale_features_across_calls(dit_path):
     third = dit_images(pipe, labels=(1, 2), guidance_scale=1.5)
     assert torch.equal(first, third)
     assert torch.equal(second, dit_images(fresh(), labels=(4, 5, 6), guidance_scale=1.0, seed=1))
-    assert pipe.harmonica.state.pool is None  # freed after each call
+    assert harmonica.controller(pipe).states() == []  # every cache is freed after each call
 
 
 def test_interrupted_call_does_not_leak_into_the_next(dit_path):
@@ -292,9 +349,22 @@ def test_unsupported_pipeline_named(tmp_path):
                        layers_per_block=1, norm_num_groups=8)
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline.*DiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline"):
-        HarmoniCaPipeline.from_pretrained(tmp_path / "ddpm", router=HarmoniCaRouter(5, 1, ["attn1"]))
+        HarmoniCaPipeline.from_pretrained(tmp_path / "ddpm", router=HarmoniCaRouter(5, num_blocks=1, branches=["attn1"]))
+    ddpm = DDPMPipeline.from_pretrained(tmp_path / "ddpm")
     with pytest.raises(UnsupportedPipelineError, match="supported pipelines"):
-        harmonica.describe(DDPMPipeline.from_pretrained(tmp_path / "ddpm"))
+        harmonica.describe(ddpm)
+    with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline.*supported pipelines"):
+        harmonica.enable(ddpm, HarmoniCaRouter(5, num_blocks=1, branches=["attn1"]))
+
+
+def test_transformer_called_outside_a_pipeline_call_is_named(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS))
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises(RuntimeError, match="outside a pipeline call.*harmonica.paused"):
+        pipe.transformer(x, timestep=torch.tensor([999, 999]), class_labels=torch.tensor([1, 2]))
+    with harmonica.paused(pipe):
+        assert pipe.transformer(x, timestep=torch.tensor([999, 999]), class_labels=torch.tensor([1, 2])).sample.shape
 
 
 def test_router_shipped_in_pipeline_folder_is_the_default(dit_path, tmp_path):
@@ -305,7 +375,7 @@ def test_router_shipped_in_pipeline_folder_is_the_default(dit_path, tmp_path):
     stock = DiTPipeline.from_pretrained(folder)
     HarmoniCaRouter.static(harmonica.describe(stock), STEPS).save_pretrained(folder / "router")
     pipe = HarmoniCaPipeline.from_pretrained(folder)
-    assert pipe.harmonica.router.cache_usage() == pytest.approx(0.4)
+    assert harmonica.controller(pipe).router.cache_usage() == pytest.approx(0.4)
     with pytest.raises(ValueError, match="no router given"):
         HarmoniCaPipeline.from_pretrained(dit_path)
 
@@ -317,7 +387,7 @@ def test_fused_blocks_equal_branch_by_branch_and_skip_the_block(dit_path):
     layout = harmonica.describe(pipe)
     router = HarmoniCaRouter.static(layout, STEPS, compute_every=2)
     with torch.no_grad():
-        router.logits[1, 1, 0] = 5.0  # block 1 attn1 computed at step 1: blocks 0 and 2 stay fused there
+        router.logits[1, layout.slot(1, "attn1")] = 5.0  # block 1 attn1 computed at step 1: blocks 0 and 2 stay fused
     harmonica.enable(pipe, router, fused=False)
     expected = dit_images(pipe)
     harmonica.enable(pipe, router, fused=True)
@@ -344,15 +414,16 @@ def test_pool_keeps_only_reused_branches(dit_path):
     pipe = DiTPipeline.from_pretrained(dit_path)
     router = HarmoniCaRouter.for_layout(harmonica.describe(pipe), STEPS, init="compute")
     with torch.no_grad():
-        router.logits[2:, 1, 0] = -5.0  # only block 1's attn1 is ever reused
+        router.logits[2:, router.layout.slot(1, "attn1")] = -5.0  # only block 1's attn1 is ever reused
     harmonica.enable(pipe, router)
     seen = []
-    pipe.transformer.register_forward_hook(lambda *_: seen.append(pipe.harmonica.state.pool))
+    ctl = harmonica.controller(pipe)
+    pipe.transformer.register_forward_hook(lambda *_: seen.extend(s.pools.get("image") for s in ctl.states()))
     dit_images(pipe)
     pools = [p for p in seen if p is not None]
     assert pools and all(p is pools[0] for p in pools)  # one buffer for the whole call
     assert pools[0].num_slots == 1 and pools[0].shape == (4, 16, 16)
-    assert pipe.harmonica.state.pool is None
+    assert ctl.states() == []
 
 
 def test_half_precision_pipeline(dit_path, tmp_path):
@@ -364,7 +435,8 @@ def test_half_precision_pipeline(dit_path, tmp_path):
     assert torch.equal(dit_images(pipe), expected)
     harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS, compute_every=2))
     pools = []
-    pipe.transformer.register_forward_hook(lambda *_: pools.append(pipe.harmonica.state.pool))
+    ctl = harmonica.controller(pipe)
+    pipe.transformer.register_forward_hook(lambda *_: pools.extend(s.pools.get("image") for s in ctl.states()))
     images = dit_images(pipe)
     assert torch.isfinite(images).all()
     assert {p.dtype for p in pools if p is not None} == {torch.bfloat16}

@@ -15,7 +15,7 @@ from conftest import generator
 import harmonica
 from harmonica import evaluation as ev
 from harmonica import methods
-from harmonica.metrics import (
+from harmonica.evaluation import (
     JUDGE_EXTRACTOR,
     CallMeter,
     Extractor,
@@ -96,8 +96,8 @@ def measured(pipe, setup, overrides=None):
 
 # ------------------------------------------------------------------------------ registry
 def test_registry_and_method_strings():
-    assert {"none", "fewer-steps", "fora", "delta-dit", "fbcache", "taylorseer", "pab", "magcache", "dbcache", "ltc",
-            "harmonica"} <= set(methods.METHODS)
+    assert {"none", "fewer-steps", "fora", "delta-dit", "fbcache", "taylorseer", "taylorseer2", "pab", "magcache",
+            "dbcache", "dbcache-taylorseer", "ltc", "harmonica"} <= set(methods.METHODS)
     for spec in methods.METHODS.values():
         assert (spec.knob is None) == (spec.kind is None)
         assert spec.faster in ("higher", "lower")
@@ -132,14 +132,14 @@ def test_clone_shares_weights_and_leaves_the_original_alone(dit):
 # -------------------------------------------------------------------- methods on tiny DiT
 # Knobs that make each method skip work on the tiny random model (thresholds far above its
 # residual changes), and knobs that must leave the output exactly as the stock pipeline's.
-SKIPPING = {"fewer-steps": 4, "fora": 2, "delta-dit": 2, "fbcache": 10.0, "taylorseer": 2, "pab": 2,
-            "magcache": 10.0, "dbcache": 10.0}
-KEEPING = {"fewer-steps": STEPS, "fora": 1, "fbcache": 0.0, "taylorseer": 1, "magcache": 0.0}
+SKIPPING = {"fewer-steps": 4, "fora": 2, "delta-dit": 2, "fbcache": 10.0, "taylorseer": 2, "taylorseer2": 2,
+            "pab": 2, "magcache": 10.0, "dbcache": 10.0, "dbcache-taylorseer": 10.0}
+KEEPING = {"fewer-steps": STEPS, "fora": 1, "fbcache": 0.0, "taylorseer": 1, "taylorseer2": 1, "magcache": 0.0}
 
 
 @pytest.mark.parametrize("name", list(SKIPPING))
 def test_method_skips_work_and_is_repeatable(dit, name):
-    if name == "dbcache":
+    if name.startswith("dbcache"):
         pytest.importorskip("cache_dit")
     setup = dit_setup(dit)
     stock, stock_cost = measured(methods.clone_pipeline(dit), setup)
@@ -177,6 +177,31 @@ def test_fora_counts_match_harmonica_stats(dit):
     stock_macs = measured(methods.clone_pipeline(dit), setup)[1].macs
     assert stock_macs / cost.macs == pytest.approx(harmonica.stats(clone).macs_speedup, rel=0.02)
     assert cost.peak_memory_bytes > 0
+
+
+def test_taylorseer_orders_and_cache_dit_calibrator_differ(dit):
+    """Order 2 is a different forecast from order 1 on the same schedule; DBCache's TaylorSeer
+    calibrator changes what DBCache's reused steps produce, not which steps are reused."""
+    setup = dit_setup(dit)
+    outs = {}
+    for name in ("taylorseer", "taylorseer2"):
+        clone, applied = applied_clone(dit, name, 2, setup)
+        outs[name], cost = measured(clone, setup)
+        assert applied.info["max_order"] == (2 if name == "taylorseer2" else 1)
+    assert applied.label == "TaylorSeer-O2 N=2" and not torch.equal(outs["taylorseer"], outs["taylorseer2"])
+    pytest.importorskip("cache_dit")
+    import cache_dit
+
+    assert hasattr(cache_dit, "TaylorSeerCalibratorConfig")
+    # cache-dit 1.5.3 forms its first Taylor derivative from the 4th fully computed step: warm-up 20 // 5 = 4
+    setup = ev.setup_for(dit, 20, 1.5, batch_size=2)
+    costs = {}
+    for name in ("dbcache", "dbcache-taylorseer"):
+        clone, applied = applied_clone(dit, name, 10.0, setup)
+        outs[name], costs[name] = measured(clone, setup)
+    assert applied.info["calibrator"] == {"type": "taylorseer", "taylorseer_order": 1}
+    assert costs["dbcache"].per_forward_computed == costs["dbcache-taylorseer"].per_forward_computed
+    assert not torch.equal(outs["dbcache"], outs["dbcache-taylorseer"])
 
 
 def test_router_methods_take_any_router_folder(dit, tmp_path):
@@ -231,6 +256,44 @@ def test_generation_does_not_depend_on_batching(dit):
     assert setup.num_classes == 1000 and setup.labels([0, 999, 1000, 1001]) == [0, 999, 0, 1]
 
 
+def test_seed_sets_are_disjoint_and_kept_separately(dit, judge_dir, tmp_path, monkeypatch):
+    from harmonica.evaluation import quality
+
+    setup = dit_setup(dit)
+    seeds = [ev.seed_set(setup, j).seed for j in range(3)]
+    assert seeds == [0, ev.SEED_SET_OFFSET, 2 * ev.SEED_SET_OFFSET]
+    ranges = [set(range(s, s + 1000)) for s in seeds]
+    calib = set(range(ev.CALIBRATION_OFFSET, ev.CALIBRATION_OFFSET + setup.batch_size))
+    assert all(not (a & b) for i, a in enumerate(ranges) for b in ranges[i + 1:]) and not any(r & calib for r in ranges)
+    assert ev.seed_set(setup, 2).labels(range(3)) == setup.labels(range(3))  # labels as in set 0
+    with pytest.raises(ValueError, match="disjoint"):
+        ev.seed_set(setup, 1, num_samples=ev.CALIBRATION_OFFSET + 1)
+
+    extractor = ev.resolve_extractor("judge", judge=judge_dir)
+    judge = ev.load_judge(judge_dir)
+    kw = dict(reference=ev.reference_images("shapes", 12), extractor=extractor, judge=judge, seed_sets=2,
+              bootstrap=50)
+    run = ev.QualityRun(dit, setup, 4, tmp_path, **kw)
+    result = run.evaluate(methods.parse_method("fora=2"), 2)
+    first = torch.load(tmp_path / "samples" / "fora-2.pt")["images"]
+    second = torch.load(tmp_path / "samples" / "set1" / "fora-2.pt")["images"]
+    assert first.shape == second.shape == (4, 3, 16, 16) and not torch.equal(first, second)
+    assert (tmp_path / "samples" / "set1" / "none-6steps.pt").is_file()
+    # set 0 is the single-set evaluation of before: the same images
+    assert torch.equal(first, ev.generate(applied_clone(dit, "fora", 2, setup)[0], setup, range(4), progress=False))
+    assert result["seeds"] == [0, ev.SEED_SET_OFFSET] and len(result["metrics_per_set"]) == 2
+    fds = [m["fd"] for m in result["metrics_per_set"]]
+    assert result["metrics"]["fd"] == pytest.approx(sum(fds) / 2)
+    e = result["errors"]
+    assert e["fd"]["n_sets"] == 2 and e["fd"]["std"] > 0 and e["psnr"]["boot_ci"][0] <= e["psnr"]["mean"]
+    assert set(run.replicates["fora-2"]) == {"fd", "kid_mean", "class_accuracy", "psnr", "ssim"}
+    # a second run finds every seed set's samples in the store and generates nothing
+    monkeypatch.setattr(quality, "generate_distributed", lambda *a, **k: pytest.fail("regenerated kept samples"))
+    again = ev.QualityRun(dit, setup, 4, tmp_path, **kw).evaluate(methods.parse_method("fora=2"), 2)
+    assert again["metrics"]["fd"] == pytest.approx(result["metrics"]["fd"])
+    assert again["errors"]["psnr"]["boot_ci"] == pytest.approx(e["psnr"]["boot_ci"])  # same resamples
+
+
 # ------------------------------------------------------------------------------- metrics
 def test_psnr_and_ssim_on_known_inputs():
     torch.manual_seed(0)
@@ -252,7 +315,7 @@ def test_psnr_and_ssim_on_known_inputs():
     assert ssim(a, b).item() == pytest.approx(expected.item(), abs=1e-5)
     u8 = (x * 255).round().to(torch.uint8)
     assert ssim(u8, u8) == pytest.approx(torch.ones(2))
-    from harmonica.metrics import similarity
+    from harmonica.evaluation import similarity
 
     y = x.clone()
     y[1] += 0.1
@@ -291,7 +354,7 @@ def test_judge_is_a_torch_fidelity_extractor(judge_dir):
                                         feature_extractor_weights_path=str(judge_dir), verbose=False)(
         torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
     assert feats16.shape == (2, 128)
-    from harmonica.metrics import _scale_images
+    from harmonica.evaluation.metrics import _scale_images
 
     unit, = create_feature_extractor(JUDGE_EXTRACTOR, ["128"], cuda=False,
                                      feature_extractor_weights_path=str(judge_dir), verbose=False)(_scale_images())
@@ -338,7 +401,7 @@ def test_extractor_choice(judge_dir, tmp_path):
 
 
 def test_inception_is_preferred_whenever_it_loads(judge_dir, monkeypatch):
-    import harmonica.metrics as hm
+    import harmonica.evaluation.metrics as hm
 
     tried = []
     monkeypatch.setattr(hm, "inception_loadable", lambda path=None: (tried.append(path) or True, "stub"))
@@ -376,6 +439,8 @@ def test_fid_script_end_to_end(dit_path, judge_dir, tmp_path):
     data = json.loads((out / "fora-2.json").read_text())
     assert data["metrics"]["num_generated"] == 6 and data["cost"]["cache_usage"] == pytest.approx(0.5)
     assert data["metrics"]["psnr"] > 0 and 0 < data["metrics"]["ssim"] <= 1 and "class_accuracy" in data["metrics"]
+    lo, hi = data["errors"]["fd"]["boot_ci"]  # a bootstrap interval by default
+    assert lo <= data["metrics"]["fd"] <= hi and data["bootstrap"]["resamples"] == 1000
     rows = (out / "results.md").read_text().splitlines()
     assert rows[0].startswith("| method") and len(rows) == 4 and rows[2].startswith("| FORA N=2 |")
     # the uncached samples are kept and reused
@@ -401,16 +466,24 @@ def test_speed_and_pareto_scripts_end_to_end(dit_path, judge_dir, tmp_path):
     points = script("pareto")["main"](["--pipeline", str(dit_path), "--steps", "4", "--batch_size", "4",
                                        "--num_samples", "4", "--reference", "shapes", "--num_reference", "16",
                                        "--judge", str(judge_dir), "--no_download", "--method", "fora=2,3",
-                                       "--method", "magcache=10", "--timing_batch", "2", "--repeats", "1",
-                                       "--warmup", "0", "--device", "cpu", "--out", str(out)])
+                                       "--method", "magcache=10", "--timing_batch", "2", "--repeats", "2",
+                                       "--warmup", "0", "--levels", "1.1", "9", "--bootstrap", "100",
+                                       "--device", "cpu", "--out", str(out)])
     assert [p["label"] for p in points] == ["no caching", "FORA N=2", "FORA N=3", "MagCache 10"]
     assert all(p["measured_speedup"] > 0 and p["metrics"]["fd"] is not None for p in points)
+    assert all(p["speedup_spread"]["rounds"] == 2 and "boot_ci" in p["errors"]["fd"] for p in points)
     assert (out / "pareto.png").stat().st_size > 1000
     table = (out / "pareto.md").read_text()
     assert "FD (judge features)" in table and "| FORA N=3 |" in table
+    assert "**at >= 1.1x**" in table and "**at >= 9x**" in table and "(no point reaches this speed)" in table
+    data = json.loads((out / "pareto.json").read_text())
+    assert [t["level"] for t in data["levels"]] == [1.1, 9.0] and data["levels"][1]["rows"] == []
+    assert {r["method"] for r in data["levels"][0]["rows"]} <= {"fora", "magcache"}
+    assert (out / "bootstrap.npz").is_file()
     (out / "pareto.png").unlink()
     replotted = script("pareto")["main"](["--plot_only", "--out", str(out)])
     assert [p["label"] for p in replotted] == [p["label"] for p in points] and (out / "pareto.png").is_file()
+    assert (out / "pareto.md").read_text() == table  # the level tables come back from bootstrap.npz
 
 
 def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_path):
@@ -445,3 +518,32 @@ def test_speed_kernel_switch_lists_fused_and_unfused(dit_path):
     assert [(r.name, r.fused) for r, _ in both] == [("fora", True), ("fora", False), ("fewer-steps", True)]
     assert [(r.name, r.fused) for r, _ in with_kernel_setting(entries, "off")] == [("fora", False), ("fewer-steps", True)]
     assert both[1][0].series.endswith("(kernel off)")
+
+
+# ----------------------------------------------------------------------------- one MAC counter
+def test_one_mac_counter_for_the_cache_stats_and_the_harness(dit):
+    """The cache's statistics (harmonica.stats) count with harmonica.macs.count_macs, the harness with the
+    same MacCounter, and both agree with torch's own FlopCounterMode on a transformer forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harmonica import cache, macs
+
+    assert cache.count_macs is macs.count_macs
+    blocks = macs
+    t = dit.transformer
+    x = torch.randn(2, 4, 8, 8, generator=generator(0))
+    kw = dict(timestep=torch.tensor([500, 500]), class_labels=torch.tensor([1, 2]))
+    with torch.no_grad():
+        out, counted = blocks.count_macs(lambda: t(x, **kw).sample)
+        with FlopCounterMode(display=False) as flops:
+            t(x, **kw)
+        with macs.MacCounter() as outer:  # nested counters both see the inner region
+            _, inner = macs.count_macs(lambda: t(x, **kw))
+    assert counted == flops.get_total_flops() // 2 == inner == outer.macs > 0
+    # the harness's per-call count (CallMeter) and the cache's statistics agree on a whole call
+    setup = dit_setup(dit)
+    clone, _ = applied_clone(dit, "fora", 1, setup)
+    _, cost = measured(clone, setup)
+    stock = measured(methods.clone_pipeline(dit), setup)[1]
+    assert cost.macs == stock.macs == harmonica.stats(clone).macs_full
+    assert counted * STEPS * 2 == stock.macs  # batch 2 with CFG = 4 rows = two batch-2 forwards per step

@@ -257,3 +257,64 @@ def test_autograd_goes_through_the_reference(interpreter):
     out = gather_apply(hidden, pool, [1, 0], [gate, None], inplace=False)
     out.sum().backward()
     assert torch.equal(gate.grad, pool.read(1).sum(dim=1, keepdim=True))
+
+
+# ------------------------------------------------------------------------ K-term forecasts
+def forecast_block_math(hidden, pool, terms, coefficients, gates):
+    """What the blocks do with forecast branches: each branch is rebuilt by kernels.forecast (the
+    function the cache hooks call), then gated and added, branch after branch."""
+    for slots, coefs, gate in zip(terms, coefficients, gates):
+        f = kernels.forecast([pool.read(s) for s in slots], coefs)
+        hidden = apply_branch(hidden, f, kernels.channel_gate(gate, hidden))
+    return hidden
+
+
+FORECAST_RUN = dict(
+    terms=[[3, 1, 0], [2], [0, 2], [1]],
+    coefficients=[[2.2, -1.6, 0.4], [1.0], [1.5, -0.5], [0.75]],
+)
+
+
+def test_forecast_reference_is_the_block_math_and_reuse_is_untouched():
+    shape = (2, 5, 12)
+    pool = make_pool(shape)
+    hidden = torch.randn(shape)
+    gates = [torch.randn(2, 1, 12), None, torch.randn(2, 12), torch.randn(())]
+    expected = forecast_block_math(hidden, pool, gates=gates, **FORECAST_RUN)
+    got = gather_apply(hidden.clone(), pool, FORECAST_RUN["terms"], gates, coefficients=FORECAST_RUN["coefficients"],
+                       implementation="torch")
+    assert torch.equal(got, expected)
+    # reuse: one slot with coefficient 1 is the cached tensor itself, exactly as before forecasts
+    cached = pool.read(2)
+    assert kernels.forecast([cached], [1.0]) is cached and kernels.forecast([cached]) is cached
+    assert torch.equal(gather_apply(hidden.clone(), pool, [[2], [0]], None, coefficients=[[1.0], [1.0]]),
+                       gather_apply(hidden.clone(), pool, [2, 0], None))
+    with pytest.raises(ValueError, match="one number per cached slot"):
+        gather_apply(hidden, pool, [[1, 2]], None, coefficients=[[1.0]])
+    with pytest.raises(ValueError, match="needs its forecast coefficients"):
+        gather_apply(hidden, pool, [[1, 2]], None)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 37), (2, 70, 200)], ids=["odd", "multi-tile"])
+def test_kernel_forecast_fp32_is_exact(interpreter, shape):
+    pool = make_pool(shape)
+    hidden = torch.randn(shape)
+    batch, channels = shape[0], shape[-1]
+    gates = [torch.randn(batch, 1, channels), None, torch.randn(batch, channels), torch.randn(())]
+    expected = forecast_block_math(hidden, pool, gates=gates, **FORECAST_RUN)
+    result = gather_apply(hidden, pool, FORECAST_RUN["terms"], gates, coefficients=FORECAST_RUN["coefficients"])
+    assert result is hidden and torch.equal(result, expected)
+
+
+def test_kernel_forecast_half_precision_close_to_fp32(interpreter):
+    shape = (2, 7, 45)
+    pool = make_pool(shape, dtype=torch.bfloat16)
+    hidden = torch.randn(shape).to(torch.bfloat16)
+    gates = [torch.randn(2, 1, 45).to(torch.bfloat16), None, None, torch.randn(2, 1, 45).to(torch.bfloat16)]
+    pool32 = CachePool(pool.num_slots, shape, torch.float32)
+    for s in range(pool.num_slots):
+        pool32.write(s, pool.read(s).float())
+    truth = forecast_block_math(hidden.float(), pool32, gates=[None if g is None else g.float() for g in gates],
+                                **FORECAST_RUN)
+    result = gather_apply(hidden.clone(), pool, FORECAST_RUN["terms"], gates, coefficients=FORECAST_RUN["coefficients"])
+    torch.testing.assert_close(result.float(), truth, rtol=0, atol=2 * torch.finfo(torch.bfloat16).eps * truth.abs().max().item())

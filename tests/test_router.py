@@ -8,13 +8,17 @@ from safetensors.torch import save_file
 
 from harmonica import HarmoniCaRouter, RouterError, RouterLayout
 
-LAYOUT = RouterLayout(4, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
+LAYOUT = RouterLayout.uniform(4, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
+MIXED = RouterLayout(  # Flux-like: double-stream blocks, then single-stream blocks with one branch
+    (("transformer_blocks", ("attn", "ff", "ff_context")),) * 2 + (("single_transformer_blocks", ("proj_out",)),) * 3,
+    "FluxPipeline", "FluxTransformer2DModel", "FlowMatchEulerDiscreteScheduler",
+)
 
 
 def test_scores_first_step_always_computes():
     router = HarmoniCaRouter.for_layout(LAYOUT, 5, init="reuse")
     mask = router.compute_mask(0.1)
-    assert mask.shape == (5, 4, 2)
+    assert mask.shape == (5, 8)
     assert mask[0].all() and not mask[1:].any()
     assert router.cache_usage() == pytest.approx(0.8)
 
@@ -28,7 +32,7 @@ def test_first_step_logits_get_no_gradient():
 
 def test_static_router_schedule():
     router = HarmoniCaRouter.static(LAYOUT, 6, compute_every=3)
-    computed_steps = router.compute_mask().all(dim=(1, 2)).nonzero().flatten().tolist()
+    computed_steps = router.compute_mask().all(dim=1).nonzero().flatten().tolist()
     assert computed_steps == [0, 3]
 
 
@@ -37,7 +41,7 @@ def test_save_load_round_trip(tmp_path):
     router.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["num_steps"] == 5 and config["branches"] == ["attn1", "ff"]
+    assert config["num_steps"] == 5 and config["blocks"] == [["transformer_blocks", 4, ["attn1", "ff"]]]
     assert config["pipeline_class"] == "DiTPipeline" and config["scheduler_class"] == "DDIMScheduler"
     loaded = HarmoniCaRouter.from_pretrained(tmp_path)
     assert torch.equal(loaded.logits, router.logits)
@@ -78,7 +82,7 @@ def test_non_finite_logits_rejected(tmp_path, bad):
     router = HarmoniCaRouter.for_layout(LAYOUT, 5)
     router.save_pretrained(tmp_path)
     logits = router.logits.detach().clone()
-    logits[2, 1, 0] = bad
+    logits[2, LAYOUT.slot(1, "attn1")] = bad
     save_file({"logits": logits}, str(tmp_path / "model.safetensors"))
     with pytest.raises(RouterError, match="NaN or inf"):
         HarmoniCaRouter.from_pretrained(tmp_path)
@@ -95,7 +99,8 @@ def test_bad_threshold_rejected(threshold):
 
 def test_compatibility_names_every_problem():
     router = HarmoniCaRouter.for_layout(LAYOUT, 5)
-    other = RouterLayout(6, ("attn1", "attn2", "ff"), "PixArtAlphaPipeline", "PixArtTransformer2DModel", "DDIMScheduler")
+    other = RouterLayout.uniform(6, ("attn1", "attn2", "ff"), "PixArtAlphaPipeline", "PixArtTransformer2DModel",
+                                 "DDIMScheduler")
     with pytest.raises(RouterError) as err:
         router.check_compatible(other, num_steps=20)
     text = str(err.value)
@@ -108,7 +113,7 @@ def test_compatibility_names_every_problem():
 def test_load_router_accepts_a_training_run_folder(tmp_path):
     from harmonica.pipeline import load_router
 
-    layout = RouterLayout(2, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
+    layout = RouterLayout.uniform(2, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
     router = HarmoniCaRouter.for_layout(layout, 4, generator=torch.Generator().manual_seed(0))
     router.save_pretrained(tmp_path / "run" / "router")  # as train/train_router.py lays out its output
     (tmp_path / "run" / "run_config.json").write_text("{}")
@@ -285,3 +290,73 @@ def test_weights_summary_round_trips_through_the_router_config(transformer, tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded.check_weights(transformer)
+
+
+# ----------------------------------------------------------------- block lists and old files
+def test_mixed_layout_round_trip_and_slots(tmp_path):
+    router = HarmoniCaRouter.for_layout(MIXED, 4, generator=torch.Generator().manual_seed(2))
+    assert router.logits.shape == (4, 2 * 3 + 3)
+    assert MIXED.slot(1, "ff_context") == 5 and MIXED.slot(2, "proj_out") == 6 and MIXED.slot(4, "proj_out") == 8
+    assert MIXED.slot_names[6] == "single_transformer_blocks.0.proj_out"
+    with pytest.raises(RouterError, match="different branches"):
+        MIXED.branches
+    router.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["blocks"] == [["transformer_blocks", 2, ["attn", "ff", "ff_context"]],
+                                ["single_transformer_blocks", 3, ["proj_out"]]]
+    loaded = HarmoniCaRouter.from_pretrained(tmp_path)
+    assert loaded.layout == MIXED and torch.equal(loaded.logits, router.logits)
+
+
+def test_router_saved_before_block_lists_loads_with_the_same_schedule(tmp_path):
+    """The old file format: config num_blocks + branches, logits [steps, blocks, branches]."""
+    logits = torch.randn(5, 4, 2, generator=torch.Generator().manual_seed(3))
+    save_file({"logits": logits}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "num_steps": 5, "num_blocks": 4, "branches": ["attn1", "ff"], "pipeline_class": "DiTPipeline",
+        "transformer_class": "DiTTransformer2DModel", "scheduler_class": "DDIMScheduler", "threshold": 0.3,
+        "training": {}}))
+    router = HarmoniCaRouter.from_pretrained(tmp_path)
+    assert router.layout == LAYOUT
+    assert torch.equal(router.logits, logits.flatten(1))
+    expected = torch.sigmoid(logits) > 0.3
+    expected[0] = True
+    assert torch.equal(router.compute_mask(), expected.flatten(1))
+
+
+def test_shipped_router_loads():
+    from harmonica.embedded import EMBEDDED_ROUTER
+
+    router = HarmoniCaRouter.from_pretrained(EMBEDDED_ROUTER)
+    assert router.layout.num_blocks == 12 and router.num_steps == 20
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"target_usge": 0.9}, "unknown keys"),
+    ({"scheduler_class": ""}, "scheduler_class"),
+    ({"pipeline_class": None}, "pipeline_class"),
+])
+def test_bad_config_json_rejected(tmp_path, edit, message):
+    HarmoniCaRouter.for_layout(LAYOUT, 5).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(edit)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RouterError, match=message):
+        HarmoniCaRouter.from_pretrained(tmp_path)
+
+
+def test_numpy_threshold_accepted():
+    import numpy as np
+
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5, threshold=np.float32(0.25))
+    assert router.threshold == pytest.approx(0.25) and isinstance(router.threshold, float)
+    assert router.compute_mask(np.float64(0.5)).shape == (5, 8)
+
+
+def test_timesteps_recorded_and_checked(tmp_path):
+    router = HarmoniCaRouter.for_layout(LAYOUT, 3, timesteps=[999.0, 666.0, 333.0])
+    router.save_pretrained(tmp_path)
+    loaded = HarmoniCaRouter.from_pretrained(tmp_path)
+    loaded.check_timesteps([999, 666, 333])
+    with pytest.raises(RouterError, match="trained on the timesteps.*timestep_spacing"):
+        loaded.check_timesteps([999, 999 - 333, 1])

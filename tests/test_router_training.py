@@ -39,8 +39,8 @@ class Recorder:
         original = denoiser.forward
 
         def forward(x, t, cond):
-            state = trainer.controller.state
-            role = state.forced or ("teacher" if not state.active else "auto")
+            mode = trainer.cache.mode
+            role = "teacher" if mode == "off" else mode
             out = original(x, t, cond)
             self.calls.append({"role": role, "t": int(t), "x": x.detach().clone(), "out": out.detach().clone(),
                                "grad": out.requires_grad})
@@ -74,16 +74,16 @@ def test_sdt_rollout_order_and_student_trajectory(dit_path, tmp_path):
 def test_teacher_is_isolated_and_base_model_frozen(dit_path, tmp_path):
     trainer = make_trainer(dit_path, tmp_path)
     before = {k: v.clone() for k, v in trainer.pipe.transformer.state_dict().items()}
-    state = trainer.controller.state
     teacher_writes = []
     original_teacher = trainer._teacher
 
+    def snapshot():
+        return {ctx: dict(entries) for ctx, entries in trainer.cache.states.items()}
+
     def teacher(x, t, cond):
-        pool = state.pool
-        snapshot = (pool.storage.clone(), [pool.is_written(i) for i in range(pool.num_slots)])
+        kept = snapshot()
         out = original_teacher(x, t, cond)
-        after = (state.pool.storage, [state.pool.is_written(i) for i in range(pool.num_slots)])
-        teacher_writes.append(state.pool is not pool or not torch.equal(snapshot[0], after[0]) or snapshot[1] != after[1])
+        teacher_writes.append(snapshot() != kept)  # same tensor objects under the same keys
         return out
 
     trainer._teacher = teacher
@@ -102,14 +102,14 @@ def test_lambda_refresh_leaves_rng_cache_and_scheduler_untouched(dit_path, tmp_p
     with torch.no_grad():  # a router that caches something, so lambda is informative
         trainer.router.logits.copy_(torch.randn(trainer.router.logits.shape, generator=torch.Generator().manual_seed(1)) * 3)
     trainer.sdt_trajectory(0)  # leaves a filled cache behind
-    state = trainer.controller.state
-    pool, storage = state.pool, state.pool.storage.clone()
-    step = state.step
+    states = trainer.cache.states
+    kept = {ctx: {k: v.clone() for k, v in entries.items()} for ctx, entries in states.items()}
     timesteps = trainer.pipe.scheduler.timesteps.clone()
     rng = torch.get_rng_state()
     trainer.refresh_lambda()
     assert torch.equal(torch.get_rng_state(), rng)
-    assert state.pool is pool and torch.equal(pool.storage, storage) and state.step == step
+    assert trainer.cache.states is states and kept and trainer.cache.mode == "off"
+    assert all(torch.equal(states[ctx][k], v) for ctx, entries in kept.items() for k, v in entries.items())
     assert torch.equal(trainer.pipe.scheduler.timesteps, timesteps)
     lam = trainer.state.lam
     assert lam[0] == 0 and torch.isclose(lam[1:].mean(), torch.tensor(1.0)) and (lam[1:] > 0).all()
@@ -129,7 +129,7 @@ def test_memory_does_not_grow_with_steps(dit_path, tmp_path):
     rec = Recorder(trainer)
     trainer.sdt_trajectory(0)
     assert all(not c["x"].requires_grad for c in rec.calls)
-    assert not trainer.controller.state.pool.storage.requires_grad
+    assert not any(t.requires_grad for entries in trainer.cache.states.values() for t in entries.values())
 
 
 def test_resume_gives_the_same_router(dit_path, tmp_path):
@@ -269,7 +269,7 @@ def test_target_usage_holds_through_training_and_at_the_end(dit_path, tmp_path):
 def test_threshold_for_usage_hits_every_reachable_target():
     from harmonica import HarmoniCaRouter, RouterLayout
 
-    layout = RouterLayout(2, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
+    layout = RouterLayout.uniform(2, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
     router = HarmoniCaRouter.for_layout(layout, 6, generator=torch.Generator().manual_seed(0))
     for target in (0.0, 0.2, 0.5, 0.8):  # at most 20 of 24 branch computations can be reused
         tau, usage = threshold_for_usage(router, target)
@@ -297,7 +297,7 @@ def test_stake_lambda_is_informative_where_the_paper_lambda_vanishes(dit_path, t
     g = torch.Generator().manual_seed(3)
     noise = trainer.denoiser.initial_latents(2, g)
     cond = trainer.denoiser.conditions(2, g)
-    args = (trainer.denoiser, trainer.controller, trainer.router, 0.5, noise, cond, trainer.pipe.scheduler)
+    args = (trainer.denoiser, trainer.cache, trainer.router, 0.5, noise, cond, trainer.pipe.scheduler)
     paper = image_error_proxy(*args, variant="paper")
     stake = image_error_proxy(*args, variant="stake")
     assert (paper[2::2] == 0).all() and (paper[1::2] > 0).all()
@@ -318,3 +318,25 @@ def test_two_process_run_keeps_routers_identical(dit_path, tmp_path):
     assert summary["processes"] == 2
     assert summary["max_logit_difference_between_processes"] == 0
     assert summary["iterations"] == 2 * (STEPS - 1)
+
+
+def test_forecast_router_trains_scores_and_coefficients(dit_path, tmp_path):
+    """history 3: the coefficients start at the Taylor forecast of the initial schedule, receive
+    gradients through the student's forecast and move; the summary says how far."""
+    trainer = make_trainer(dit_path, tmp_path, history=3, forecast_init="taylor", init="static:2", target_usage=0.4,
+                           coefficient_lr=1e-2, trajectories=2)
+    start = trainer.router.coefficients.detach().clone()
+    assert (start[..., 1] != 0).any()  # Taylor, not reuse: a second coefficient somewhere
+    summary = trainer.train()
+    moved = summary["moved_from_init"]
+    assert moved["decisions"] == (STEPS - 1) * trainer.router.num_slots
+    assert moved["mean_abs_coefficient_change"] > 0 and moved["mean_abs_logit_change"] > 0
+    saved = harmonica.HarmoniCaRouter.from_pretrained(tmp_path / "router")
+    assert saved.history == 3 and torch.equal(saved.coefficients, trainer.router.coefficients)
+    assert not torch.equal(saved.coefficients, start)
+
+
+def test_reuse_router_keeps_its_coefficients(dit_path, tmp_path):
+    trainer = make_trainer(dit_path, tmp_path, trajectories=1)
+    trainer.train()
+    assert trainer.router.history == 1 and torch.equal(trainer.router.coefficients, torch.ones_like(trainer.router.coefficients))

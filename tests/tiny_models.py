@@ -97,3 +97,61 @@ def pixart_call_kwargs(**extra):
     )
     kw.update(extra)
     return kw
+
+
+# ----------------------------------------------------------------------- modern text-to-image
+WORDS = ["a", "red", "blue", "circle", "square", "on", "the", "green", "star", "big", "small", "background"]
+
+
+def tiny_clip(hidden: int = 32, projection: int = 32, with_projection: bool = False):
+    """A byte-level CLIP tokenizer built in memory and a 2-layer random CLIP text encoder."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    chars = [chr(c) for c in range(33, 127)]
+    names = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(vocab={n: i for i, n in enumerate(names)}, merges=[], model_max_length=77)
+    config = CLIPTextConfig(vocab_size=len(names), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=77, projection_dim=projection,
+                            bos_token_id=len(names) - 2, eos_token_id=len(names) - 1, pad_token_id=len(names) - 1)
+    torch.manual_seed(1)
+    model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
+    return tokenizer, model
+
+
+def tiny_t5(d_model: int = 32, umt5: bool = False):
+    """A word-piece T5 tokenizer built in memory and a 2-layer random T5 (or UMT5) encoder."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0 - i) for i, w in enumerate(WORDS)]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    torch.manual_seed(2)
+    kwargs = dict(vocab_size=len(vocab), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4)
+    model = (UMT5EncoderModel(UMT5Config(**kwargs)) if umt5 else T5EncoderModel(T5Config(**kwargs))).eval()
+    return tokenizer, model
+
+
+def tiny_flux_pipeline(guidance_embeds: bool = False, num_layers: int = 2, num_single_layers: int = 2):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tokenizer, text_encoder = tiny_clip()
+    tokenizer_2, text_encoder_2 = tiny_t5()
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=num_layers,
+                                         num_single_layers=num_single_layers, attention_head_dim=8,
+                                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                         guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4)).eval()
+    randomize_zero_init(transformer)
+    vae = tiny_vae()
+    vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                        transformer=transformer)
+
+
+def flux_call_kwargs(true_cfg: bool = True, **extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=16, width=16,
+              max_sequence_length=8, output_type="pt", guidance_scale=3.5)
+    if true_cfg:
+        kw.update(negative_prompt=["", ""], true_cfg_scale=4.0)
+    kw.update(extra)
+    return kw

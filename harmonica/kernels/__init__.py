@@ -1,7 +1,9 @@
 """Feature-cache kernels: a preallocated ``CachePool`` and the fused gather-apply of reused branches.
 
-A run of consecutive reused branches changes the residual stream by ``sum_i gate_i * cached_i``.
-``gather_apply(hidden, pool, indices, gates)`` adds that sum to ``hidden`` in one pass:
+A run of consecutive reused branches changes the residual stream by ``sum_i gate_i * f_i``, where
+``f_i`` is branch ``i``'s cached output (reuse) or a forecast ``sum_k c_ik * cached_ik`` over its last
+computed outputs. ``gather_apply(hidden, pool, indices, gates, coefficients=...)`` adds that sum to
+``hidden`` in one pass:
 
 * ``"triton"``: the fused Triton kernel (``triton_gather``), used for CUDA tensors when Triton imports;
 * ``"triton-interpreter"``: the same kernel in Triton's CPU interpreter, used whenever
@@ -21,7 +23,7 @@ from typing import Sequence
 import torch
 
 from .pool import CachePool
-from .reference import apply_branch, channel_gate, gather_apply_reference
+from .reference import apply_branch, channel_gate, forecast, gather_apply_reference
 
 __all__ = [
     "CachePool",
@@ -29,6 +31,7 @@ __all__ = [
     "backend",
     "channel_gate",
     "apply_branch",
+    "forecast",
     "TORCH",
     "TRITON",
     "TRITON_INTERPRETER",
@@ -95,14 +98,28 @@ def backend(device: torch.device | str | None = None) -> str:
     return TORCH
 
 
-def _slot_list(indices) -> list[int] | None:
+def _terms(indices, coefficients) -> tuple[list[list[int]] | None, list | None]:
+    """Per-branch slot lists and coefficient lists (None: a device tensor of one slot per branch)."""
     if torch.is_tensor(indices):
         if indices.dim() != 1 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise ValueError(
                 f"indices must be a 1-D integer tensor or a list of ints, got {indices.dtype} {tuple(indices.shape)}"
             )
-        return None
-    return [int(i) for i in indices]
+        if coefficients is not None:
+            raise ValueError("forecast coefficients need indices as a list of slot lists, not a tensor")
+        return None, None
+    terms = [[int(i)] if isinstance(i, (int,)) or (torch.is_tensor(i) and i.dim() == 0) else [int(j) for j in i]
+             for i in indices]
+    if any(len(t) == 0 for t in terms):
+        raise ValueError("every branch needs at least one cached slot")
+    if coefficients is None:
+        if any(len(t) != 1 for t in terms):
+            raise ValueError("a branch with several cached slots needs its forecast coefficients")
+        return terms, None
+    coefficients = [None if c is None else [float(x) for x in c] for c in coefficients]
+    if len(coefficients) != len(terms) or any(c is not None and len(c) != len(t) for c, t in zip(coefficients, terms)):
+        raise ValueError("coefficients must give one number per cached slot of every branch")
+    return terms, coefficients
 
 
 def _check_inputs(hidden: torch.Tensor, storage: torch.Tensor, inplace: bool) -> None:
@@ -124,21 +141,26 @@ def gather_apply(
     indices: Sequence[int] | torch.Tensor,
     gates: Sequence[torch.Tensor | None] | torch.Tensor | None = None,
     *,
+    coefficients: Sequence[Sequence[float] | None] | None = None,
     inplace: bool = True,
     implementation: str | None = None,
 ) -> torch.Tensor:
-    """Add ``sum_i gates[i] * pool[indices[i]]`` to ``hidden``, branch by branch in the order given.
+    """Add ``sum_i gates[i] * f_i`` to ``hidden``, branch by branch in the order given, where ``f_i`` is
+    ``pool[indices[i]]`` (reuse) or ``forecast(pool[indices[i]], coefficients[i])``.
 
     Args:
         hidden: the residual stream ``[batch, *tokens, channels]`` (fp32, fp16 or bf16; any strides).
         pool: a ``CachePool`` (its written slots are checked) or a raw ``[num_slots, *hidden.shape]``
             tensor.
-        indices: the run's slots, a list of ints or a 1-D integer tensor (a device tensor skips the
-            host-side checks; ``CachePool.index_tensor`` makes one once per run).
+        indices: the run's slots: one int per branch (reuse), or per branch a list of slots, most
+            recent first, combined with ``coefficients``; or a 1-D integer tensor of one slot per
+            branch (a device tensor skips the host-side checks).
         gates: one gate per index, as a list or a tensor whose rows are the gates (``None`` entries
             mean gate 1; ``None`` for all means no gates).
             Each is ``[batch, 1, channels]``, ``[batch, channels]``, ``[channels]`` or a scalar;
             the fused kernel needs gates constant along the tokens (others use the reference).
+        coefficients: per branch, the forecast coefficients of its slots (``None`` for a branch: reuse
+            of its one slot); None for all: reuse.
         inplace: if True (default) ``hidden`` itself is updated and returned; if False ``hidden`` is
             left as it was and a new tensor is returned.
         implementation: force ``"torch"`` or ``"triton"`` (default: ``backend(hidden.device)``).
@@ -150,27 +172,28 @@ def gather_apply(
     """
     storage = pool.storage if isinstance(pool, CachePool) else pool
     _check_inputs(hidden, storage, inplace)
-    slots = _slot_list(indices)
-    count = len(slots) if slots is not None else indices.numel()
+    terms, coefficients = _terms(indices, coefficients)
+    count = len(terms) if terms is not None else indices.numel()
     gates = [None] * count if gates is None else list(gates)
     if len(gates) != count:
         raise ValueError(f"got {count} indices but {len(gates)} gates")
-    if slots is not None:
+    if terms is not None:
+        flat = [s for t in terms for s in t]
         if isinstance(pool, CachePool):
-            pool.check_readable(slots)
-        elif any(not 0 <= s < storage.shape[0] for s in slots):
-            raise IndexError(f"indices {slots} are outside a pool of {storage.shape[0]} slots")
+            pool.check_readable(flat)
+        elif any(not 0 <= s < storage.shape[0] for s in flat):
+            raise IndexError(f"indices {flat} are outside a pool of {storage.shape[0]} slots")
 
     chosen = implementation or backend(hidden.device)
     if chosen not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if chosen != TORCH and not _records_grad(hidden, storage, gates):
-        out = _try_fused(hidden, pool, storage, indices, slots, gates, inplace, chosen)
+        out = _try_fused(hidden, pool, storage, indices, terms, coefficients, gates, inplace, chosen)
         if out is not None:
             return out
-    slot_list = slots if slots is not None else indices.tolist()
+    terms = terms if terms is not None else [[s] for s in indices.tolist()]
     shaped = [channel_gate(g, hidden) for g in gates]
-    return gather_apply_reference(hidden, storage, slot_list, shaped, inplace)
+    return gather_apply_reference(hidden, storage, terms, shaped, coefficients, inplace)
 
 
 def _records_grad(hidden: torch.Tensor, storage: torch.Tensor, gates) -> bool:
@@ -181,7 +204,7 @@ def _records_grad(hidden: torch.Tensor, storage: torch.Tensor, gates) -> bool:
     return any(t.requires_grad for t in tensors)
 
 
-def _try_fused(hidden, pool, storage, indices, slots, gates, inplace, chosen) -> torch.Tensor | None:
+def _try_fused(hidden, pool, storage, indices, terms, coefficients, gates, inplace, chosen) -> torch.Tensor | None:
     """Run the Triton kernel; None when the reference must do it instead (the reason is logged once)."""
     module, missing = _triton_gather()
     if module is None:
@@ -196,17 +219,18 @@ def _try_fused(hidden, pool, storage, indices, slots, gates, inplace, chosen) ->
             logging.INFO, "harmonica.kernels: gates that vary along tokens are applied by the torch reference"
         )
         return None
-    if slots is None:
+    if terms is None:
         slot_tensor = indices.to(device=hidden.device, dtype=torch.int64)
-    elif isinstance(pool, CachePool):
-        slot_tensor = pool.index_tensor(slots)
+        plan = module.term_tables(None, None, slot_tensor.numel(), hidden.device)
     else:
-        slot_tensor = torch.tensor(slots, dtype=torch.int64, device=hidden.device)
+        plan = module.term_tables(terms, coefficients, len(terms), hidden.device)
+        slot_tensor = pool.index_tensor([s for t in terms for s in t]) if isinstance(pool, CachePool) else plan[0]
+    plan = (slot_tensor,) + plan[1:]
     device_type = hidden.device.type
     if device_type in _launched_devices or module.interpreter_enabled():
-        return module.gather_apply_triton(hidden, storage, slot_tensor, table, inplace)
+        return module.gather_apply_triton(hidden, storage, plan, table, inplace)
     try:  # the first launch on a device compiles the kernel: a toolchain problem falls back, once
-        out = module.gather_apply_triton(hidden, storage, slot_tensor, table, inplace)
+        out = module.gather_apply_triton(hidden, storage, plan, table, inplace)
     except Exception as err:
         _failed_devices[device_type] = f"{type(err).__name__}: {err}"
         _announce_once(

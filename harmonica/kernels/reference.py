@@ -1,9 +1,12 @@
 """The torch reference of the gather-apply: what a run of reused branches does to the residual stream.
 
-For each reused branch ``i`` (in order) the block computes ``hidden = gate_i * cached_i + hidden``
-(attn2 of PixArt has no gate: ``hidden = cached_i + hidden``). The reference does exactly that, one
-branch after the other in the tensors' own dtype, so its fp32 result is bit-identical to the blocks'
-own code. It runs on any device and is the fallback wherever the fused kernel is not available.
+For each reused branch ``i`` (in order) the block computes ``hidden = gate_i * f_i + hidden`` (attn2 of
+PixArt has no gate: ``hidden = f_i + hidden``), where ``f_i`` is the branch's output rebuilt from the
+cache: its last computed output (reuse), or a forecast ``sum_k c_ik * cached_ik`` over its last
+computed outputs (``forecast``). The reference does exactly that, one branch after the other in the
+tensors' own dtype, with the same ``forecast`` the cache hooks use, so its fp32 result is
+bit-identical to the blocks' own code. It runs on any device and is the fallback wherever the fused
+kernel is not available.
 """
 
 from __future__ import annotations
@@ -38,6 +41,22 @@ def channel_gate(gate: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tenso
     return gate
 
 
+def forecast(history: Sequence[torch.Tensor], coefficients: Sequence[float] | None = None) -> torch.Tensor:
+    """A branch output rebuilt from its last computed outputs (most recent first):
+    ``c_0 * h_0 + c_1 * h_1 + ...``, summed in that order. Reuse (no coefficients, or one coefficient
+    of exactly 1 given as a number) returns ``h_0`` itself, without arithmetic; coefficients given as
+    tensors (router training) always take part, so they receive gradients."""
+    if coefficients is None or (len(coefficients) == 1 and not torch.is_tensor(coefficients[0])
+                                and coefficients[0] == 1.0):
+        return history[0]
+    if len(coefficients) != len(history):
+        raise ValueError(f"{len(history)} cached outputs but {len(coefficients)} coefficients")
+    out = coefficients[0] * history[0]
+    for c, h in zip(coefficients[1:], history[1:]):
+        out = out + c * h
+    return out
+
+
 def apply_branch(hidden: torch.Tensor, cached: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     """One reused branch as the block's own code applies it (out of place): ``gate * cached + hidden``."""
     return (cached if gate is None else gate * cached) + hidden
@@ -46,18 +65,20 @@ def apply_branch(hidden: torch.Tensor, cached: torch.Tensor, gate: torch.Tensor 
 def gather_apply_reference(
     hidden: torch.Tensor,
     storage: torch.Tensor,
-    indices: Sequence[int],
+    terms: Sequence[Sequence[int]],
     gates: Sequence[torch.Tensor | None],
+    coefficients: Sequence[Sequence[float] | None] | None = None,
     inplace: bool = True,
 ) -> torch.Tensor:
-    """``hidden + sum_i gates[i] * storage[indices[i]]``, adding the branches in order.
+    """``hidden + sum_i gates[i] * forecast(storage[terms[i]], coefficients[i])``, branch by branch in order.
 
-    ``gates`` must already be shaped by ``channel_gate``. With ``inplace`` the sum is accumulated in
-    ``hidden`` itself, which is returned; otherwise ``hidden`` is left as it was and a new tensor is
-    returned.
+    ``terms[i]`` are branch ``i``'s pool slots, most recent first (one slot: reuse). ``gates`` must
+    already be shaped by ``channel_gate``. With ``inplace`` the sum is accumulated in ``hidden``
+    itself, which is returned; otherwise ``hidden`` is left as it was and a new tensor is returned.
     """
     out = hidden if inplace else hidden.clone()
-    for slot, gate in zip(indices, gates):
-        cached = storage[slot]
-        out.add_(cached if gate is None else gate * cached)
+    coefficients = coefficients or [None] * len(terms)
+    for slots, gate, coefs in zip(terms, gates, coefficients):
+        f = forecast([storage[s] for s in slots], coefs)
+        out.add_(f if gate is None else gate * f)
     return out

@@ -1,10 +1,11 @@
-"""The fused gather-apply kernel in Triton: ``out = hidden + sum_k gate_k * pool[slot_k]`` in one pass.
+"""The fused gather-apply kernel in Triton: ``out = hidden + sum_i gate_i * sum_k c_ik * pool[slot_ik]``.
 
 One launch handles a whole run of reused branches. Each program owns a tile of ``BLOCK_T`` tokens x
-``BLOCK_D`` channels of one batch row: it loads the hidden tile once, streams the ``K`` cached tiles
-from the pool (slot numbers read from device memory), accumulates ``gate * cached`` in fp32 in the
-order given and stores the result once. Memory traffic is ``(K + 2)`` tensors instead of the ``5K`` an
-unfused ``gate * cached + hidden`` per branch moves (read, write the product; read it and hidden, write).
+``BLOCK_D`` channels of one batch row: it loads the hidden tile once, and for every branch streams its
+cached tiles from the pool (slot numbers and forecast coefficients read from device memory; one slot
+with coefficient 1 is plain reuse), forms the branch's forecast ``sum_k c_k * cached_k`` and adds
+``gate * forecast``, all in fp32 in the order given, and stores the result once. Memory traffic is
+``(T + 2)`` tensors for ``T`` cached tiles instead of the ``5T`` an unfused per-branch apply moves.
 
 Floating-point contraction is disabled (``enable_fp_fusion=False``), so with fp32 tensors every product
 and sum is rounded exactly as torch rounds the block's own ``gate * cached + hidden``: results are
@@ -36,6 +37,8 @@ def _gather_apply_kernel(
     out_ptr,
     pool_ptr,
     slot_ptr,
+    coef_ptr,
+    offset_ptr,
     gate_ptr,
     num_reused,
     tokens,
@@ -66,12 +69,21 @@ def _gather_apply_kernel(
 
     acc = tl.load(hidden_ptr + hidden_offsets, mask=mask, other=0.0).to(tl.float32)
     for k in range(0, num_reused):
-        slot = tl.load(slot_ptr + k).to(tl.int64)
-        gate = tl.load(gate_ptr + k * gate_stride_k + gate_offsets, mask=channel_ok, other=0.0).to(tl.float32)
-        cached = tl.load(
+        first = tl.load(offset_ptr + k)
+        last = tl.load(offset_ptr + k + 1)
+        slot = tl.load(slot_ptr + first).to(tl.int64)
+        coef = tl.load(coef_ptr + first)
+        branch = coef * tl.load(
             pool_ptr + slot * slot_numel + pool_offsets, mask=mask, other=0.0, eviction_policy="evict_first"
         ).to(tl.float32)
-        acc = acc + gate[None, :] * cached
+        for j in range(first + 1, last):
+            slot = tl.load(slot_ptr + j).to(tl.int64)
+            coef = tl.load(coef_ptr + j)
+            branch = branch + coef * tl.load(
+                pool_ptr + slot * slot_numel + pool_offsets, mask=mask, other=0.0, eviction_policy="evict_first"
+            ).to(tl.float32)
+        gate = tl.load(gate_ptr + k * gate_stride_k + gate_offsets, mask=channel_ok, other=0.0).to(tl.float32)
+        acc = acc + gate[None, :] * branch
 
     out_offsets = batch * out_stride_b + token[:, None] * out_stride_t + channel[None, :] * out_stride_d
     tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -120,6 +132,34 @@ def gate_table(gates, hidden: torch.Tensor) -> torch.Tensor | None:
     return torch.stack([ones if row is None else row.to(device=hidden.device, dtype=dtype) for row in rows])
 
 
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+MAX_TABLES = 1024
+
+
+def term_tables(terms, coefficients, num_branches: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Device tables of one run: flat slots, flat fp32 coefficients and per-branch offsets into them.
+    ``terms`` None: one slot per branch (the slot table is supplied by the caller), coefficient 1.
+    Made once per distinct run and device (forecast runs repeat every call)."""
+    key = (None if terms is None else tuple(map(tuple, terms)),
+           None if coefficients is None else tuple(None if c is None else tuple(c) for c in coefficients),
+           num_branches, str(device))
+    found = _TABLES.get(key)
+    if found is None:
+        if terms is None:
+            terms = [[0]] * num_branches
+        coefs = [c if c is not None else [1.0] * len(t) for t, c in zip(terms, coefficients or [None] * len(terms))]
+        offsets = [0]
+        for t in terms:
+            offsets.append(offsets[-1] + len(t))
+        found = (torch.tensor([s for t in terms for s in t], dtype=torch.int64, device=device),
+                 torch.tensor([c for cs in coefs for c in cs], dtype=torch.float32, device=device),
+                 torch.tensor(offsets, dtype=torch.int64, device=device))
+        if len(_TABLES) >= MAX_TABLES:
+            _TABLES.clear()
+        _TABLES[key] = found
+    return found
+
+
 def _as_batch_token_channel(tensor: torch.Tensor) -> torch.Tensor:
     """A ``[batch, tokens, channels]`` view of ``tensor`` (raises RuntimeError when none exists)."""
     if tensor.dim() == 2:
@@ -138,7 +178,7 @@ def _tile(tokens: int, channels: int) -> tuple[int, int]:
 def gather_apply_triton(
     hidden: torch.Tensor,
     storage: torch.Tensor,
-    slots: torch.Tensor,
+    plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     gates: torch.Tensor,
     inplace: bool = True,
 ) -> torch.Tensor:
@@ -148,10 +188,12 @@ def gather_apply_triton(
         hidden: ``[batch, *tokens, channels]``, any strides (a copy is made only when no
             ``[batch, tokens, channels]`` view exists).
         storage: the pool, contiguous ``[num_slots, *hidden.shape]``.
-        slots: int64 slot numbers on ``hidden``'s device, ``[K]``.
-        gates: ``[K, batch, channels]`` (from ``gate_table``; strides may be 0).
+        plan: ``(slots, coefficients, offsets)`` on ``hidden``'s device (``term_tables``): branch ``k``
+            is ``sum_j coefficients[j] * pool[slots[j]]`` over ``offsets[k] <= j < offsets[k + 1]``.
+        gates: ``[K, batch, channels]`` for ``K`` branches (from ``gate_table``; strides may be 0).
         inplace: accumulate into ``hidden`` and return it; else return a new tensor.
     """
+    slots, coefficients, offsets = plan
     if not storage.is_contiguous() or tuple(storage.shape[1:]) != tuple(hidden.shape):
         raise ValueError(
             f"the pool must be contiguous with slots shaped like the hidden state {tuple(hidden.shape)}, "
@@ -165,12 +207,12 @@ def gather_apply_triton(
         copied = True
     out = work if inplace else torch.empty(work.shape, dtype=hidden.dtype, device=hidden.device)
     batch, tokens, channels = work.shape
-    num_reused = slots.numel()
+    num_reused = offsets.numel() - 1
     if num_reused:
         block_t, block_d = _tile(tokens, channels)
         grid = (triton.cdiv(tokens, block_t), batch, triton.cdiv(channels, block_d))
         kernel()[grid](
-            work, out, storage, slots, gates,
+            work, out, storage, slots, coefficients, offsets, gates,
             num_reused, tokens, channels,
             *work.stride(), *out.stride(),
             batch * tokens * channels,

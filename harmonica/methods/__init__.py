@@ -32,9 +32,11 @@ METHODS: dict[str, MethodSpec] = {
         delta_dit.SPEC,
         fbcache.SPEC,
         taylorseer.SPEC,
+        taylorseer.SPEC_ORDER2,
         pab.SPEC,
         magcache.SPEC,
         dbcache.SPEC,
+        dbcache.SPEC_TAYLORSEER,
         routers.LTC,
         routers.HARMONICA,
     )
@@ -105,7 +107,7 @@ def clone_pipeline(pipe):
     """A pipeline that shares every weight tensor with ``pipe`` but has its own transformer module
     objects (so hooks attach to it alone) and its own scheduler. Clone before applying any method."""
     transformer = pipe.transformer
-    if "_diffusers_hook" in transformer.__dict__ or "harmonica" in pipe.__dict__:
+    if "_diffusers_hook" in transformer.__dict__:
         raise RuntimeError("clone the pipeline before applying a caching method to it")
     memo = {id(t): t for t in list(transformer.parameters()) + list(transformer.buffers())}
     components = dict(pipe.components)

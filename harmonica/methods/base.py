@@ -21,7 +21,8 @@ class PipeInfo:
         from ..cache import describe
 
         layout = describe(pipe)
-        return cls(layout.num_blocks, tuple(layout.branches), int(num_inference_steps), layout.scheduler_class)
+        branches = tuple(dict.fromkeys(b for _, names in layout.blocks for b in names))  # every branch name, once
+        return cls(layout.num_blocks, branches, int(num_inference_steps), layout.scheduler_class)
 
 
 @dataclass

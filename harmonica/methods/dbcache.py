@@ -5,6 +5,12 @@ reuses the remaining blocks' residual while the relative change stays under the 
 for small models (see shared/ENVIRONMENT.md): Fn = 1, Bn = 0; warm-up steps: a fifth of the schedule.
 cache-dit patches the pipeline *class*'s ``__call__``; so that it patches only this pipeline, the
 pipeline is first given a private subclass of its own class (same name, same behaviour).
+
+``dbcache-taylorseer`` is DBCache with cache-dit's TaylorSeer calibrator
+(``TaylorSeerCalibratorConfig(taylorseer_order=1)``, cache-dit's recommended order): the reused
+residual of the middle blocks is forecast from its history instead of copied. In cache-dit 1.5.3 the
+calibrator's first derivative exists only from the 4th fully computed step on, so with the warm-up
+used here (a fifth of the steps) it forecasts from 20 steps up and reduces to DBCache below that.
 """
 
 from __future__ import annotations
@@ -12,19 +18,32 @@ from __future__ import annotations
 from .base import Applied, Context, MethodSpec
 
 
-def apply(pipe, knob, ctx: Context) -> Applied:
-    import cache_dit
+TAYLORSEER_ORDER = 1  # cache-dit's default and recommendation for its calibrator (1 or 2)
 
-    threshold = float(knob)
-    cls = type(pipe)
-    pipe.__class__ = type(cls.__name__, (cls,), {"__module__": cls.__module__})
-    warmup = max(1, ctx.num_inference_steps // 5)
-    config = cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
-                                     max_warmup_steps=warmup, num_inference_steps=ctx.num_inference_steps)
-    cache_dit.enable_cache(pipe, cache_config=config)
-    return Applied("dbcache", threshold, f"DBCache {threshold:g}",
-                   info={"residual_diff_threshold": threshold, "Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
-                         "max_warmup_steps": warmup, "cache_dit": getattr(cache_dit, "__version__", "?")})
+
+def _apply(calibrated: bool):
+    name = "dbcache-taylorseer" if calibrated else "dbcache"
+
+    def apply(pipe, knob, ctx: Context) -> Applied:
+        import cache_dit
+
+        threshold = float(knob)
+        cls = type(pipe)
+        pipe.__class__ = type(cls.__name__, (cls,), {"__module__": cls.__module__})
+        warmup = max(1, ctx.num_inference_steps // 5)
+        config = cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
+                                         max_warmup_steps=warmup, num_inference_steps=ctx.num_inference_steps)
+        info = {"residual_diff_threshold": threshold, "Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                "max_warmup_steps": warmup, "cache_dit": getattr(cache_dit, "__version__", "?")}
+        calibrator = None
+        if calibrated:
+            calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=TAYLORSEER_ORDER)
+            info["calibrator"] = {"type": "taylorseer", "taylorseer_order": TAYLORSEER_ORDER}
+        cache_dit.enable_cache(pipe, cache_config=config, calibrator_config=calibrator)
+        label = f"DBCache+TaylorSeer {threshold:g}" if calibrated else f"DBCache {threshold:g}"
+        return Applied(name, threshold, label, info=info)
+
+    return apply
 
 
 SPEC = MethodSpec(
@@ -32,10 +51,23 @@ SPEC = MethodSpec(
     title="DBCache (cache-dit)",
     knob="residual_diff_threshold",
     kind=float,
-    apply=apply,
+    apply=_apply(False),
     default=lambda info: 0.08,
     sweep=lambda info: [0.04, 0.08, 0.12, 0.2, 0.3],
     faster="higher",
     requires="cache_dit",
     description="cache-dit's dual-block cache, Fn=1 Bn=0",
+)
+
+SPEC_TAYLORSEER = MethodSpec(
+    name="dbcache-taylorseer",
+    title="DBCache + TaylorSeer calibrator (cache-dit)",
+    knob="residual_diff_threshold",
+    kind=float,
+    apply=_apply(True),
+    default=lambda info: 0.12,
+    sweep=lambda info: [0.04, 0.08, 0.12, 0.2, 0.3, 0.4],
+    faster="higher",
+    requires="cache_dit",
+    description="cache-dit's DBCache (Fn=1 Bn=0) with its first-order TaylorSeer calibrator forecasting the reused residual",
 )

@@ -17,13 +17,13 @@ PAB_TIMESTEP_RANGE = (100, 800)  # diffusers' default: broadcast only in the mid
 def apply_pab(pipe, knob, ctx: Context) -> Applied:
     from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
 
-    from ..blocks import block_branches
+    from ..families import blocks_of
 
     skip = int(knob)
     if skip < 2:
         raise ValueError(f"pab's block_skip_range must be >= 2 (1 never reuses), got {knob}")
     tracker = StepTracker.attach(pipe)
-    has_cross = "attn2" in block_branches(pipe.transformer)
+    has_cross = any(b.name == "attn2" for block in blocks_of(pipe) for b in block.branches)
     cross = 2 * skip if has_cross else None  # PAB broadcasts cross-attention over a longer range
     config = PyramidAttentionBroadcastConfig(
         spatial_attention_block_skip_range=skip,

@@ -1,19 +1,20 @@
-"""Per-step bookkeeping for caching baselines on transformers without diffusers' ``CacheMixin``.
+"""Per-step bookkeeping for caching baselines, on every family.
 
 diffusers' cache hooks (FirstBlockCache, TaylorSeer, MagCache, ...) keep their state in
 ``StateManager`` objects that need a ``CacheContext`` to be set around every denoiser call; pipelines
-of ``CacheMixin`` models do that with ``transformer.cache_context(...)``, and reset the hooks' state
-after the call. ``DiTTransformer2DModel`` and ``PixArtTransformer2DModel`` lack the mixin and
-``DiTPipeline`` / ``PixArtAlphaPipeline`` do neither, so ``StepTracker`` does it from a hook on the
+of ``CacheMixin`` models (Flux, Wan, Qwen-Image, ...) do that with ``transformer.cache_context(...)``
+and reset the hooks' state after the call. ``DiTTransformer2DModel`` and ``PixArtTransformer2DModel``
+lack the mixin and their pipelines do neither, so ``StepTracker`` does it from a hook on the
 transformer itself:
 
-* it finds the step index of each forward from its timestep in the pipeline scheduler's
-  ``timesteps`` (the denoising loop's own position, not a call counter);
+* it finds the step index of each forward (``harmonica.steps``: the timestep in the running
+  pipeline's scheduler, the denoising loop's own position, not a call counter);
 * at the first step of a pipeline call (any step not after the previous one) it resets every
   stateful hook under the transformer, so nothing leaks from one call into the next;
-* it sets ``CacheContext("cond", step_index=..., num_inference_steps=..., timestep=...)`` for the
-  forward (DiT and PixArt run the CFG batch in one forward, so one context serves both halves);
-* after the last step it resets the hooks again (frees cached tensors) and clears the context.
+* when the pipeline set no cache context, it sets ``CacheContext("cond", step_index=...,
+  num_inference_steps=..., timestep=...)`` for the forward (DiT and PixArt run the CFG batch in one
+  forward, so one context serves both halves); a pipeline's own context ("cond" / "uncond") is kept;
+* after the last step it resets the hooks again (frees cached tensors) and clears what it set.
 
 It also exposes ``step`` / ``num_steps`` / ``timestep`` to hooks of our own (Delta-DiT) and to
 diffusers' PyramidAttentionBroadcast, which asks for the current timestep through a callback.
@@ -22,19 +23,29 @@ diffusers' PyramidAttentionBroadcast, which asks for the current timestep throug
 from __future__ import annotations
 
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import CacheContext, _set_cache_context
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager, _set_cache_context
 
-from ..steps import StepLocator, timestep_value
+from ..families import family_for
+from ..families.spec import bind_call
+from ..steps import StepLocator, calling_pipeline, timestep_value
 
 STEP_TRACKER = "harmonica_eval_step_tracker"
+
+
+class _Nothing(BaseState):
+    def reset(self):
+        pass
 
 
 class StepTracker(ModelHook):
     """See the module docstring. Attach with ``StepTracker.attach(pipe)``."""
 
+    _is_stateful = True  # to see the pipeline's own cache context
+
     def __init__(self, pipe, context_name: str = "cond"):
         super().__init__()
-        self.locator = StepLocator(pipe, pipe.transformer)
+        self.locator = StepLocator(family_for(pipe), pipe.transformer)
+        self.pipeline_context = StateManager(_Nothing)
         self.context_name = context_name
         self.step: int | None = None
         self.num_steps: int | None = None
@@ -50,26 +61,31 @@ class StepTracker(ModelHook):
         registry.register_hook(tracker, STEP_TRACKER)
         return tracker
 
-    def lookup(self, timestep) -> tuple[int, int]:
-        """(step index, number of steps) of ``timestep`` in the pipeline scheduler's current timesteps."""
-        return self.locator.lookup(timestep)
+    def reset_state(self, module):
+        return module
 
     def new_forward(self, module, *args, **kwargs):
-        t = self.locator.timestep(args, kwargs)
-        step, num_steps = self.lookup(t)
+        call = bind_call(module, args, kwargs)
+        own = self.pipeline_context._context
+        position = self.locator.locate(call, own, calling_pipeline())
+        step, num_steps = position.step, position.num_steps
         registry = HookRegistry.check_if_exists_or_initialize(module)
-        if self.step is None or step <= self.step:  # a new pipeline call: no state from the last one
+        first_context = own is None or own.name == "cond"
+        if first_context and (self.step is None or step <= self.step):  # a new call: no state from the last one
             registry.reset_stateful_hooks(recurse=True)
-        self.step, self.num_steps, self.timestep = step, num_steps, timestep_value(t)
-        _set_cache_context(module, CacheContext(self.context_name, step_index=step, num_inference_steps=num_steps,
-                                                timestep=self.timestep))
+        self.step, self.num_steps = step, num_steps
+        self.timestep = timestep_value(call.get("timestep")) * self.locator.family.timestep_scale(module)
+        if own is None:
+            _set_cache_context(module, CacheContext(self.context_name, step_index=step,
+                                                    num_inference_steps=num_steps, timestep=self.timestep))
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:
-            if step == num_steps - 1:
-                registry.reset_stateful_hooks(recurse=True)
+            if own is None:  # what this tracker set lives for one forward
+                if step == num_steps - 1:
+                    registry.reset_stateful_hooks(recurse=True)
+                    self.step = None
                 _set_cache_context(module, None)
-                self.step = None
 
 
 def refresh_registries(transformer) -> None:

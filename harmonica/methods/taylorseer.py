@@ -1,4 +1,9 @@
-"""diffusers' TaylorSeer cache on DiT / PixArt (first-order forecasts of every branch output).
+"""diffusers' TaylorSeer cache on DiT / PixArt: every branch output is computed every N steps and
+forecast in between by a Taylor expansion over its last computed values.
+
+The expansion order is part of the method name, so a sweep of each order is one series with one
+knob (the interval N): ``taylorseer`` is first order (``max_order=1``), ``taylorseer2`` second order
+(``max_order=2``), e.g. ``--method taylorseer2=2,3``.
 
 DiT / PixArt lack diffusers' ``CacheMixin``: the hooks are applied with diffusers' own ``apply_*``
 function and driven by ``StepTracker`` (``steps.py``), which sets the cache context per denoising
@@ -18,36 +23,47 @@ def taylorseer_warmup(num_steps: int) -> int:
     return max(1, min(3, num_steps // 5))
 
 
-def apply_taylorseer(pipe, knob, ctx: Context) -> Applied:
-    from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
+def _apply(order: int):
+    name = "taylorseer" if order == 1 else f"taylorseer{order}"
 
-    from ..blocks import block_branches
+    def apply_taylorseer(pipe, knob, ctx: Context) -> Applied:
+        from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
 
-    interval = int(knob)
-    if interval < 1:
-        raise ValueError(f"taylorseer's cache_interval must be >= 1, got {knob}")
-    branches = block_branches(pipe.transformer)
-    # diffusers' default identifiers do not match DiT's attn1: name every branch explicitly.
-    patterns = [rf"transformer_blocks\.\d+\.{re.escape(b)}" for b in branches]
-    warmup = taylorseer_warmup(ctx.num_inference_steps)
-    config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=1,
-                                   taylor_factors_dtype=pipe.transformer.dtype, cache_identifiers=patterns)
-    StepTracker.attach(pipe)
-    apply_taylorseer_cache(pipe.transformer, config)
-    refresh_registries(pipe.transformer)
-    return Applied("taylorseer", interval, f"TaylorSeer N={interval}",
-                   info={"cache_interval": interval, "disable_cache_before_step": warmup, "max_order": 1,
-                         "modules": patterns})
+        from ..families import blocks_of
+
+        interval = int(knob)
+        if interval < 1:
+            raise ValueError(f"{name}'s cache_interval must be >= 1, got {knob}")
+        # diffusers' default identifiers do not match DiT's attn1: name every branch module explicitly.
+        modules = dict.fromkeys((b.list_name, branch.module) for b in blocks_of(pipe) for branch in b.branches)
+        patterns = [rf"^{re.escape(lst)}\.\d+\.{re.escape(module)}$" for lst, module in modules]
+        warmup = taylorseer_warmup(ctx.num_inference_steps)
+        config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=order,
+                                       taylor_factors_dtype=pipe.transformer.dtype, cache_identifiers=patterns)
+        StepTracker.attach(pipe)
+        apply_taylorseer_cache(pipe.transformer, config)
+        refresh_registries(pipe.transformer)
+        label = f"TaylorSeer N={interval}" if order == 1 else f"TaylorSeer-O{order} N={interval}"
+        return Applied(name, interval, label,
+                       info={"cache_interval": interval, "disable_cache_before_step": warmup, "max_order": order,
+                             "modules": patterns})
+
+    return apply_taylorseer
 
 
-SPEC = MethodSpec(
-    name="taylorseer",
-    title="TaylorSeer (diffusers)",
-    knob="cache_interval",
-    kind=int,
-    apply=apply_taylorseer,
-    default=lambda info: 2,
-    sweep=lambda info: [n for n in (2, 3, 4, 5) if n < info.num_inference_steps],
-    faster="higher",
-    description="branch outputs forecast by a first-order Taylor expansion between full steps every N",
-)
+def _spec(order: int) -> MethodSpec:
+    return MethodSpec(
+        name="taylorseer" if order == 1 else f"taylorseer{order}",
+        title=f"TaylorSeer order {order} (diffusers)",
+        knob="cache_interval",
+        kind=int,
+        apply=_apply(order),
+        default=lambda info: 2,
+        sweep=lambda info: [n for n in (2, 3, 4, 5) if n < info.num_inference_steps],
+        faster="higher",
+        description=f"branch outputs forecast by an order-{order} Taylor expansion between full steps every N",
+    )
+
+
+SPEC = _spec(1)
+SPEC_ORDER2 = _spec(2)

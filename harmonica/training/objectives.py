@@ -26,45 +26,42 @@ import torch
 
 
 @torch.no_grad()
-def sample_final_latents(denoiser, controller, noise, cond, schedule, scheduler) -> torch.Tensor:
-    """Gradient-free sampling with a fixed compute schedule ([step][slot] booleans); leaves the
-    caller's cache state, the global RNG and ``scheduler`` untouched (a copy steps)."""
+def sample_final_latents(denoiser, cache, noise, cond, schedule, scheduler, coefficients=None) -> torch.Tensor:
+    """Gradient-free sampling with a fixed compute schedule ([step][slot] booleans) and forecast
+    ``coefficients`` ([step, slot, history], None: reuse) through the training hooks (``cache``);
+    leaves the caller's caches, the global RNG and ``scheduler`` untouched (a copy steps)."""
     import copy
 
     sched = copy.deepcopy(scheduler)
-    sched.set_timesteps(len(schedule))
+    denoiser.set_timesteps(sched, len(schedule))
     x = noise.clone()
-    # The step hook looks timesteps up in pipe.scheduler; point it at our copy inside the block.
-    pipe = controller._pipe()
-    original = pipe.scheduler
-    pipe.scheduler = sched
-    try:
-        with controller.isolated(schedule):
-            for t in sched.timesteps:
+    with cache.isolated():
+        for step, t in enumerate(sched.timesteps):
+            step_coefficients = None if coefficients is None else coefficients[step]
+            with cache.running("hard", step, compute=schedule[step], coefficients=step_coefficients):
                 raw = denoiser.forward(x, t, cond)
-                x = sched.step(denoiser.guided(raw), t, x).prev_sample
-    finally:
-        pipe.scheduler = original
+            x = sched.step(denoiser.guided(raw), t, x).prev_sample
     return x
 
 
 LAMBDA_VARIANTS = ("stake", "paper")
 
 
-def image_error_proxy(denoiser, controller, router, threshold, noise, cond, scheduler,
+def image_error_proxy(denoiser, cache, router, threshold, noise, cond, scheduler,
                       variant: str = "stake") -> torch.Tensor:
     """Raw per-step squared final-latent errors of ``variant`` (see the module docstring), summed
     over this process's share of the fixed samples; entry 0 is 0 since the first step always
     computes. The caller all-reduces them across processes, then normalises (``normalise``)."""
     if variant not in LAMBDA_VARIANTS:
         raise ValueError(f"lambda variant must be one of {LAMBDA_VARIANTS}, got {variant!r}")
-    schedule = [row.flatten().tolist() for row in router.compute_mask(threshold)]
+    schedule = router.schedule(threshold)
 
     def final(t: int | None = None, compute: bool = True) -> torch.Tensor:
         steps = [list(row) for row in schedule]
         if t is not None:
             steps[t] = [compute] * len(steps[t])
-        return sample_final_latents(denoiser, controller, noise, cond, steps, scheduler).double()
+        return sample_final_latents(denoiser, cache, noise, cond, steps, scheduler,
+                                    router.coefficients.detach()).double()
 
     base = final() if variant == "paper" else None
     raw = torch.zeros(router.num_steps, dtype=torch.float64)

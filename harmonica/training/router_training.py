@@ -4,8 +4,8 @@ Data-free: every trajectory starts from Gaussian noise and random class labels (
 
 SDT, per trajectory:
   1. step 0 computes everything without gradients and fills the cache;
-  2. at every later step t, in order: the teacher (the same frozen model, harmonica paused: no cache
-     read or write) and the student (router-mixed: score * fresh + (1 - score) * cached; the cache is
+  2. at every later step t, in order: the teacher (the same frozen model, no cache read or write)
+     and the student (router-mixed: score * fresh + (1 - score) * cached; the cache is
      overwritten, detached, where score > threshold) both run on the student's latent;
      loss_t = lambda_t * MSE(student, teacher) + beta * sum(scores of step t); one optimizer step;
   3. the next latent is the scheduler step on the student's output, detached (no backprop through
@@ -14,6 +14,9 @@ IEPO: lambda is refreshed every ``lambda_every`` iterations (at the next traject
 gradient-free sampling with fixed noise and labels (see ``objectives``); ``objective="sdt"`` keeps
 lambda = 1. ``objective="ltc"`` is the Learning-to-Cache ablation: lambda = 1, steps visited in
 random order, the student's input and a clean cache come from a full-computation teacher trajectory.
+
+The student's cache lives in router training's own hooks (``hooks.TrainingCache``), told the step
+and the mode of every forward by the trainer; the inference cache is not involved.
 
 Multi-process (accelerate): each process draws its own trajectories; gradients, losses and the
 lambda errors are all-reduced, so every process holds the same router. Checkpoints are taken at
@@ -32,10 +35,12 @@ from pathlib import Path
 
 import torch
 
-from ..cache import paused
-from ..router import HarmoniCaRouter, check_threshold, parse_init, weights_distance, weights_summary
+from ..cache import controller as harmonica_controller
+from ..cache import describe
+from ..families import family_for
+from ..router import MAX_HISTORY, HarmoniCaRouter, check_threshold, parse_init, weights_distance, weights_summary
 from .checkpoints import resume, save_checkpoint
-from .denoisers import denoiser_for
+from .hooks import TrainingCache
 from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
 
 OBJECTIVES = ("harmonica", "sdt", "ltc")
@@ -79,12 +84,23 @@ class RouterTrainingConfig:
                          "reuse, or static:N (FORA's compute-every-N schedule, logits +2 / -2)")
     lambda_variant: str = _setting("stake", "IEPO lambda: stake or paper (see harmonica/training/objectives.py)",
                                    choices=LAMBDA_VARIANTS)
+    history: int = _setting(1, "a skipped branch is forecast from its last HISTORY computed outputs with learned "
+                            f"coefficients (trained together with the scores), 1 to {MAX_HISTORY}; 1: plain reuse")
+    forecast_init: str = _setting("taylor", "the coefficients' start with --history > 1: taylor (polynomial "
+                                  "extrapolation through the steps where the branch is computed under the initial "
+                                  "schedule, TaylorSeer's forecast), taylor:N (order N) or reuse")
+    coefficient_lr: float = _setting(1e-3, "AdamW learning rate of the forecast coefficients")
     seed: int = _setting(0, "seed of every random draw (trajectories, labels, lambda samples), >= 0")
     checkpoint_every: int = _setting(10, "trajectories between checkpoints (accelerate state)")
     output_dir: str = _setting("runs/router", "run folder: checkpoints, training_log.jsonl, summary.json, router/")
     scheduler: str | None = _setting(None, "diffusers scheduler class to train with, e.g. DPMSolverMultistepScheduler "
                                      "(unset: the pipeline's own)")
-    prompts: list[str] = _setting([], "PixArt: prompts the trajectories draw from")
+    height: int | None = _setting(None, "image height of the training trajectories, for text-to-image families "
+                                  "that take it (unset: the pipeline's own)")
+    width: int | None = _setting(None, "image width of the training trajectories (unset: the pipeline's own)")
+    max_sequence_length: int | None = _setting(None, "prompt length in tokens, for text-to-image families that "
+                                               "take it (unset: the pipeline's own)")
+    prompts: list[str] = _setting([], "text-to-image families: prompts the trajectories draw from")
 
     def check(self) -> None:
         """Raise ValueError naming the first setting of the wrong type or out of range."""
@@ -100,6 +116,10 @@ class RouterTrainingConfig:
         check_threshold(self.threshold)
         if self.target_usage is not None and not 0 <= self.target_usage < 1:
             raise ValueError(f"target_usage must be in [0, 1), got {self.target_usage}")
+        if not 1 <= self.history <= MAX_HISTORY:
+            raise ValueError(f"history must be from 1 to {MAX_HISTORY}, got {self.history}")
+        if self.objective == "ltc" and self.history != 1:
+            raise ValueError("the LTC objective trains reuse only (history 1)")
         if self.lambda_variant not in LAMBDA_VARIANTS:
             raise ValueError(f"lambda_variant must be one of {LAMBDA_VARIANTS}, got {self.lambda_variant!r}")
         parse_init(self.init)
@@ -111,6 +131,14 @@ class RouterTrainingConfig:
         for name in ("weight_decay", "beta", "guidance_scale"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.coefficient_lr) and self.coefficient_lr > 0):
+            raise ValueError(f"coefficient_lr must be a finite number > 0, got {self.coefficient_lr}")
+        kind, _, order = self.forecast_init.partition(":")
+        if not (kind == "reuse" and not order or kind == "taylor" and (not order or order.isdigit())):
+            raise ValueError(f"forecast_init must be 'reuse', 'taylor' or 'taylor:N', got {self.forecast_init!r}")
+        for name in ("height", "width", "max_sequence_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 when given, got {getattr(self, name)}")
         if not 0 <= self.lambda_floor <= 1:
             raise ValueError(f"lambda_floor must be in [0, 1], got {self.lambda_floor}")
         if self.seed < 0:
@@ -168,8 +196,6 @@ class RouterTrainer:
     """Trains a ``HarmoniCaRouter`` for ``pipe`` (a supported pipeline, already on its device)."""
 
     def __init__(self, pipe, config: RouterTrainingConfig, accelerator, router: HarmoniCaRouter | None = None):
-        import harmonica
-
         config.check()
         self.config = config
         self.accelerator = accelerator
@@ -179,22 +205,42 @@ class RouterTrainer:
 
             klass = getattr(diffusers, config.scheduler)
             pipe.scheduler = klass.from_config(pipe.scheduler.config)
+        if harmonica_controller(pipe) is not None:
+            raise ValueError("harmonica is enabled on this pipeline; router training uses its own hooks: "
+                             "harmonica.disable(pipe) first")
+        family = family_for(pipe)
         # the base model is frozen, in eval mode, and never receives gradients
         pipe.transformer.eval().requires_grad_(False)
         # the weights the router is trained for: recorded in the run folder and in the saved router
         self.weights_summary = weights_summary(pipe.transformer)
-        layout = harmonica.describe(pipe)
+        layout = describe(pipe)
+        options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length")
+                   if getattr(config, k) is not None}
+        try:
+            self.denoiser = family.denoiser(pipe, config.guidance_scale, config.prompts, **options)
+        except TypeError as err:
+            raise ValueError(f"{family.name} router training does not take {', '.join(options)} ({err})") from err
         if router is None:
             router = HarmoniCaRouter.for_layout(
                 layout, config.num_steps, init=config.init, generator=_generator(config.seed, 7),
-                threshold=config.threshold,
+                threshold=config.threshold, history=config.history,
             )
+            if config.history > 1:
+                start = config.threshold if config.target_usage is None else \
+                    threshold_for_usage(router, config.target_usage)[0]
+                router.init_forecast(config.forecast_init, start)
         self.router = router.to(accelerator.device)
         self.router.threshold = config.threshold
-        harmonica.enable(pipe, self.router, threshold=config.threshold)
-        self.controller = pipe.harmonica
-        self.denoiser = denoiser_for(pipe, config.guidance_scale, config.prompts)
-        self.optimizer = torch.optim.AdamW([self.router.logits], lr=config.lr, weight_decay=config.weight_decay)
+        self.threshold = config.threshold
+        self.initial = {"logits": router.logits.detach().clone(), "coefficients": router.coefficients.detach().clone(),
+                        "schedule": router.compute_mask(self._set_threshold()).clone()}
+        self.cache = TrainingCache(pipe, history=router.history).attach()
+        groups = [{"params": [self.router.logits], "lr": config.lr}]
+        if router.history > 1:
+            groups.append({"params": [self.router.coefficients], "lr": config.coefficient_lr})
+        else:
+            self.router.coefficients.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
         self.state = TrainState(config.num_steps, first_refresh=config.lambda_every)
         accelerator.register_for_checkpointing(self.router, self.optimizer, self.state)
         self.output = Path(config.output_dir)
@@ -209,21 +255,23 @@ class RouterTrainer:
     def _set_threshold(self) -> float:
         cfg = self.config
         if cfg.target_usage is not None:
-            self.controller.threshold = threshold_for_usage(self.router, cfg.target_usage)[0]
-        return self.controller.threshold
+            self.threshold = threshold_for_usage(self.router, cfg.target_usage)[0]
+        return self.threshold
 
-    def _forward(self, x, t, cond, mode: str | None):
-        if mode == "mix":
-            self._set_threshold()
-        state = self.controller.state
-        state.forced = mode
-        try:
+    def _fill(self, x, t, step: int, cond):
+        """A full-computation forward that (re)fills the student's cache."""
+        with torch.no_grad(), self.cache.running("fill", step):
             return self.denoiser.forward(x, t, cond)
-        finally:
-            state.forced = None
+
+    def _student(self, x, t, step: int, cond):
+        """The router-mixed forward: score * fresh + (1 - score) * cached per branch."""
+        scores = self.router.scores()[step]
+        write = (scores.detach() > self._set_threshold()).tolist()
+        with self.cache.running("mix", step, scores=scores, write=write, coefficients=self.router.coefficients[step]):
+            return self.denoiser.forward(x, t, cond)
 
     def _teacher(self, x, t, cond):
-        with torch.no_grad(), paused(self.pipe):
+        with torch.no_grad():  # the training hooks are "off" outside running(): the plain model
             return self.denoiser.forward(x, t, cond)
 
     def _optimize(self, step: int, student, teacher) -> dict:
@@ -245,18 +293,22 @@ class RouterTrainer:
                 "usage": usage, "threshold": threshold}
 
     # ---------------------------------------------------------------------- trajectories
+    def _timesteps(self) -> list:
+        sched = self.pipe.scheduler
+        self.denoiser.set_timesteps(sched, self.config.num_steps)
+        return list(sched.timesteps)
+
     def sdt_trajectory(self, trajectory: int) -> list[dict]:
         sched = self.pipe.scheduler
-        sched.set_timesteps(self.config.num_steps)
-        timesteps = list(sched.timesteps)
+        timesteps = self._timesteps()
         x, cond = self._trajectory_inputs(trajectory)
         with torch.no_grad():  # step 0: full computation fills the cache
-            raw = self._forward(x, timesteps[0], cond, "fill")
+            raw = self._fill(x, timesteps[0], 0, cond)
             x = sched.step(self.denoiser.guided(raw), timesteps[0], x).prev_sample
         rows = []
         for i, t in enumerate(timesteps[1:], start=1):
             teacher = self._teacher(x, t, cond)
-            student = self._forward(x, t, cond, "mix")
+            student = self._student(x, t, i, cond)
             rows.append(self._optimize(i, student, teacher))
             with torch.no_grad():
                 x = sched.step(self.denoiser.guided(student.detach()), t, x).prev_sample
@@ -265,11 +317,10 @@ class RouterTrainer:
     def ltc_trajectory(self, trajectory: int) -> list[dict]:
         """Learning-to-Cache: teacher trajectory, clean cache from a full pass, random step order."""
         sched = self.pipe.scheduler
-        sched.set_timesteps(self.config.num_steps)
-        timesteps = list(sched.timesteps)
+        timesteps = self._timesteps()
         x, cond = self._trajectory_inputs(trajectory)
         xs, outs = [], []
-        with torch.no_grad(), paused(self.pipe):
+        with torch.no_grad():
             for t in timesteps:
                 xs.append(x)
                 raw = self.denoiser.forward(x, t, cond)
@@ -279,9 +330,8 @@ class RouterTrainer:
         order = (torch.randperm(len(timesteps) - 1, generator=g) + 1).tolist()
         rows = []
         for i in order:
-            with torch.no_grad():  # a full pass at the previous step: the cache is clean
-                self._forward(xs[i - 1], timesteps[i - 1], cond, "fill")
-            student = self._forward(xs[i], timesteps[i], cond, "mix")
+            self._fill(xs[i - 1], timesteps[i - 1], i - 1, cond)  # a full pass at the previous step: a clean cache
+            student = self._student(xs[i], timesteps[i], i, cond)
             rows.append(self._optimize(i, student, outs[i]))
         return rows
 
@@ -292,7 +342,7 @@ class RouterTrainer:
         g = _generator(cfg.seed, 10_000_019, acc.process_index)  # the same fixed samples at every refresh
         noise = self.denoiser.initial_latents(per_process, g)
         cond = self.denoiser.conditions(per_process, g)
-        raw = image_error_proxy(self.denoiser, self.controller, self.router, self._set_threshold(), noise, cond,
+        raw = image_error_proxy(self.denoiser, self.cache, self.router, self._set_threshold(), noise, cond,
                                 self.pipe.scheduler, variant=cfg.lambda_variant)
         raw = acc.reduce(raw.to(acc.device), reduction="sum").cpu()
         self.state.lam = normalise(raw, cfg.lambda_floor)
@@ -344,12 +394,14 @@ class RouterTrainer:
         if cfg.target_usage is not None:
             threshold, usage = threshold_for_usage(router, cfg.target_usage)
         router.threshold = threshold
+        router.timesteps = [float(t) for t in self._timesteps()]
         router.training_info = {
             "objective": cfg.objective,
             "config": {k: v for k, v in asdict(self.config).items() if k != "prompts"},
             "iterations": self.state.iteration,
             "lambda": [round(float(v), 4) for v in self.state.lam],
             "transformer_weights": self.weights_summary,
+            "moved": self.movement(threshold),
         }
         summary = {
             "objective": cfg.objective,
@@ -363,12 +415,31 @@ class RouterTrainer:
             "target_usage": cfg.target_usage,
             "peak_memory_mb": round(_peak_memory_mb(acc.device), 1),
             "lambda": router.training_info["lambda"],
+            "moved_from_init": router.training_info["moved"],
         }
         if acc.is_main_process:
             router.save_pretrained(self.output / "router")
             (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         acc.wait_for_everyone()
         return summary
+
+    @torch.no_grad()
+    def movement(self, threshold: float) -> dict:
+        """How far the router moved from its initialisation: hard decisions changed (compute <-> rebuild,
+        steps 1..T-1, at the initial and final thresholds), mean |logit change|, and the coefficient
+        change on the branches the final schedule rebuilds."""
+        router, initial = self.router, self.initial
+        final = router.compute_mask(threshold)
+        changed = (final[1:] != initial["schedule"][1:]).sum().item()
+        rebuilt = ~final
+        delta = (router.coefficients - initial["coefficients"]).abs()
+        return {
+            "decisions_changed": int(changed),
+            "decisions": int(final[1:].numel()),
+            "mean_abs_logit_change": round((router.logits - initial["logits"])[1:].abs().mean().item(), 4),
+            "mean_abs_coefficient_change": round(delta[rebuilt].mean().item(), 4) if rebuilt.any() else 0.0,
+            "max_abs_coefficient_change": round(delta[rebuilt].max().item(), 4) if rebuilt.any() else 0.0,
+        }
 
     # settings that may change between a run and its resumption
     RESUMABLE_CHANGES = ("checkpoint_every", "output_dir")
@@ -379,7 +450,7 @@ class RouterTrainer:
         path = self.output / "run_config.json"
         current = {k: v for k, v in asdict(self.config).items() if k not in self.RESUMABLE_CHANGES}
         router = self.router
-        current["layout"] = [router.pipeline_class, router.transformer_class, router.num_blocks, list(router.branches)]
+        current["layout"] = [router.pipeline_class, router.transformer_class, router.layout.groups]
         # a router is tied to the weights it was trained on: a retrained model at the same path is another run
         # (compared with weights_distance, so that the same weights in another dtype are the same run)
         current["transformer_weights"] = self.weights_summary

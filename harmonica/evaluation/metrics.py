@@ -1,40 +1,29 @@
-"""Measurements of generated images and of what a cached pipeline call costs.
+"""Measurements of generated images.
 
-Image quality
-    * ``fidelity_metrics``: Frechet distance (FD / FID), KID and optionally IS through torch-fidelity,
-      in the feature space of Inception-v3 when its weights can be loaded, else in the feature space
-      of the embedded model's judge (``ShapesJudge``), registered as the torch-fidelity feature
-      extractor ``"harmonica-shapes-judge"``. The judge works offline; Inception needs its weights
-      (a local ``.pth`` path, or torch-fidelity's download when the machine is online).
-    * ``class_accuracy``: the fraction of generated images the judge assigns to the requested class.
-    * ``psnr`` / ``ssim``: agreement of cached images with the uncached images of the same seeds.
-      torch-fidelity does not compute them and torchmetrics is not a dependency, so they are
-      implemented here (SSIM: Wang et al. 2004, Gaussian window 11 / sigma 1.5, K1 0.01, K2 0.03,
-      'valid' filtering as in the authors' reference code, averaged over channels).
+* ``fidelity_metrics``: Frechet distance (FD / FID), KID and optionally IS through torch-fidelity,
+  in the feature space of Inception-v3 when its weights can be loaded, else in the feature space
+  of the embedded model's judge (``ShapesJudge``), registered as the torch-fidelity feature
+  extractor ``"harmonica-shapes-judge"``. The judge works offline; Inception needs its weights
+  (a local ``.pth`` path, or torch-fidelity's download when the machine is online).
+  ``feature_vectors`` gives the same features per image (for bootstrap intervals, ``stats.py``).
+* ``class_accuracy``: the fraction of generated images the judge assigns to the requested class.
+* ``psnr`` / ``ssim``: agreement of cached images with the uncached images of the same seeds.
+  torch-fidelity does not compute them and torchmetrics is not a dependency, so they are
+  implemented here (SSIM: Wang et al. 2004, Gaussian window 11 / sigma 1.5, K1 0.01, K2 0.03,
+  'valid' filtering as in the authors' reference code, averaged over channels).
 
-Cost
-    * ``CallMeter``: counts, for the pipeline calls made while it is attached, the transformer
-      forwards, how many block branches (``attn1`` / ``attn2`` / ``ff``) really ran, the transformer
-      multiply-accumulates actually spent (torch's FLOP formulas, so whatever a caching method does
-      instead of a branch is counted too) and the peak memory of tensors allocated during the call.
-      It works for every method alike, learned or not.
+What a call costs (MACs, cache usage, memory) is measured in ``cost.py``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import weakref
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers.hooks import HookRegistry, ModelHook
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.weak import WeakIdKeyDictionary
 
 JUDGE_EXTRACTOR = "harmonica-shapes-judge"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -62,10 +51,10 @@ def _judge_extractor_class():
         def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
             super().__init__(name, features_list)
             if feature_extractor_weights_path is None:
-                from .embedded import EMBEDDED_JUDGE
+                from ..embedded import EMBEDDED_JUDGE
 
                 feature_extractor_weights_path = EMBEDDED_JUDGE
-            from .judge import ShapesJudge
+            from ..judge import ShapesJudge
 
             self.judge = ShapesJudge.from_pretrained(str(feature_extractor_weights_path)).eval()
             self.requires_grad_(False)
@@ -105,7 +94,7 @@ FEATURE_SCALE_IMAGES = 512
 
 @functools.lru_cache(maxsize=1)
 def _scale_images() -> torch.Tensor:
-    from .data import HELDOUT_SEED, render_shapes
+    from ..data import HELDOUT_SEED, render_shapes
 
     images, _ = render_shapes(range(FEATURE_SCALE_IMAGES), HELDOUT_SEED)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
@@ -179,7 +168,7 @@ def resolve_extractor(choice: str = "auto", inception_weights: str | None = None
             raise RuntimeError(f"Inception-v3 weights cannot be loaded ({why}); pass --inception_weights PATH "
                                "(torch-fidelity's weights-inception-2015-12-05-6726825d.pth)")
     if judge is None:
-        from .embedded import EMBEDDED_JUDGE
+        from ..embedded import EMBEDDED_JUDGE
 
         judge = EMBEDDED_JUDGE
     if not (Path(judge) / "config.json").is_file():
@@ -253,16 +242,47 @@ def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, extractor
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _fid_feature_extractor(name: str, weights_path: str | None, cuda: bool):
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor
+
+    layer = FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid")
+    return create_feature_extractor(name, [layer], cuda=cuda, verbose=False, feature_extractor_weights_path=weights_path)
+
+
 @torch.no_grad()
-def class_accuracies(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> tuple[float, dict[int, float]]:
-    """Fraction of uint8 ``[N, 3, H, W]`` images that ``judge`` classifies as ``labels``, overall and
-    per label ({label: fraction}), from one pass of the judge."""
+def feature_vectors(images: torch.Tensor, extractor: Extractor, device: str | torch.device = "cpu",
+                    batch_size: int = 64) -> torch.Tensor:
+    """float64 ``[N, d]`` features of uint8 ``[N, 3, H, W]`` images in the FD / KID feature space of
+    ``extractor`` (the layer torch-fidelity uses for FID), one row per image: what the bootstrap
+    resamples (``stats.py``)."""
+    if extractor.kind == "judge":
+        register_judge_extractor()
+    cuda = torch.device(device).type == "cuda"
+    fe = _fid_feature_extractor(extractor.name, extractor.weights_path, cuda)
+    out = []
+    for batch in images.cpu().split(batch_size):
+        out.append(fe(batch.cuda() if cuda else batch)[0].double().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def judge_hits(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> torch.Tensor:
+    """bool ``[N]``: the judge classifies image ``i`` as ``labels[i]``."""
     labels = torch.as_tensor(labels).reshape(-1)
     if len(labels) != len(images_uint8):
         raise ValueError(f"{len(images_uint8)} images but {len(labels)} labels")
     device = next(judge.parameters()).device
     preds = torch.cat([judge(judge_input(b.to(device))).argmax(-1).cpu() for b in images_uint8.split(batch_size)])
-    hits = preds == labels
+    return preds == labels
+
+
+def class_accuracies(judge, images_uint8: torch.Tensor, labels, batch_size: int = 512) -> tuple[float, dict[int, float]]:
+    """Fraction of uint8 ``[N, 3, H, W]`` images that ``judge`` classifies as ``labels``, overall and
+    per label ({label: fraction}), from one pass of the judge."""
+    labels = torch.as_tensor(labels).reshape(-1)
+    hits = judge_hits(judge, images_uint8, labels, batch_size)
     return hits.float().mean().item(), {int(c): hits[labels == c].float().mean().item() for c in labels.unique()}
 
 
@@ -334,198 +354,3 @@ def similarity(cached: torch.Tensor, uncached: torch.Tensor) -> dict:
         "identical": int((~torch.isfinite(p)).sum().item()),
         "mean_abs_diff": (_as_float(cached) - _as_float(uncached)).abs().mean().item(),
     }
-
-
-# ========================================================================== cost of a call
-@dataclass
-class CallCost:
-    """What the pipeline calls measured by a ``CallMeter`` spent (summed over calls)."""
-
-    calls: int = 0
-    transformer_forwards: int = 0
-    branch_slots: int = 0  # blocks x branches x transformer forwards
-    branches_computed: int = 0
-    macs: int = 0  # transformer multiply-accumulates (FLOPs / 2)
-    peak_memory_bytes: int | None = None  # tensors allocated during a call (weights excluded), max over calls
-    memory_method: str = ""
-    per_forward_computed: list[int] = field(default_factory=list)
-
-    @property
-    def cache_usage(self) -> float:
-        """Fraction of block-branch computations that were not run (reused, forecast or skipped)."""
-        return 1.0 - self.branches_computed / self.branch_slots if self.branch_slots else 0.0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["cache_usage"] = self.cache_usage
-        return d
-
-
-def _first_linear(module: torch.nn.Module) -> torch.nn.Module:
-    for m in module.modules():
-        if isinstance(m, torch.nn.Linear):
-            return m
-    raise ValueError(f"{type(module).__name__} has no Linear layer to count its computations by")
-
-
-class MacCounter(TorchDispatchMode):
-    """Multiply-accumulates of the ops run while active: torch's FLOP formulas
-    (``torch.utils.flop_counter.flop_registry``) / 2, ops without a formula decomposed first as
-    ``FlopCounterMode`` does. Unlike ``FlopCounterMode`` it tracks no modules, so module trees that
-    other libraries rewrite (cache-dit) do not trip it."""
-
-    def __init__(self):
-        super().__init__()
-        self.flops = 0
-
-    @property
-    def macs(self) -> int:
-        return self.flops // 2
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from torch.utils.flop_counter import flop_registry
-
-        kwargs = kwargs or {}
-        packet = func._overloadpacket
-        if packet not in flop_registry and not isinstance(func, torch._ops.HigherOrderOperator):
-            with self:
-                out = func.decompose(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(packet)
-        if formula is not None:
-            self.flops += int(formula(*args, **kwargs, out_val=out))
-        return out
-
-
-class _MacHook(ModelHook):
-    """Counts the MACs of each transformer forward (registered last, so it wraps every other hook)."""
-
-    NAME = "harmonica_eval_meter"
-
-    def __init__(self, meter: "CallMeter"):
-        super().__init__()
-        self.meter = meter
-
-    def new_forward(self, module, *args, **kwargs):
-        if not self.meter.count_macs:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        with MacCounter() as counter:
-            out = self.fn_ref.original_forward(*args, **kwargs)
-        self.meter.cost.macs += counter.macs
-        return out
-
-
-class CallMeter:
-    """Attach to a pipeline, run calls inside ``measure()``, read ``cost``.
-
-    Branch computations are counted by a forward pre-hook on the first ``Linear`` of every branch
-    module: a reused, forecast or skipped branch never reaches it. Transformer forwards are counted by
-    a forward pre-hook on the transformer. MACs (``count_macs=True``) by ``MacCounter`` around each
-    transformer forward. Peak memory: CUDA's allocator peak above the memory in use at the start
-    of the call, or elsewhere ``LiveTensorBytes`` (tensors allocated during the call and alive).
-    """
-
-    def __init__(self, pipe, count_macs: bool = True, track_memory: bool = True):
-        from .blocks import branch_modules
-
-        self.pipe = pipe
-        self.count_macs = count_macs
-        self.track_memory = track_memory
-        self.cost = CallCost()
-        self._handles = []
-        transformer = pipe.transformer
-        rows = branch_modules(transformer)
-        self._slots_per_forward = sum(len(r) for r in rows)
-        for row in rows:
-            for module in row:
-                self._handles.append(_first_linear(module).register_forward_pre_hook(self._bump))
-        self._handles.append(transformer.register_forward_pre_hook(self._forward))
-        self._registry = HookRegistry.check_if_exists_or_initialize(transformer)
-        self._registry.register_hook(_MacHook(self), _MacHook.NAME)
-        self._computed_this_forward = None
-
-    def _bump(self, *_):
-        self.cost.branches_computed += 1
-        if self._computed_this_forward is not None:
-            self._computed_this_forward[-1] += 1
-
-    def _forward(self, *_):
-        self.cost.transformer_forwards += 1
-        self.cost.branch_slots += self._slots_per_forward
-        self.cost.per_forward_computed.append(0)
-        self._computed_this_forward = self.cost.per_forward_computed
-
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._registry.remove_hook(_MacHook.NAME, recurse=False)
-
-    @contextmanager
-    def measure(self):
-        """Measure one pipeline call (or several: counts add up, memory is the max)."""
-        device = self.pipe.transformer.device
-        self.cost.calls += 1
-        if not self.track_memory:
-            yield self.cost
-            return
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            start = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            yield self.cost
-            torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_allocated(device) - start
-            self.cost.memory_method = "CUDA allocator peak above the memory in use before the call"
-        else:
-            tracker = LiveTensorBytes()
-            with tracker:
-                yield self.cost
-            peak = tracker.peak
-            self.cost.memory_method = "peak bytes of live tensors allocated during the call (dispatch-mode count)"
-        self.cost.peak_memory_bytes = max(peak, self.cost.peak_memory_bytes or 0)
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Peak bytes of tensor storage allocated while the mode is active and still alive (any device).
-
-    Every op's outputs are inspected; a storage seen for the first time is counted until it is freed
-    (a weakref finalizer on the storage). Views share their base's storage and are counted once.
-    Slower than the plain call: measure in a separate, untimed call.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._seen = WeakIdKeyDictionary()
-
-    def _free(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                if storage not in self._seen:
-                    nbytes = storage.nbytes()
-                    self._seen[storage] = nbytes
-                    self.live += nbytes
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._free, nbytes)
-        return out
-
-
-def weights_bytes(pipe) -> int:
-    """Bytes of the parameters and buffers of every torch module of the pipeline (shared tensors once)."""
-    seen, total = set(), 0
-    for comp in pipe.components.values():
-        if isinstance(comp, torch.nn.Module):
-            for t in list(comp.parameters()) + list(comp.buffers()):
-                if t.data_ptr() not in seen:
-                    seen.add(t.data_ptr())
-                    total += t.numel() * t.element_size()
-    return total

@@ -1,0 +1,32 @@
+"""Model families: everything harmonica knows about a family of diffusers pipelines, one module each.
+
+See ``spec`` for what a family spec holds and ``registry`` for the list of families.
+"""
+
+from .registry import (
+    FAMILIES,
+    SUPPORTED_PIPELINES,
+    UnsupportedPipelineError,
+    blocks_of,
+    family_for,
+    pipeline_transformers,
+    transformer_blocks,
+    unsupported,
+)
+from .spec import BlockInfo, BlockKind, Branch, Family, Fused
+
+__all__ = [
+    "FAMILIES",
+    "SUPPORTED_PIPELINES",
+    "BlockInfo",
+    "BlockKind",
+    "Branch",
+    "Family",
+    "Fused",
+    "UnsupportedPipelineError",
+    "blocks_of",
+    "family_for",
+    "pipeline_transformers",
+    "transformer_blocks",
+    "unsupported",
+]

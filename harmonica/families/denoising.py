@@ -1,0 +1,82 @@
+"""One denoising step of a pipeline, outside the pipeline's own loop, for router training.
+
+Router training drives the loop step by step (student, teacher, optimizer step, scheduler step), so
+it needs what the pipeline does inside one iteration: draw the initial latents and the conditioning,
+run the transformer (on the classifier-free-guidance batch, or once per guidance branch), and turn
+its output into what the scheduler steps with. Each family has one ``Denoiser`` subclass in its
+module; this base holds what they share.
+
+Interface used by ``harmonica.training``:
+
+* ``set_timesteps(scheduler, num_steps)``: the schedule of one call (some families pass extra
+  arguments, e.g. Flux's resolution-dependent shift);
+* ``initial_latents(batch, generator)`` and ``conditions(batch, generator)``;
+* ``forward(x, t, cond)``: the raw transformer output(s) of one step (a tensor; with true CFG the
+  conditional and unconditional outputs concatenated along the batch), computed under the
+  transformer's ``cache_context`` names the pipeline itself uses ("cond" / "uncond");
+* ``guided(raw)``: what the scheduler steps with.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+
+@contextmanager
+def cache_context(transformer: torch.nn.Module, name: str):
+    """diffusers' ``transformer.cache_context(name)``, also for transformers without ``CacheMixin``."""
+    from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+    _set_cache_context(transformer, CacheContext(name))
+    try:
+        yield
+    finally:
+        _set_cache_context(transformer, None)
+
+
+class Denoiser:
+    """What every adapter shares: the transformer, guidance, and latents of the transformer's shape."""
+
+    def __init__(self, pipe, guidance_scale: float):
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.guidance_scale = float(guidance_scale)
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    def set_timesteps(self, scheduler, num_steps: int) -> None:
+        scheduler.set_timesteps(num_steps, device=self.device)
+
+    def latent_shape(self, batch: int) -> tuple[int, ...]:
+        config = self.transformer.config
+        return (batch, config.in_channels, config.sample_size, config.sample_size)
+
+    def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        x = torch.randn(self.latent_shape(batch), generator=generator)
+        return x.to(self.device, self.transformer.dtype)
+
+    def context(self, name: str):
+        """The cache context a pipeline of this family sets around a forward (none by default)."""
+        return nullcontext()
+
+    def combine(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        return uncond + self.guidance_scale * (cond - uncond)
+
+
+class PromptsMixin:
+    """Conditioning by prompts drawn from a list."""
+
+    def pick_prompts(self, batch: int, generator: torch.Generator) -> list[str]:
+        if not self.prompts:
+            raise ValueError(f"{type(self.pipe).__name__} router training needs prompts (a text or JSON file, or a "
+                             "datasets dataset)")
+        idx = torch.randint(0, len(self.prompts), (batch,), generator=generator).tolist()
+        return [self.prompts[i] for i in idx]

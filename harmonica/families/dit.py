@@ -1,0 +1,111 @@
+"""DiT (``DiTPipeline``, class-conditional): blocks are diffusers' ``BasicTransformerBlock``.
+
+A ``BasicTransformerBlock`` has self-attention ``attn1``, an optional cross-attention ``attn2``
+(PixArt) and the MLP ``ff``, each added to one image stream; with ``ada_norm_zero`` (DiT) or
+``ada_norm_single`` (PixArt) norms, ``attn1`` and ``ff`` are gated, ``attn2`` is not.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .denoising import Denoiser
+from .spec import BlockKind, Branch, Family, Fused
+
+
+def basic_branches(block) -> tuple[Branch, ...]:
+    names = ("attn1", "attn2", "ff") if getattr(block, "attn2", None) is not None else ("attn1", "ff")
+    return tuple(Branch(name, name) for name in names)
+
+
+def basic_check(block) -> None:
+    if getattr(block, "_chunk_size", None) is not None:
+        raise ValueError(
+            "feed-forward chunking is enabled on this transformer (enable_forward_chunking); it calls the "
+            "MLP once per chunk, which a per-branch cache cannot follow. Call "
+            "transformer.disable_forward_chunking() before enabling harmonica."
+        )
+    if getattr(block, "only_cross_attention", False):
+        raise ValueError("blocks with only_cross_attention=True are not supported")
+
+
+def basic_gates(block, call: dict) -> list:
+    """adaLN gates of a BasicTransformerBlock, as its forward computes them (attn2 is ungated)."""
+    hidden, timestep = call["hidden_states"], call.get("timestep")
+    if block.norm_type == "ada_norm_zero":
+        norm = block.norm1
+        emb = norm.emb(timestep, call.get("class_labels"), hidden_dtype=hidden.dtype)
+        chunks = norm.linear(norm.silu(emb)).chunk(6, dim=1)
+        gate_msa, gate_mlp = chunks[2].unsqueeze(1), chunks[5].unsqueeze(1)
+    else:  # ada_norm_single
+        chunks = (block.scale_shift_table[None] + timestep.reshape(hidden.shape[0], 6, -1)).chunk(6, dim=1)
+        gate_msa, gate_mlp = chunks[2], chunks[5]
+    return [gate_msa] + ([None] if block.attn2 is not None else []) + [gate_mlp]
+
+
+BASIC_BLOCK = BlockKind(
+    block_class="BasicTransformerBlock",
+    branches=basic_branches,
+    check=basic_check,
+    fused=Fused(
+        streams=lambda call: {"image": call["hidden_states"]},
+        gates=basic_gates,
+        output=lambda call, streams: streams["image"],
+        applies=lambda block: block.norm_type in ("ada_norm_zero", "ada_norm_single")
+        and getattr(block, "pos_embed", None) is None,
+    ),
+)
+
+
+def num_classes_of(pipe) -> int:
+    """Class count of a DiT pipeline: its ``id2label`` table when it has one, else ImageNet's 1000."""
+    labels = getattr(pipe, "labels", None)
+    return len(labels) if labels else 1000
+
+
+class DiTDenoiser(Denoiser):
+    """Class-conditional DiT: conditioning is a batch of class labels, CFG batched as [cond; null]."""
+
+    null_class = 1000  # DiTPipeline hard-codes it
+
+    def __init__(self, pipe, guidance_scale: float = 1.5, prompts=None, num_classes: int | None = None):
+        super().__init__(pipe, guidance_scale)
+        self.num_classes = num_classes or num_classes_of(pipe)
+
+    def conditions(self, batch: int, generator: torch.Generator) -> dict:
+        labels = torch.randint(0, self.num_classes, (batch,), generator=generator)
+        return {"class_labels": labels.to(self.device)}
+
+    def forward(self, x: torch.Tensor, t, cond: dict) -> torch.Tensor:
+        """Raw transformer output on the CFG batch ([cond; null] when guidance is on)."""
+        labels = cond["class_labels"]
+        if self.cfg:
+            x = torch.cat([x, x])
+            labels = torch.cat([labels, torch.full_like(labels, self.null_class)])
+        t = torch.as_tensor(t, device=x.device).reshape(-1)[:1].expand(x.shape[0])
+        return self.transformer(x, timestep=t, class_labels=labels).sample
+
+    def guided(self, raw: torch.Tensor) -> torch.Tensor:
+        out = raw
+        channels = self.transformer.config.in_channels
+        if self.transformer.config.out_channels // 2 == channels:  # learned sigma: drop the variance
+            out = out[:, :channels]
+        if self.cfg:
+            out = self.combine(*out.chunk(2))
+        return out
+
+
+def dit_call_kwargs(pipe, conditions, **extra) -> dict:
+    return {"class_labels": [int(c) for c in conditions]}
+
+
+DIT = Family(
+    name="dit",
+    pipelines=("DiTPipeline",),
+    block_lists=("transformer_blocks",),
+    kinds=(BASIC_BLOCK,),
+    denoiser=DiTDenoiser,
+    call_kwargs=dit_call_kwargs,
+    conditioning="class",
+    notes="DiT-XL/2 and the embedded shapes DiT; CFG batched into one forward",
+)
