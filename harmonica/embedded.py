@@ -1,9 +1,13 @@
-"""The embedded default: a small class-conditional latent DiT trained by this project on the shapes data.
+"""The embedded models trained by this project on the shapes data.
 
-Its architecture lives here so that the training scripts, the tests and the evaluation build the
-same models. The trained pipeline ships in ``pipelines/shapes-dit`` as a stock ``DiTPipeline``
-folder; the judge (classifier) ships in ``pipelines/shapes-dit/judge``. An installed wheel carries
-``pipelines/`` as ``harmonica/_pipelines`` (``PIPELINES_DIR`` is whichever is in use).
+* The default: a small class-conditional latent DiT, a stock ``DiTPipeline`` folder in
+  ``pipelines/shapes-dit``; the judge (classifier) ships in ``pipelines/shapes-dit/judge``.
+* A text-to-image Flux-style model (flow matching, double- and single-stream blocks, true CFG) on
+  the captioned shapes, a stock ``FluxPipeline`` folder in ``pipelines/shapes-flux``.
+
+Their architectures live here so that the training scripts, the tests and the evaluation build the
+same models. An installed wheel carries ``pipelines/`` as ``harmonica/_pipelines``
+(``PIPELINES_DIR`` is whichever is in use).
 """
 
 from __future__ import annotations
@@ -99,3 +103,232 @@ def save_pipeline(path: str | Path, transformer, vae) -> None:
     index = json.loads(index_file.read_text())
     index["id2label"] = id2label()
     index_file.write_text(json.dumps(index, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The second embedded model: a small text-to-image Flux-style pipeline (stock diffusers
+# FluxPipeline, flow matching, double- and single-stream blocks) trained on the captioned shapes
+# (harmonica.data.captioned_shapes_dataset). Ships in pipelines/shapes-flux; see its TRAINING.md.
+
+# The reasons for these settings, with the measurements behind them: pipelines/shapes-flux/TRAINING.md.
+FLUX_PIPELINE = PIPELINES_DIR / "shapes-flux"
+FLUX_MAX_SEQUENCE_LENGTH = 16  # T5 and CLIP token budget (longest caption: 10 T5 / 11 CLIP tokens)
+FLUX_NEGATIVE_PROMPT = ""  # the unconditional prompt of true CFG (training drops captions to it)
+FLUX_STEPS = 20  # Euler steps, as the DiT's DDIM steps
+FLUX_TRUE_CFG = 4.0  # true_cfg_scale: two transformer forwards per step
+FLUX_SHIFT = 1.0  # static timestep shift of the scheduler and of the training timesteps
+FLUX_IMAGE_SIZE = 32
+FLUX_TEXT_SEED = 0  # the frozen random text encoders are a function of this seed (and the configs)
+
+
+def flux_transformer_config(hidden: int = 128, heads: int = 4, double: int = 4, single: int = 8,
+                            text_dim: int = 64, pooled_dim: int = 64) -> dict:
+    """FluxTransformer2DModel on the packed 8x8x4 latent (16 tokens of 2x2x4 = 16 channels)."""
+    head_dim = hidden // heads
+    if head_dim * heads != hidden or head_dim % 4 or head_dim < 8:
+        raise ValueError(f"hidden {hidden} must be heads ({heads}) x a multiple of 4 that is at least 8")
+    # rotary axes (a constant axis 0, row, column), even sizes summing to the head dim (Flux: 16, 56, 56)
+    side = head_dim * 3 // 8 // 2 * 2
+    axes = (head_dim - 2 * side, side, side)
+    return dict(
+        patch_size=1,
+        in_channels=16,
+        out_channels=None,
+        num_layers=double,
+        num_single_layers=single,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=text_dim,
+        pooled_projection_dim=pooled_dim,
+        guidance_embeds=False,
+        axes_dims_rope=axes,
+    )
+
+
+def flux_scheduler_config(shift: float = FLUX_SHIFT) -> dict:
+    """Flow matching, Euler; a static shift (sampling ignores FluxPipeline's resolution-based mu)."""
+    return dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift, use_dynamic_shifting=False)
+
+
+def _clip_vocab_and_merges(words) -> tuple[dict, list[tuple[str, str]]]:
+    """A byte-level BPE vocabulary in which every caption word is one token ("red</w>").
+
+    Merges are added word by word; each word's merges go after all earlier ones, so they never fire
+    inside an earlier word (its own, lower-ranked merges always apply first)."""
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    chars = sorted({c for w in words for c in w})
+    vocab: dict[str, int] = {}
+    for token in specials + chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+
+    def segment(word):
+        rank = {m: i for i, m in enumerate(merges)}
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(symbols) > 1:
+            r, i = min((rank.get(pair, len(merges)), i) for i, pair in enumerate(zip(symbols, symbols[1:])))
+            if r == len(merges):
+                break
+            symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+        return symbols
+
+    for word in words:
+        symbols = segment(word)
+        while len(symbols) > 1:
+            merges.append((symbols[0], symbols[1]))
+            vocab.setdefault(symbols[0] + symbols[1], len(vocab))
+            symbols = [symbols[0] + symbols[1]] + symbols[2:]
+    return vocab, merges
+
+
+def build_clip_tokenizer():
+    """CLIPTokenizer built in memory: one token per caption word, 16 positions."""
+    from transformers import CLIPTokenizer
+
+    from .data import caption_vocabulary
+
+    vocab, merges = _clip_vocab_and_merges(caption_vocabulary())
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=FLUX_MAX_SEQUENCE_LENGTH)
+
+
+def build_t5_tokenizer():
+    """T5Tokenizer (unigram) built in memory: one piece per caption word."""
+    from transformers import T5Tokenizer
+
+    from .data import caption_vocabulary
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in caption_vocabulary()]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=FLUX_MAX_SEQUENCE_LENGTH)
+
+
+def clip_text_config(vocab_size: int, width: int = 64):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width,
+                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=FLUX_MAX_SEQUENCE_LENGTH,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=width)
+
+
+def t5_config(vocab_size: int, width: int = 64):
+    from transformers import T5Config
+
+    return T5Config(vocab_size=vocab_size, d_model=width, d_kv=width // 4, d_ff=2 * width, num_layers=2,
+                    num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def build_text_encoders(seed: int = FLUX_TEXT_SEED, width: int = 64):
+    """(CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer): frozen, randomly initialised
+    (never trained), in eval mode. The training script saves them once and reuses the saved copy."""
+    import torch
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    tokenizer, tokenizer_2 = build_clip_tokenizer(), build_t5_tokenizer()
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        clip = CLIPTextModel(clip_text_config(len(tokenizer), width))
+        t5 = T5EncoderModel(t5_config(len(tokenizer_2), width))
+    finally:
+        torch.random.set_rng_state(state)
+    return clip.eval().requires_grad_(False), tokenizer, t5.eval().requires_grad_(False), tokenizer_2
+
+
+def with_latent_stats(vae, shift_factor: float, scaling_factor: float):
+    """Set the VAE's latent normalisation (FluxPipeline decodes latents / scaling + shift)."""
+    vae.register_to_config(shift_factor=float(shift_factor), scaling_factor=float(scaling_factor))
+    return vae
+
+
+def build_flux_pipeline(transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
+                        shift: float = FLUX_SHIFT):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    if vae.config.shift_factor is None:
+        raise ValueError("FluxPipeline needs vae.config.shift_factor: use with_latent_stats(vae, ...)")
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**flux_scheduler_config(shift)),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+def save_flux_pipeline(path: str | Path, transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
+                       shift: float = FLUX_SHIFT):
+    """Write a stock FluxPipeline folder (loads offline with FluxPipeline.from_pretrained(path))."""
+    pipe = build_flux_pipeline(transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, shift)
+    pipe.save_pretrained(path)
+    return pipe
+
+
+def flux_call_kwargs(num_prompts: int | None = None, **overrides) -> dict:
+    """The arguments every caller of the embedded Flux pipeline passes: 32x32, the shipped step count,
+    true CFG against the empty prompt, the fixed token budget. Give ``num_prompts`` (the number of
+    prompts in the call) so the unconditional pass gets one empty prompt per image; a single ""
+    gives the same images (FluxPipeline broadcasts it inside the transformer) but runs the first
+    block's text stream at batch 1."""
+    kw = dict(
+        height=FLUX_IMAGE_SIZE,
+        width=FLUX_IMAGE_SIZE,
+        num_inference_steps=FLUX_STEPS,
+        negative_prompt=FLUX_NEGATIVE_PROMPT if num_prompts is None else [FLUX_NEGATIVE_PROMPT] * num_prompts,
+        true_cfg_scale=FLUX_TRUE_CFG,
+        max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH,
+    )
+    kw.update(overrides)
+    return kw
+
+
+def flux_eval_set(per_class: int, seed: int | None = None):
+    """Held-out prompts for checking the Flux model: the first ``per_class`` captioned held-out items
+    of each class, class by class. Returns (captions, labels int64 [N], colour ids int64 [N, 2])."""
+    import numpy as np
+
+    from .data import HELDOUT_SEED, NUM_CLASSES, render_captioned_shape
+
+    seed = HELDOUT_SEED if seed is None else seed
+    chosen: list[list[dict]] = [[] for _ in range(NUM_CLASSES)]
+    index = 0
+    while min(len(c) for c in chosen) < per_class:
+        item = render_captioned_shape(index, seed)
+        if len(chosen[item["label"]]) < per_class:
+            chosen[item["label"]].append(item)
+        index += 1
+    items = [it for per in chosen for it in per]
+    return ([it["caption"] for it in items], np.asarray([it["label"] for it in items], dtype=np.int64),
+            np.asarray([(it["foreground"], it["background"]) for it in items], dtype=np.int64).reshape(-1, 2))
+
+
+def evaluate_flux(pipe, judge, per_class: int = 20, seed: int = 0, batch_size: int = 100, out_png=None,
+                  **call_overrides) -> dict:
+    """Sample ``per_class`` held-out captions per class with the stock FluxPipeline (true CFG, the
+    shipped step count unless overridden) and judge them: class accuracy (ShapesJudge) and colour
+    accuracy (shape and background colour both right; each alone too). Optionally a PNG grid, one
+    row per class (the first 10 samples of each)."""
+    import torch
+
+    from .data import NUM_CLASSES
+    from .judge import colour_report
+
+    captions, labels, colours = flux_eval_set(per_class)
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for start in range(0, len(captions), batch_size):
+        prompts = captions[start : start + batch_size]
+        out = pipe(prompts, generator=generator, output_type="pt", **flux_call_kwargs(len(prompts), **call_overrides))
+        images.append(out.images.float())
+    images = torch.cat(images)
+    if out_png is not None:
+        from .viz import save_image_grid
+
+        save_image_grid(images.reshape(NUM_CLASSES, per_class, *images.shape[1:])[:, :10], out_png)
+    report = {"num_samples": len(captions)}
+    if judge is not None:
+        report["class_accuracy"] = (judge.predict(images * 2 - 1) == torch.from_numpy(labels)).float().mean().item()
+    colour = colour_report(images, colours)
+    report.update(colour_accuracy=colour["both"], foreground_accuracy=colour["foreground"],
+                  background_accuracy=colour["background"])
+    return report

@@ -155,3 +155,185 @@ def flux_call_kwargs(true_cfg: bool = True, **extra):
         kw.update(negative_prompt=["", ""], true_cfg_scale=4.0)
     kw.update(extra)
     return kw
+
+
+def tiny_sd3_pipeline(dual_attention: bool = False, num_layers: int = 2):
+    """SD3 (MMDiT; the last block is context_pre_only); ``dual_attention``: SD3.5-like, block 0 has attn2."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer, text_encoder = tiny_clip(hidden=16, projection=16, with_projection=True)
+    tokenizer_2, text_encoder_2 = tiny_clip(hidden=16, projection=16, with_projection=True)
+    tokenizer_3, text_encoder_3 = tiny_t5()
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4,
+                                        num_layers=num_layers, attention_head_dim=8, num_attention_heads=2,
+                                        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+                                        pos_embed_max_size=8, dual_attention_layers=(0,) if dual_attention else (),
+                                        qk_norm="rms_norm" if dual_attention else None).eval()
+    randomize_zero_init(transformer)
+    vae = tiny_vae()
+    vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+    return StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                                    text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                                    tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+                                    transformer=transformer)
+
+
+def sd3_call_kwargs(**extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=16, width=16,
+              max_sequence_length=8, output_type="pt", guidance_scale=4.5)
+    kw.update(extra)
+    return kw
+
+
+def tiny_gemma(hidden: int = 16):
+    """A character-level Gemma tokenizer built in memory and a 2-layer random Gemma2 encoder (Sana)."""
+    from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["\u2581"]
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=[])
+    torch.manual_seed(3)
+    config = Gemma2Config(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+                          pad_token_id=0, eos_token_id=1, bos_token_id=2, attn_implementation="eager")
+    return tokenizer, Gemma2Model(config).eval()
+
+
+def tiny_dc_vae():
+    """A 3-level DC-AE (spatial factor 4): Sana wants sides divisible by 32, so 32x32 images are 8x8 latents."""
+    from diffusers import AutoencoderDC
+
+    torch.manual_seed(0)
+    return AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
+                         encoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+                         decoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
+                         encoder_block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+                         encoder_qkv_multiscales=((), (), (5,)), decoder_qkv_multiscales=((), (), (5,)),
+                         encoder_layers_per_block=(1, 1, 1), decoder_layers_per_block=(1, 1, 1),
+                         downsample_block_type="conv", upsample_block_type="interpolate",
+                         decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407).eval()
+
+
+def tiny_sana_pipeline(num_layers: int = 2):
+    from diffusers import DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    tokenizer, text_encoder = tiny_gemma()
+    torch.manual_seed(0)
+    transformer = SanaTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers,
+                                         num_attention_heads=2, attention_head_dim=8, num_cross_attention_heads=2,
+                                         cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
+                                         sample_size=8).eval()
+    randomize_zero_init(transformer)
+    scheduler = DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    return SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=tiny_dc_vae(),
+                        scheduler=scheduler)
+
+
+def sana_call_kwargs(**extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=32, width=32,
+              max_sequence_length=16, output_type="pt", guidance_scale=4.5, use_resolution_binning=False,
+              complex_human_instruction=None)
+    kw.update(extra)
+    return kw
+
+
+def tiny_wan_vae(ti2v: bool = False):
+    """A tiny Wan video VAE (spatial factor 8, temporal 4); ``ti2v``: Wan 2.2 TI2V's 48-channel patchified
+    VAE (spatial factor 16)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    if ti2v:
+        return AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+                                latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1],
+                                num_res_blocks=1, scale_factor_spatial=16, scale_factor_temporal=4,
+                                temperal_downsample=[False, True, True]).eval()
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def tiny_wan_transformer(in_channels: int = 16, num_layers: int = 2, seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
+                                        in_channels=in_channels, out_channels=in_channels, text_dim=32, freq_dim=32,
+                                        ffn_dim=32, num_layers=num_layers, cross_attn_norm=True,
+                                        qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    randomize_zero_init(transformer)
+    return transformer
+
+
+def tiny_wan_pipeline(two_experts: bool = False, ti2v: bool = False, boundary_ratio: float = 0.5):
+    """Wan 2.1 T2V; ``two_experts``: Wan 2.2 A14B-like (``transformer_2`` takes over below ``boundary_ratio``);
+    ``ti2v``: Wan 2.2 TI2V-5B-like (per-token timesteps, ``expand_timesteps=True``)."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    tokenizer, text_encoder = tiny_t5(umt5=True)
+    channels = 48 if ti2v else 16
+    extra = {}
+    if two_experts:
+        extra = dict(transformer_2=tiny_wan_transformer(channels, seed=1), boundary_ratio=boundary_ratio)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_wan_vae(ti2v),
+                       transformer=tiny_wan_transformer(channels), scheduler=scheduler, expand_timesteps=ti2v, **extra)
+
+
+def wan_call_kwargs(**extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=32, width=32,
+              num_frames=5, max_sequence_length=8, output_type="pt", guidance_scale=5.0)
+    kw.update(extra)
+    return kw
+
+
+def tiny_qwen_vl(hidden: int = 16):
+    """A byte-level Qwen2 tokenizer built in memory (with the chat-template tokens) and a 2-layer random
+    Qwen2.5-VL text encoder (Qwen-Image)."""
+    from tokenizers import AddedToken, pre_tokenizers
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tokenizer.add_tokens([AddedToken(token, special=True) for token in specials[1:]])
+    ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
+    text = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, vocab_size=len(vocab), rope_theta=1e6,
+                rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}, **ids)
+    vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=hidden)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, hidden_size=hidden, vocab_size=len(vocab),
+                              vision_start_token_id=1, vision_end_token_id=2, vision_token_id=0, image_token_id=0,
+                              video_token_id=0, **ids)
+    torch.manual_seed(4)
+    return tokenizer, Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_qwenimage_pipeline(num_layers: int = 2):
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+
+    tokenizer, text_encoder = tiny_qwen_vl()
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=num_layers,
+                                              attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(2, 2, 4)).eval()
+    randomize_zero_init(transformer)
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4,
+                                 latents_std=[1.0] * 4).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02)
+    return QwenImagePipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
+                             tokenizer=tokenizer)
+
+
+def qwenimage_call_kwargs(true_cfg: bool = True, **extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=32, width=32,
+              max_sequence_length=16, output_type="pt")
+    if true_cfg:
+        kw.update(negative_prompt=[" ", " "], true_cfg_scale=4.0)
+    kw.update(extra)
+    return kw

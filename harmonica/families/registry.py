@@ -11,9 +11,13 @@ from torch import nn
 from .dit import DIT
 from .flux import FLUX
 from .pixart import PIXART
+from .qwenimage import QWENIMAGE
+from .sana import SANA
+from .sd3 import SD3
 from .spec import BlockInfo, Family
+from .wan import WAN
 
-FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX)
+FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX, SD3, SANA, WAN, QWENIMAGE)
 SUPPORTED_PIPELINES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.pipelines)
 
 

@@ -100,6 +100,8 @@ class RouterTrainingConfig:
     width: int | None = _setting(None, "image width of the training trajectories (unset: the pipeline's own)")
     max_sequence_length: int | None = _setting(None, "prompt length in tokens, for text-to-image families that "
                                                "take it (unset: the pipeline's own)")
+    num_frames: int | None = _setting(None, "video length of the training trajectories, for video families (Wan) "
+                                      "(unset: the pipeline's own)")
     prompts: list[str] = _setting([], "text-to-image families: prompts the trajectories draw from")
 
     def check(self) -> None:
@@ -136,7 +138,7 @@ class RouterTrainingConfig:
         kind, _, order = self.forecast_init.partition(":")
         if not (kind == "reuse" and not order or kind == "taylor" and (not order or order.isdigit())):
             raise ValueError(f"forecast_init must be 'reuse', 'taylor' or 'taylor:N', got {self.forecast_init!r}")
-        for name in ("height", "width", "max_sequence_length"):
+        for name in ("height", "width", "max_sequence_length", "num_frames"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 when given, got {getattr(self, name)}")
         if not 0 <= self.lambda_floor <= 1:
@@ -214,7 +216,7 @@ class RouterTrainer:
         # the weights the router is trained for: recorded in the run folder and in the saved router
         self.weights_summary = weights_summary(pipe.transformer)
         layout = describe(pipe)
-        options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length")
+        options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length", "num_frames")
                    if getattr(config, k) is not None}
         try:
             self.denoiser = family.denoiser(pipe, config.guidance_scale, config.prompts, **options)
