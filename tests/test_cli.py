@@ -140,9 +140,8 @@ def test_every_router_training_setting_has_help(train_router):
     assert f"(default: {RouterTrainingConfig().trajectories})" in text
 
 
-SCRIPTS = ["train/train_router.py", "train/train_dit.py", "train/train_judge.py", "train/train_vae.py",
-           "eval/fid.py", "eval/speed.py", "eval/pareto.py", "eval/hook_overhead.py", "eval/router_memory.py",
-           "eval/kernel_bench.py", "eval/weights_check.py", "harmonica/demo.py"]
+SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in [*REPO.glob("train/*.py"), *REPO.glob("eval/*.py")])
+SCRIPTS.append("harmonica/demo.py")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
