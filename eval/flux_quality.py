@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
+from harmonica.cli import HelpFormatter
 from harmonica.embedded import FLUX_PIPELINE, FLUX_STEPS, FLUX_TRUE_CFG, evaluate_flux, flux_scheduler_config
 from harmonica.judge import ShapesJudge
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pipeline", default=str(FLUX_PIPELINE))
     p.add_argument("--judge", default=str(REPO / "pipelines" / "shapes-dit" / "judge"))
     p.add_argument("--per_class", type=int, default=20)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from diffusers import FluxPipeline
 
+from harmonica.cli import HelpFormatter
 from harmonica.data import COLOUR_NAMES, COLOUR_PAIRS, NUM_CLASSES, SIZE_WORDS, make_caption, parse_caption
 from harmonica.embedded import FLUX_MAX_SEQUENCE_LENGTH, build_text_encoders
 
@@ -43,7 +44,7 @@ def probe(x, y, seed=0):
 
 @torch.no_grad()
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--encoders", default=None, help="a run's text_encoders folder (default: build them)")
     args = p.parse_args()
     if args.encoders:

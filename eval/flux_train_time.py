@@ -18,6 +18,7 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from diffusers.training_utils import EMAModel
 
+from harmonica.cli import HelpFormatter
 from harmonica.embedded import flux_transformer_config
 
 
@@ -51,7 +52,7 @@ def time_size(hidden, heads, double, single, batch, seq, steps, warmup, text_dim
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--size", action="append", default=None, help="hidden,heads,double,single (repeatable)")
     p.add_argument("--batch", type=int, action="append", default=None)
     p.add_argument("--seq", type=int, default=16, help="text tokens (max_sequence_length)")

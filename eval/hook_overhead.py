@@ -14,11 +14,12 @@ import torch
 
 import harmonica
 from harmonica.benchmark import time_interleaved
+from harmonica.cli import HelpFormatter
 from harmonica.embedded import DEFAULT_STEPS, EMBEDDED_PIPELINE
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pipeline", default=str(EMBEDDED_PIPELINE))
     p.add_argument("--batch", type=int, default=8, help="images per call (CFG doubles the transformer batch)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from harmonica.cli import HelpFormatter
 from harmonica.kernels import CachePool, apply_branch, backend, gather_apply
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,7 +32,7 @@ L2_FLUSH_BYTES = 256 * 2**20
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes (the default without CUDA)")
     parser.add_argument("--full", action="store_true", help="the full DiT-XL/2 grid even on the CPU (slow)")
     parser.add_argument("--batch", type=int, nargs="+", help=f"batch sizes (full: {FULL['batch']})")

@@ -38,9 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_parser():
+    from harmonica.cli import HelpFormatter
     from harmonica.evaluation import DEFAULT_LEVELS, add_error_bar_args, add_pipeline_args
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_pipeline_args(p)
     add_error_bar_args(p)
     p.add_argument("--method", action="append", default=None, help="method string (repeatable); default: all")

@@ -13,13 +13,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harmonica.cli import HelpFormatter
 from harmonica.embedded import EMBEDDED_PIPELINE
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pipeline", default=str(EMBEDDED_PIPELINE))
     p.add_argument("--steps", type=int, nargs="+", default=[10, 50])
     p.add_argument("--batch_size", type=int, default=16)

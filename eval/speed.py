@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_parser():
+    from harmonica.cli import HelpFormatter
     from harmonica.evaluation import add_pipeline_args
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_pipeline_args(p, default_batch=8)
     p.add_argument("--method", action="append", default=None,
                    help="method string NAME[=KNOB[,KNOB]][@ROUTER_DIR] (repeatable); default: all available")

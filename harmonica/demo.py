@@ -15,13 +15,14 @@ import torch
 
 import harmonica
 from harmonica.benchmark import time_interleaved
+from harmonica.cli import HelpFormatter
 from harmonica.embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS, EMBEDDED_PIPELINE, EMBEDDED_ROUTER
 from harmonica.router import HarmoniCaRouter
 from harmonica.viz import save_image_grid, save_router_heatmap
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pipeline", default=str(EMBEDDED_PIPELINE), help="DiTPipeline folder or hub id")
     p.add_argument("--router", default=None, help="router folder or hub id (default: the one shipped beside the pipeline)")
     p.add_argument("--threshold", type=float, default=None, help="inference threshold (default: the router's)")

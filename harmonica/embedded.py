@@ -6,7 +6,8 @@
   the captioned shapes, a stock ``FluxPipeline`` folder in ``pipelines/shapes-flux``.
 
 Their architectures live here so that the training scripts, the tests and the evaluation build the
-same models.
+same models. An installed wheel carries ``pipelines/`` as ``harmonica/_pipelines``
+(``PIPELINES_DIR`` is whichever is in use).
 """
 
 from __future__ import annotations
@@ -16,8 +17,23 @@ from pathlib import Path
 
 from .data import CLASS_NAMES
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_PIPELINE = REPO_ROOT / "pipelines" / "shapes-dit"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the source checkout, when harmonica runs from one
+
+
+def pipelines_dir() -> Path:
+    """The embedded pipelines and recipes: the checkout's top-level ``pipelines/`` when harmonica runs from a
+    source checkout (also an editable install), else the package data ``harmonica._pipelines`` that an
+    installed wheel carries (the same folder, see pyproject.toml)."""
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "pipelines").is_dir():
+        return REPO_ROOT / "pipelines"
+    from importlib.resources import files
+
+    return Path(str(files("harmonica") / "_pipelines"))
+
+
+PIPELINES_DIR = pipelines_dir()
+RECIPES_DIR = PIPELINES_DIR / "recipes"
+EMBEDDED_PIPELINE = PIPELINES_DIR / "shapes-dit"
 EMBEDDED_JUDGE = EMBEDDED_PIPELINE / "judge"
 EMBEDDED_ROUTER = EMBEDDED_PIPELINE / "router"
 
@@ -95,7 +111,7 @@ def save_pipeline(path: str | Path, transformer, vae) -> None:
 # (harmonica.data.captioned_shapes_dataset). Ships in pipelines/shapes-flux; see its TRAINING.md.
 
 # The reasons for these settings, with the measurements behind them: pipelines/shapes-flux/TRAINING.md.
-FLUX_PIPELINE = REPO_ROOT / "pipelines" / "shapes-flux"
+FLUX_PIPELINE = PIPELINES_DIR / "shapes-flux"
 FLUX_MAX_SEQUENCE_LENGTH = 16  # T5 and CLIP token budget (longest caption: 10 T5 / 11 CLIP tokens)
 FLUX_NEGATIVE_PROMPT = ""  # the unconditional prompt of true CFG (training drops captions to it)
 FLUX_STEPS = 20  # Euler steps, as the DiT's DDIM steps

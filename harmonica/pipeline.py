@@ -18,9 +18,80 @@ ROUTER_SUBFOLDER = "router"
 __all__ = ["SUPPORTED_PIPELINES", "HarmoniCaPipeline", "UnsupportedPipelineError", "load_router"]
 
 
+def _local_reason(spec) -> str | None:
+    """Why ``spec`` (a router argument that is not an existing path) names a local folder rather than a hub
+    id, or None when it has the shape of a hub id ("name" or "owner/name")."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    text = os.fspath(spec)
+    if isinstance(spec, os.PathLike):
+        return "it was given as a path object"
+    if text.startswith(("/", "~", ".")) or "\\" in text or Path(text).is_absolute():
+        return "it starts like a path (/, ~, ./, ../)"
+    if text.count("/") > 1 or os.sep != "/" and os.sep in text:
+        return "it has more than one path separator (a hub id is name or owner/name)"
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return "it is not a valid hub id"
+    head = text.split("/")[0]
+    if "/" in text and Path(head).is_dir():
+        return f"{head}/ is a folder here"
+    return None
+
+
+def _load_hub_router(repo_id: str, **hub_kwargs) -> HarmoniCaRouter:
+    """A router from the hub, refused at once (no retries) when the hub cannot be asked and the local
+    cache does not have it."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    taken = f"{repo_id!r} is not a folder here (working directory {Path.cwd()}), so it was taken for a hub id"
+    offline = None
+    if constants.HF_HUB_OFFLINE:
+        offline = "the hub is off (HF_HUB_OFFLINE=1)"
+    elif not hub_kwargs.get("local_files_only"):
+        try:  # one request, no retries: huggingface_hub would retry an unreachable hub for ~25 s
+            url = hf_hub_url(repo_id, "config.json", revision=hub_kwargs.get("revision"), endpoint=constants.ENDPOINT)
+            get_hf_file_metadata(url, token=hub_kwargs.get("token"), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+            raise RouterError(f"{taken}, and the hub has no router there ({type(err).__name__}). Give a router "
+                              "folder, a training run's output folder or the hub id of a router.") from None
+        except HfHubHTTPError as err:
+            raise RouterError(f"{taken}, and the hub refused it: {err}") from None
+        except Exception as err:  # connection refused, unknown host, timeout, offline mode
+            offline = f"the hub cannot be reached ({type(err).__name__}: {err})"
+    if offline:
+        hub_kwargs = {**hub_kwargs, "local_files_only": True}  # a copy in the local cache still serves
+    try:
+        return HarmoniCaRouter.from_pretrained(repo_id, **hub_kwargs)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
+        why = offline or f"it is not in the local cache ({type(err).__name__})"
+        raise RouterError(
+            f"{taken}, which could not be fetched: {why}, and the local cache does not have it. Give the path of an "
+            "existing router folder, or fetch the router while online (huggingface_hub.snapshot_download)."
+        ) from None
+
+
 def load_router(router, model_path=None, **hub_kwargs) -> HarmoniCaRouter:
     """A router from an instance, a local folder or a hub id; ``None`` means the ``router/`` folder
-    shipped inside a local pipeline folder."""
+    shipped inside a local pipeline folder.
+
+    A string or path that exists here is a local folder (a training run's output folder holds its router in
+    ``router/``). One that does not exist is still taken for a local folder, and refused at once as missing,
+    when it is a path object, starts with ``/``, ``~`` or ``.`` (``./``, ``../``), has more than one path
+    separator, is not a valid hub id, or is ``a/b`` with an existing folder ``a/`` (``runs/typo`` in a
+    checkout with ``runs/``). Anything else (``name`` or ``owner/name``) is a hub id: when the hub is
+    offline (HF_HUB_OFFLINE=1) or cannot be reached, and the local cache does not have it, a RouterError
+    says so at once instead of retrying.
+    """
     if isinstance(router, HarmoniCaRouter):
         return router.validate()
     if router is None:
@@ -31,14 +102,17 @@ def load_router(router, model_path=None, **hub_kwargs) -> HarmoniCaRouter:
             "or a HarmoniCaRouter"
         )
     if isinstance(router, (str, os.PathLike)):
-        folder = Path(router)
-        looks_local = folder.is_absolute() or str(router).startswith(".") or str(router).count("/") > 1
-        if looks_local and not folder.exists():
-            raise RouterError(f"no router at {folder}: the folder does not exist (give a router folder, a "
-                              "training run's output folder or a hub id)")
+        folder = Path(router).expanduser()
+        if not folder.exists():
+            reason = _local_reason(router)
+            if reason is None:
+                return _load_hub_router(os.fspath(router), **hub_kwargs)
+            raise RouterError(f"no router at {router}: the folder does not exist ({folder.absolute()}); it was taken "
+                              f"for a local folder because {reason}. Give a router folder, a training run's output "
+                              "folder or a hub id (owner/name)")
         if not (folder / "config.json").is_file() and (folder / ROUTER_SUBFOLDER / "config.json").is_file():
-            router = folder / ROUTER_SUBFOLDER  # a training run's output folder holds the router in router/
-        return HarmoniCaRouter.from_pretrained(router, **hub_kwargs)
+            folder = folder / ROUTER_SUBFOLDER  # a training run's output folder holds the router in router/
+        return HarmoniCaRouter.from_pretrained(folder, **hub_kwargs)
     raise TypeError(f"router must be a HarmoniCaRouter, a folder or a hub id, got {type(router).__name__}")
 
 

@@ -1,5 +1,6 @@
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -119,6 +120,176 @@ def test_load_router_accepts_a_training_run_folder(tmp_path):
     assert torch.equal(load_router(tmp_path / "run").logits, router.logits)
     with pytest.raises(RouterError):
         load_router(tmp_path / "run" / "missing")
+
+
+# ----------------------------------------------------------------------------- router paths and hub ids
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """An empty local hub cache; any download from the hub fails the test unless a test allows it."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    calls = []
+
+    def no_hub(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("the hub was asked for a path that names a local folder")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_hub)
+    return calls
+
+
+@pytest.mark.parametrize("spec", ["runs/typo", "./typo", "../typo-router", "a/b/c", "my router", "runs/typo/"])
+def test_missing_local_router_is_refused_at_once(spec, tmp_path, monkeypatch, hub):
+    import time
+
+    from harmonica.pipeline import load_router
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    start = time.perf_counter()
+    with pytest.raises(RouterError, match="the folder does not exist") as err:
+        load_router(spec)
+    assert time.perf_counter() - start < 2
+    assert spec in str(err.value) and "taken for a local folder because" in str(err.value)
+    assert hub == []
+
+
+def test_pipeline_with_a_missing_router_folder(dit_path, tmp_path, monkeypatch, hub):
+    from harmonica import HarmoniCaPipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(RouterError, match="no router at runs/typo: the folder does not exist"):
+        HarmoniCaPipeline.from_pretrained(dit_path, router="runs/typo")
+
+
+def unreachable_endpoint():
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("how", ["offline", "unreachable"])
+def test_hub_id_that_cannot_be_fetched_is_refused_at_once(how, tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from harmonica.pipeline import load_router
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.chdir(tmp_path)
+    if how == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    else:
+        monkeypatch.setattr(constants, "ENDPOINT", unreachable_endpoint())
+    start = time.perf_counter()
+    with pytest.raises(RouterError) as err:
+        load_router("someone/harmonica-router")
+    assert time.perf_counter() - start < 5  # huggingface_hub alone retries for ~25 s
+    text = str(err.value)
+    assert "'someone/harmonica-router' is not a folder here" in text and "taken for a hub id" in text
+    assert "could not be fetched" in text
+    assert ("HF_HUB_OFFLINE=1" if how == "offline" else "the hub cannot be reached") in text
+
+
+def test_hub_router_in_the_local_cache_loads_while_the_hub_is_unreachable(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from harmonica.pipeline import load_router
+
+    cache = tmp_path / "hub-cache"
+    commit = "0" * 40
+    snapshot = cache / "models--someone--harmonica-router" / "snapshots" / commit
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5, generator=torch.Generator().manual_seed(2))
+    router.save_pretrained(snapshot)
+    (cache / "models--someone--harmonica-router" / "refs").mkdir()
+    (cache / "models--someone--harmonica-router" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", unreachable_endpoint())
+    monkeypatch.chdir(tmp_path)
+    assert torch.equal(load_router("someone/harmonica-router").logits, router.logits)
+
+
+# ---------------------------------------------------------------- the transformer weights a router was trained on
+@pytest.fixture(scope="module")
+def transformer():
+    from tiny_models import tiny_dit_pipeline
+
+    return tiny_dit_pipeline().transformer
+
+
+def variant(transformer, how):
+    import copy
+
+    other = copy.deepcopy(transformer)
+    with torch.no_grad():
+        if how in ("float16", "bfloat16"):
+            return other.to(getattr(torch, how))
+        g = torch.Generator().manual_seed(0)
+        for param in other.parameters():
+            if how == "noise":  # a fine-tune: N(0, 1e-3) on every weight
+                param.add_(torch.randn(param.shape, generator=g) * 1e-3)
+            elif how == "retrained":  # same architecture, other weights
+                param.copy_(torch.randn(param.shape, generator=g) * param.std().nan_to_num(0.02))
+    return other
+
+
+def router_trained_on(record):
+    return HarmoniCaRouter.for_layout(LAYOUT, 5, training={"transformer_weights": record})
+
+
+@pytest.mark.parametrize("how", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("style", ["summary", "old mean |w|"])
+def test_same_weights_in_any_dtype_do_not_warn(transformer, how, style):
+    from harmonica.router import weights_signature, weights_summary
+
+    record = weights_summary(transformer) if style == "summary" else weights_signature(transformer)
+    router = router_trained_on(record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        router.check_weights(variant(transformer, how) if how != "float32" else transformer)
+
+
+def test_fine_tuned_or_retrained_weights_warn(transformer):
+    from harmonica.router import weights_distance, weights_signature, weights_summary
+
+    router = router_trained_on(weights_summary(transformer))
+    for how in ("noise", "retrained"):
+        with pytest.warns(UserWarning, match=r"on other transformer weights \(.*: .* moved by .* bf16 rounding"):
+            router.check_weights(variant(transformer, how))
+    # what the old record (mean |w|) did not see, and still sees of a retrained model
+    assert weights_distance(weights_signature(transformer), variant(transformer, "noise"))[0] < 1
+    with pytest.warns(UserWarning, match=r"trained on other transformer weights \(mean \|w\|"):
+        router_trained_on(weights_signature(transformer)).check_weights(variant(transformer, "retrained"))
+
+
+def test_weights_summary_margins(transformer):
+    """A cast moves the summary far less than the tolerance, a fine-tune far more (README: figures)."""
+    from harmonica.router import weights_distance, weights_summary
+
+    record = weights_summary(transformer)
+    bf16 = weights_distance(record, variant(transformer, "bfloat16"))[0]
+    fp16 = weights_distance(record, variant(transformer, "float16"))[0]
+    noise = weights_distance(record, variant(transformer, "noise"))[0]
+    assert fp16 < bf16 < 0.5 and noise > 2 and noise > 8 * bf16
+
+
+def test_weights_summary_round_trips_through_the_router_config(transformer, tmp_path):
+    from harmonica.router import weights_summary
+
+    record = weights_summary(transformer)
+    assert len(record["stats"]) == sum(1 for t in transformer.state_dict().values() if t.is_floating_point())
+    router_trained_on(record).save_pretrained(tmp_path)
+    loaded = HarmoniCaRouter.from_pretrained(tmp_path)
+    assert loaded.training_info["transformer_weights"] == record
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.check_weights(transformer)
 
 
 # ----------------------------------------------------------------- block lists and old files

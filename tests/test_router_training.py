@@ -158,6 +158,35 @@ def test_resume_gives_the_same_router(dit_path, tmp_path):
     assert torch.equal(saved.logits, full.router.logits)
 
 
+def test_resume_skips_a_damaged_checkpoint(dit_path, tmp_path):
+    """A truncated file in the newest checkpoint: warned about by name, set aside, and the run resumes from
+    the previous checkpoint to the same router as an uninterrupted run."""
+    full = make_trainer(dit_path, tmp_path / "full", trajectories=3)
+    full.train()
+    cut = make_trainer(dit_path, tmp_path / "cut", trajectories=3)
+    original = cut.sdt_trajectory
+
+    def dies_at_third(trajectory):
+        if trajectory == 2:
+            raise KeyboardInterrupt
+        return original(trajectory)
+
+    cut.sdt_trajectory = dies_at_third
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    newest = tmp_path / "cut" / "checkpoints" / "checkpoint-2"
+    damaged = "custom_checkpoint_2.pkl"  # the training state (tests/test_checkpoints.py covers every file)
+    data = (newest / damaged).read_bytes()
+    (newest / damaged).write_bytes(data[: len(data) // 3])
+    resumed = make_trainer(dit_path, tmp_path / "cut", trajectories=3)
+    with pytest.warns(UserWarning, match=rf"checkpoint-2 is damaged \({damaged}: truncated"):
+        resumed.train()
+    assert torch.equal(resumed.router.logits, full.router.logits)
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-2.broken" / damaged).read_bytes() == data[: len(data) // 3]
+    log = [json.loads(line) for line in (tmp_path / "cut" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == list(range(1, 3 * (STEPS - 1) + 1))
+
+
 def test_resume_with_other_settings_is_refused(dit_path, tmp_path):
     make_trainer(dit_path, tmp_path, trajectories=1).train()
     with pytest.raises(ValueError, match="trajectories=1 there, 2 now"):
@@ -180,17 +209,34 @@ def test_resume_on_retrained_weights_is_refused(dit_path, tmp_path):
 def test_router_warns_when_enabled_on_other_weights(dit_path, tmp_path):
     make_trainer(dit_path, tmp_path, trajectories=1).train()
     router = harmonica.HarmoniCaRouter.from_pretrained(tmp_path / "router")
-    assert router.training_info["transformer_weights"] > 0
-    for dtype in (torch.float32, torch.float16):  # the weights it was trained on, also cast: silent
+    assert router.training_info["transformer_weights"]["format"] == harmonica.router.WEIGHTS_SUMMARY_FORMAT
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # the weights it was trained on, also cast: silent
         pipe = DiTPipeline.from_pretrained(dit_path, torch_dtype=dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             harmonica.enable(pipe, router)
+    fine_tuned = DiTPipeline.from_pretrained(dit_path)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in fine_tuned.transformer.parameters():  # "fine-tuned": N(0, 1e-3) on every weight
+            param.add_(torch.randn(param.shape, generator=g) * 1e-3)
+    with pytest.warns(UserWarning, match="trained on other transformer weights"):
+        harmonica.enable(fine_tuned, router)
     with torch.no_grad():
         for param in pipe.transformer.parameters():  # "retrained": weights 10% larger
             param.mul_(1.1)
     with pytest.warns(UserWarning, match="trained on other transformer weights"):
         harmonica.enable(pipe, router)
+
+
+def test_resume_in_another_dtype_is_the_same_run(dit_path, tmp_path):
+    """The run folder's record of the weights is compared like the router's: a cast is the same weights."""
+    make_trainer(dit_path, tmp_path, trajectories=1).train()
+    pipe = DiTPipeline.from_pretrained(dit_path, torch_dtype=torch.bfloat16)
+    trainer = RouterTrainer(pipe, RouterTrainingConfig(num_steps=STEPS, trajectories=1, batch_size=2, lambda_every=4,
+                                                       lambda_samples=2, checkpoint_every=1, output_dir=str(tmp_path),
+                                                       beta=1e-4, seed=0), Accelerator(cpu=True))
+    trainer._check_same_run()  # no error
 
 
 @pytest.mark.parametrize("objective", ["sdt", "ltc"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from harmonica.cli import HelpFormatter
 from harmonica.data import HELDOUT_SEED, MIN_CAPTION_CONTRAST, render_captioned_shapes, to_model_range
 from harmonica.judge import ShapesJudge, colour_report
 
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @torch.no_grad()
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--vae", default=str(REPO / "pipelines" / "shapes-dit" / "vae"))
     p.add_argument("--judge", default=str(REPO / "pipelines" / "shapes-dit" / "judge"))
     p.add_argument("--num_heldout", type=int, default=3_000)

@@ -22,6 +22,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers.optimization import get_cosine_schedule_with_warmup, get_wsd_schedule
 
+from harmonica.cli import HelpFormatter
 from harmonica.data import NUM_CLASSES, TRAIN_SEED, render_shapes, to_model_range
 from harmonica.embedded import NULL_CLASS, dit_config, save_pipeline, scheduler_config
 from harmonica.training.checkpoints import batch_indices, resume, save_checkpoint
@@ -58,7 +59,7 @@ def evaluate(transformer, vae, judge_path, out_png, per_class=20, seed=0):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--vae", default="runs/vae/vae")
     p.add_argument("--judge", default="runs/judge/judge", help="judge for periodic accuracy ('' to skip)")
     p.add_argument("--output", default="runs/dit")

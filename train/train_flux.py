@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 from transformers.optimization import get_cosine_schedule_with_warmup, get_wsd_schedule
 
+from harmonica.cli import HelpFormatter
 from harmonica.data import TRAIN_SEED, render_captioned_shapes, to_model_range
 from harmonica.embedded import (
     FLUX_MAX_SEQUENCE_LENGTH,
@@ -128,7 +129,7 @@ def sample_sigmas(n: int, generator: torch.Generator, mean: float, std: float, s
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--vae", default=str(REPO / "pipelines" / "shapes-dit" / "vae"))
     p.add_argument("--judge", default=str(REPO / "pipelines" / "shapes-dit" / "judge"),
                    help="class judge for the periodic check ('' to skip class accuracy)")

@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from harmonica.cli import HelpFormatter
 from harmonica.data import HELDOUT_SEED, TRAIN_SEED, render_shapes, to_model_range
 from harmonica.judge import ShapesJudge, perturb
 from harmonica.training.checkpoints import batch_indices, resume, save_checkpoint
@@ -29,7 +30,7 @@ def vae_roundtrip(vae, images, batch_size=512):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--vae", default="runs/vae/vae")
     p.add_argument("--output", default="runs/judge")
     p.add_argument("--num_images", type=int, default=30_000)

@@ -14,13 +14,14 @@ from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from harmonica.cli import HelpFormatter
 from harmonica.data import TRAIN_SEED, render_shapes, to_model_range
 from harmonica.embedded import vae_config
 from harmonica.training.checkpoints import batch_indices, resume, save_checkpoint
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output", default="runs/vae")
     p.add_argument("--num_images", type=int, default=30_000)
     p.add_argument("--steps", type=int, default=1_400)

@@ -1,0 +1,177 @@
+"""Command lines: train/train_router.py's recipes and options are checked before anything runs, and every
+script's --help shows its defaults."""
+
+import argparse
+import json
+import runpy
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from harmonica.training.router_training import RouterTrainingConfig
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_ROUTER = REPO / "train" / "train_router.py"
+
+
+@pytest.fixture(scope="module")
+def train_router():
+    return runpy.run_path(str(TRAIN_ROUTER))
+
+
+@pytest.fixture
+def no_pipeline_loading(monkeypatch):
+    """A refused run must stop before the pipeline is loaded: loading it fails the test."""
+    import diffusers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded although the settings are refused")
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", refuse)
+
+
+def write_recipe(tmp_path, text):
+    path = tmp_path / "recipe.json"
+    path.write_text(text if isinstance(text, str) else json.dumps(text))
+    return path
+
+
+BAD_RECIPES = {
+    "unknown key": ({"target_usge": 0.9}, ["'target_usge'", "did you mean 'target_usage'"]),
+    "unknown key 2": ({"trajectorys": 3}, ["'trajectorys'", "did you mean 'trajectories'"]),
+    "string for int": ({"trajectories": "4"}, ["trajectories must be an integer", '"4"']),
+    "float for int": ({"batch_size": 1.5}, ["batch_size must be an integer", "1.5"]),
+    "bool for int": ({"seed": True}, ["seed must be an integer"]),
+    "null beta": ({"beta": None}, ["beta must be a number", "null"]),
+    "string for float": ({"lr": "1e-2"}, ["lr must be a number"]),
+    "bad dtype": ({"torch_dtype": "float8"}, ["torch_dtype must be one of"]),
+    "target out of range": ({"target_usage": 1.5}, ["target_usage must be in [0, 1)"]),
+    "negative lr": ({"lr": -0.1}, ["lr must be a finite number > 0"]),
+    "zero batch": ({"batch_size": 0}, ["batch_size must be >= 1"]),
+    "threshold": ({"threshold": 1.0}, ["threshold must be a number strictly between 0 and 1"]),
+    "objective": ({"objective": "fast"}, ["objective must be one of"]),
+    "init": ({"init": "static:0"}, ["static:N"]),
+    "scheduler": ({"scheduler": "NoSuchScheduler"}, ["scheduler must name a diffusers scheduler class"]),
+    "nested recipe": ({"recipe": "other.json"}, ["unknown key 'recipe'"]),
+    "malformed JSON": ('{"num_steps": 20,\n  "trajectories": 4\n  "lr": 0.1}', ["not valid JSON", "line 3, column 3"]),
+    "duplicate key": ('{"lr": 0.1, "lr": 0.2}', ["'lr' is given twice"]),
+    "not an object": ("[1, 2]", ["must hold one JSON object"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RECIPES))
+def test_bad_recipe_is_refused_before_anything_happens(case, train_router, tmp_path, capsys, no_pipeline_loading):
+    content, expected = BAD_RECIPES[case]
+    run_dir = tmp_path / "run"
+    if isinstance(content, dict):  # otherwise valid: a pipeline and an output folder
+        content = {"pipeline": "pipelines/shapes-dit", "output_dir": str(run_dir), **content}
+    recipe = write_recipe(tmp_path, content)
+    with pytest.raises(SystemExit) as exit_info:
+        train_router["main"](["--recipe", str(recipe), "--output_dir", str(run_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(recipe) in err, err
+    for text in expected:
+        assert text in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]  # no run folder, no run_config.json
+
+
+def test_missing_recipe_is_named(train_router, tmp_path, capsys, no_pipeline_loading):
+    with pytest.raises(SystemExit):
+        train_router["main"](["--recipe", str(tmp_path / "nope.json")])
+    assert f"recipe {tmp_path / 'nope.json'}: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--batch_size", "1.5"], "invalid int value: '1.5'"),
+    (["--trajectorys", "3"], "unrecognized arguments: --trajectorys"),
+    (["--target_usage", "2"], "target_usage must be in [0, 1)"),
+    (["--lambda_floor", "-1"], "lambda_floor must be in [0, 1]"),
+    (["--objective", "fast"], "invalid choice: 'fast'"),
+])
+def test_bad_option_is_refused(argv, expected, train_router, tmp_path, capsys, no_pipeline_loading):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_router["main"](["--pipeline", "pipelines/shapes-dit", "--output_dir", str(run_dir), *argv])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_missing_prompts_file_is_refused(train_router, tmp_path, capsys, no_pipeline_loading):
+    with pytest.raises(SystemExit):
+        train_router["main"](["--pipeline", "x", "--prompts", str(tmp_path / "prompts.txt"),
+                              "--output_dir", str(tmp_path / "run")])
+    assert f"cannot read the prompts in {tmp_path / 'prompts.txt'}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_override_the_recipe(train_router, tmp_path):
+    recipe = write_recipe(tmp_path, {"pipeline": "some/pipeline", "trajectories": 3, "lr": 0.5, "target_usage": 0.4,
+                                     "cpu": True, "torch_dtype": "float16"})
+    options, config = train_router["parse_settings"](["--recipe", str(recipe), "--trajectories", "5",
+                                                      "--torch_dtype", "bfloat16"])
+    assert isinstance(config, RouterTrainingConfig)
+    assert (config.trajectories, config.lr, config.target_usage) == (5, 0.5, 0.4)
+    assert (options.pipeline, options.cpu, options.torch_dtype) == ("some/pipeline", True, "bfloat16")
+    assert config.batch_size == RouterTrainingConfig().batch_size  # neither: the default
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "pipelines" / "recipes").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_recipes_are_accepted(recipe, train_router, monkeypatch):
+    monkeypatch.chdir(REPO)  # recipes name their prompt files relative to the repository
+    raw = json.loads(recipe.read_text())
+    options, config = train_router["parse_settings"](["--recipe", str(recipe)])
+    assert options.pipeline == raw["pipeline"] and config.num_steps == raw["num_steps"]
+    assert config.output_dir == raw["output_dir"]
+    assert bool(config.prompts) == ("prompts_file" in raw)
+
+
+def test_every_router_training_setting_has_help(train_router):
+    parser = train_router["build_parser"]()
+    by_dest = {a.dest: a for a in parser._actions}
+    settings = [f.name for f in fields(RouterTrainingConfig) if f.name != "prompts"]
+    script = ["recipe", "pipeline", "torch_dtype", "prompts_file", "cpu"]
+    for name in settings + script:
+        assert by_dest[name].help and len(by_dest[name].help) > 10, name
+    text = " ".join(parser.format_help().split())
+    assert "--trajectories TRAJECTORIES sampling trajectories in all" in text
+    assert f"(default: {RouterTrainingConfig().trajectories})" in text
+
+
+SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in [*REPO.glob("train/*.py"), *REPO.glob("eval/*.py")])
+SCRIPTS.append("harmonica/demo.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_shows_every_default(script, monkeypatch, capsys):
+    """Every option that takes a value says its default in --help (argparse's value, or the help text's own
+    words where the default depends on something, e.g. 'default: cuda when available')."""
+    parsers = []
+    original = argparse.ArgumentParser.parse_known_args
+
+    def capture(self, *args, **kwargs):
+        parsers.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
+    monkeypatch.setattr("sys.argv", [script, "--help"])
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per option
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    parser = next(p for p in parsers if any(a.option_strings == ["-h", "--help"] for a in p._actions))
+    options = [a for a in parser._actions if a.option_strings and a.nargs != 0 and a.default != argparse.SUPPRESS]
+    assert options
+    blocks = {}  # first option string -> its lines in --help
+    for line in out.splitlines():
+        if line.strip().startswith("-"):
+            key = line.strip().split()[0].rstrip(",")
+            blocks[key] = line
+        elif line.startswith("    ") and blocks:
+            blocks[key] += " " + line.strip()
+    for action in options:
+        text = blocks[action.option_strings[0]]
+        assert "default" in text.lower(), f"{script}: {text.strip()}"
