@@ -123,14 +123,24 @@ MAX_HISTORY = 4  # init "static:N": scores 0.88 / 0.12, far enough from 0.5 yet 
 INIT_KINDS = ("random", "compute", "reuse", "uniform")
 
 
-def parse_init(init: str) -> tuple[str, int]:
-    """``(kind, N)`` of a router ``init`` string: one of INIT_KINDS (N = 0) or ``"static:N"``."""
-    kind, _, every = str(init).partition(":")
-    if kind in INIT_KINDS and not every:
-        return kind, 0
-    if kind == "static" and every.isdigit() and int(every) >= 1:
-        return kind, int(every)
-    raise RouterError(f"init must be one of {', '.join(map(repr, INIT_KINDS))} or 'static:N' (N >= 1), got {init!r}")
+def parse_init(init: str) -> tuple[str, int, int]:
+    """``(kind, N, W)`` of a router ``init`` string: one of INIT_KINDS (N = W = 0), ``"static:N"``
+    (compute every N-th step) or ``"static:N:W"`` (the first W steps, then every N-th, TaylorSeer's
+    schedule with its warm-up)."""
+    kind, *numbers = str(init).split(":")
+    if kind in INIT_KINDS and not numbers:
+        return kind, 0, 0
+    if kind == "static" and 1 <= len(numbers) <= 2 and all(n.isdigit() for n in numbers) and int(numbers[0]) >= 1:
+        return kind, int(numbers[0]), int(numbers[1]) if len(numbers) == 2 else 0
+    raise RouterError(f"init must be one of {', '.join(map(repr, INIT_KINDS))}, 'static:N' or 'static:N:W' (N >= 1, "
+                      f"W >= 0), got {init!r}")
+
+
+def static_steps(num_steps: int, every: int, warmup: int = 0) -> list[int]:
+    """The steps a static schedule computes: the first ``warmup`` steps, then every ``every``-th
+    (counted from the end of the warm-up; step 0 always)."""
+    cadence_start = warmup - 1 if warmup else 0  # the last warm-up step starts the cadence
+    return sorted({0} | set(range(min(warmup, num_steps))) | set(range(cadence_start, num_steps, every)))
 
 
 def check_threshold(threshold: float) -> float:
@@ -346,9 +356,10 @@ class HarmoniCaRouter(
     ) -> "HarmoniCaRouter":
         """A router for ``layout``; ``init`` is ``"random"`` (randn logits), ``"compute"`` (all
         branches computed), ``"reuse"`` (everything after the first step reused), ``"uniform"`` (all
-        logits 0: every branch alike) or ``"static:N"`` (FORA's compute-every-N schedule with logits
-        +/-2, a soft start for training; ``static`` makes the hard schedule)."""
-        kind, every = parse_init(init)
+        logits 0: every branch alike), ``"static:N"`` (FORA's compute-every-N schedule with logits
+        +/-2, a soft start for training; ``static`` makes the hard schedule) or ``"static:N:W"`` (the
+        first W steps computed, then every N-th: TaylorSeer's schedule)."""
+        kind, every, warmup = parse_init(init)
         router = cls(
             num_steps=num_steps,
             blocks=layout.groups,
@@ -366,7 +377,7 @@ class HarmoniCaRouter(
                 router.logits.fill_(-LOGIT_BOUND)
             elif kind == "static":
                 router.logits.fill_(-STATIC_INIT_LOGIT)
-                router.logits[::every] = STATIC_INIT_LOGIT
+                router.logits[static_steps(router.num_steps, every, warmup)] = STATIC_INIT_LOGIT
             # "uniform": the constructor's zeros
             router.logits.clamp_(-LOGIT_BOUND, LOGIT_BOUND)
         return router

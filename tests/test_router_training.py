@@ -342,3 +342,21 @@ def test_reuse_router_keeps_its_coefficients(dit_path, tmp_path):
     trainer = make_trainer(dit_path, tmp_path, trajectories=1)
     trainer.train()
     assert trainer.router.history == 1 and torch.equal(trainer.router.coefficients, torch.ones_like(trainer.router.coefficients))
+
+
+def test_taylorseer_schedule_init_and_ties_at_the_target():
+    """static:N:W computes the first W steps then every N-th; a target usage that falls inside a group
+    of equal scores takes the side nearer the target instead of reusing the whole group."""
+    from harmonica import HarmoniCaRouter, RouterLayout
+    from harmonica.router import static_steps
+
+    assert static_steps(20, 2, 4) == [0, 1, 2, 3, 5, 7, 9, 11, 13, 15, 17, 19]
+    assert static_steps(20, 3) == static_steps(20, 3, 1) == [0, 3, 6, 9, 12, 15, 18]
+    layout = RouterLayout.uniform(4, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
+    router = HarmoniCaRouter.for_layout(layout, 20, init="static:2:4")
+    assert router.cache_usage(0.5) == pytest.approx(0.40)
+    router = HarmoniCaRouter.for_layout(layout, 20, init="static:2")
+    tau, usage = threshold_for_usage(router, 0.55)  # between 50% (reuse group only) and 95% (both groups)
+    assert usage == pytest.approx(0.5) and router.cache_usage(tau) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="static:N:W"):
+        HarmoniCaRouter.for_layout(layout, 20, init="static:2:x")

@@ -93,11 +93,16 @@ def normalise(raw: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
 
 def threshold_for_usage(router, target: float) -> tuple[float, float]:
     """The threshold at which ``router`` reuses a ``target`` fraction of all branch computations
-    (step 0 always computes): midway between the scores on either side of that rank. Returns
-    (threshold, usage at it); ties between scores can leave the usage a little off the target."""
+    (step 0 always computes): midway between the scores on either side of that rank. When that rank
+    falls inside a group of equal scores (a static initialisation), the whole group either computes
+    or is reused: the side whose usage is nearer the target. Returns (threshold, usage at it)."""
     scores = router.scores().detach()[1:].flatten().sort().values
     total = router.scores().numel()
     k = min(max(int(round(target * total)), 0), scores.numel())
+    if 0 < k < scores.numel() and scores[k - 1] == scores[k]:
+        tied = scores[k]
+        below, above = int((scores < tied).sum()), int((scores <= tied).sum())  # ranks just outside the tie
+        k = below if abs(below - target * total) <= abs(above - target * total) else above
     if k == 0:
         tau = scores[0].item() / 2
     elif k == scores.numel():
