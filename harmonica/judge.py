@@ -82,11 +82,14 @@ MIN_SHAPE_DISTANCE = 40.0  # RGB units (0-255); the palette's closest two colour
 
 
 def _as_uint8_nhwc(images):
-    """uint8 [N, H, W, 3] numpy from uint8 NHWC (numpy or torch) or float NCHW in [0, 1] (torch)."""
+    """uint8 [N, H, W, 3] numpy from uint8 NHWC (numpy or torch), uint8 NCHW (torch, as the evaluation
+    harness and torch-fidelity hold images) or float NCHW in [0, 1] (torch)."""
     import numpy as np
 
     if isinstance(images, torch.Tensor):
         if images.dtype == torch.uint8:
+            if images.dim() == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+                images = images.permute(0, 2, 3, 1)
             return images.cpu().numpy()
         images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu().numpy()

@@ -14,18 +14,23 @@ def add_pipeline_args(p, default_steps: int = 20, default_batch: int = 16) -> No
     """Arguments shared by the eval scripts: pipeline, sampling setup, device."""
     from ..embedded import DEFAULT_GUIDANCE, EMBEDDED_PIPELINE
 
-    g = p.add_argument_group("pipeline and sampling")
+    g = p.add_argument_group("pipeline and sampling (a pipeline folder's harness.json gives its own defaults)")
     g.add_argument("--pipeline", default=str(EMBEDDED_PIPELINE),
-                   help="diffusers DiT / PixArt pipeline folder or hub id (default: the embedded shapes model)")
-    g.add_argument("--steps", type=int, default=default_steps, help="reference number of sampling steps")
-    g.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE)
+                   help="diffusers pipeline folder or hub id of a supported family (default: the embedded shapes DiT; "
+                        "the embedded Flux-style model is harmonica.embedded.FLUX_PIPELINE)")
+    g.add_argument("--steps", type=int, default=None, help=f"reference number of sampling steps (else {default_steps})")
+    g.add_argument("--guidance_scale", type=float, default=None,
+                   help=f"classifier-free guidance (true CFG where the family runs it; else {DEFAULT_GUIDANCE})")
     g.add_argument("--batch_size", type=int, default=default_batch)
     g.add_argument("--seed", type=int, default=0, help="sample i uses noise seed SEED + i")
     g.add_argument("--num_classes", type=int, default=None,
                    help="DiT: classes to cycle through (default: the pipeline's id2label size, else 1000)")
-    g.add_argument("--prompts", default=None, help="PixArt: text file, one prompt per line, cycled through")
-    g.add_argument("--height", type=int, default=None, help="PixArt: image height")
-    g.add_argument("--width", type=int, default=None, help="PixArt: image width")
+    g.add_argument("--prompts", default=None,
+                   help="text-to-image: a text file, one prompt per line, cycled through; or 'shapes' (held-out "
+                        "captioned shapes, with their classes and colours for the judges)")
+    g.add_argument("--height", type=int, default=None, help="text-to-image: image height")
+    g.add_argument("--width", type=int, default=None, help="text-to-image: image width")
+    g.add_argument("--max_sequence_length", type=int, default=None, help="text-to-image: prompt token budget")
     g.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 
@@ -48,12 +53,49 @@ def resolve_device(name: str) -> str:
     return name
 
 
+HARNESS_FILE = "harness.json"  # a pipeline folder's own sampling defaults (guidance, size, prompts, ...)
+HARNESS_KEYS = ("steps", "guidance_scale", "prompts", "height", "width", "max_sequence_length")
+
+
+def harness_defaults(pipeline) -> dict:
+    """``<pipeline>/harness.json`` of a local pipeline folder (the embedded Flux model ships one), else {}."""
+    import json
+
+    path = Path(str(pipeline)) / HARNESS_FILE
+    if not path.is_file():
+        return {}
+    found = json.loads(path.read_text())
+    unknown = sorted(set(found) - set(HARNESS_KEYS))
+    if unknown:
+        raise ValueError(f"{path} has unknown keys {unknown}; known: {', '.join(HARNESS_KEYS)}")
+    return found
+
+
+def load_prompts(spec: str) -> tuple[list[str], list[int] | None, list | None]:
+    """Prompts (and, for 'shapes', the class and colours of each) from --prompts."""
+    if spec == "shapes":
+        from ..embedded import flux_eval_set
+
+        captions, labels, colours = flux_eval_set(per_class=100)
+        return captions, labels.tolist(), colours.tolist()
+    return [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()], None, None
+
+
 def setup_from_args(args, pipe) -> SamplingSetup:
-    prompts = None
-    if args.prompts:
-        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-    return setup_for(pipe, args.steps, args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
-                     prompts=prompts, num_classes=args.num_classes, height=args.height, width=args.width)
+    """The sampling setup: flags first, then the pipeline folder's harness.json, then the defaults."""
+    from ..embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+    own = harness_defaults(args.pipeline)
+    value = {k: getattr(args, k, None) if getattr(args, k, None) is not None else own.get(k) for k in HARNESS_KEYS}
+    prompts = labels = colours = None
+    if value["prompts"]:
+        prompts, labels, colours = load_prompts(value["prompts"])
+    setup = setup_for(pipe, value["steps"] or DEFAULT_STEPS, value["guidance_scale"] or DEFAULT_GUIDANCE,
+                      seed=args.seed, batch_size=args.batch_size, prompts=prompts, num_classes=args.num_classes,
+                      height=value["height"], width=value["width"])
+    setup.max_sequence_length = value["max_sequence_length"]
+    setup.prompt_labels, setup.prompt_colours = labels, colours
+    return setup
 
 
 def method_entries(specs: list[str], pipe, setup: SamplingSetup, sweep: bool = False, skip_unavailable: bool = True,

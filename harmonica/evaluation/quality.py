@@ -14,21 +14,28 @@ from .. import methods
 from ..viz import save_image_grid
 from .metrics import class_accuracies, feature_vectors, fidelity_metrics, judge_hits, psnr, similarity, ssim
 from .prepare import harmonica_stats, measure_cost, prepare
-from .sampling import SamplingSetup, generate_distributed, is_class_conditional, seed_set
+from .sampling import SamplingSetup, generate_distributed, seed_set
 from .stats import Bootstrap, ReferenceStats, SampleData, point_errors
 from .store import cached_samples, safe_name, save_samples, weights_fingerprint
 
 
 def quality_metrics(images: torch.Tensor, *, reference: torch.Tensor | None, extractor, uncached: torch.Tensor | None,
-                    judge=None, labels=None, isc: bool = False, device="cpu") -> dict:
-    """FD / KID (/ IS) against ``reference``, class accuracy with ``judge``, PSNR / SSIM against
-    ``uncached`` (the same samples without caching)."""
+                    judge=None, labels=None, colours=None, isc: bool = False, device="cpu") -> dict:
+    """FD / KID (/ IS) against ``reference``, class accuracy with ``judge``, colour accuracy against
+    the prompts' (shape, background) colours, PSNR / SSIM against ``uncached`` (the same samples
+    without caching)."""
     out = {}
     if reference is not None and extractor is not None:
         out.update(fidelity_metrics(images, reference, extractor, isc=isc, device=device))
         out["distance_name"] = extractor.distance_name
     if judge is not None and labels is not None:
         out["class_accuracy"], out["per_class_accuracy"] = class_accuracies(judge, images, labels)
+    if colours is not None:
+        from ..judge import colour_report
+
+        report = colour_report(images, colours)
+        out["colour_accuracy"] = report["both"]
+        out["shape_colour_accuracy"], out["background_colour_accuracy"] = report["foreground"], report["background"]
     if uncached is not None:
         if uncached.shape == images.shape:
             out.update(similarity(images, uncached))
@@ -195,16 +202,15 @@ class QualityRun:
             stock = self.stock_cost()
             cost["macs_speedup"] = stock["macs"] / cost["macs"] if cost["macs"] else float("nan")
             cost["harmonica"] = harmonica_stats(prepared.pipe)
-            labels = None
-            if is_class_conditional(self.pipe):
-                labels = self.setup.labels(range(self.num_samples))
+            labels = self.setup.labels(range(self.num_samples)) if self.setup.has_labels else None
+            colours = self.setup.colours(range(self.num_samples))
             per_set, data = [], []
             boot = self.bootstrap()
             for j in range(self.seed_sets):
                 target = None if request.name == "none" else uncached[j]
                 per_set.append(quality_metrics(
                     images[j], reference=self.reference, extractor=self.extractor, uncached=target,
-                    judge=self.judge, labels=labels, isc=self.isc, device=self.device,
+                    judge=self.judge, labels=labels, colours=colours, isc=self.isc, device=self.device,
                 ))
                 if boot is not None:
                     data.append(self.sample_data(images[j], target, labels))

@@ -9,11 +9,20 @@ import numpy as np
 import torch
 
 
+def _is_embedded_flux(pipeline_path) -> bool:
+    from ..embedded import FLUX_PIPELINE
+
+    return pipeline_path is not None and Path(pipeline_path).resolve() == FLUX_PIPELINE.resolve()
+
+
 def default_judge(pipeline_path: str | Path | None) -> Path | None:
-    """``<pipeline>/judge`` when the pipeline is a local folder that ships one (the embedded model)."""
+    """``<pipeline>/judge`` when the pipeline is a local folder that ships one (the embedded DiT); the
+    embedded Flux-style model is judged by the same judge."""
+    from ..embedded import EMBEDDED_JUDGE
+
     if pipeline_path is not None and (Path(pipeline_path) / "judge" / "config.json").is_file():
         return Path(pipeline_path) / "judge"
-    return None
+    return EMBEDDED_JUDGE if _is_embedded_flux(pipeline_path) else None
 
 
 def load_judge(path: str | Path | None, device: str | torch.device = "cpu"):
@@ -56,4 +65,4 @@ def default_reference(pipeline_path) -> str | None:
         return "shapes"
     if pipeline_path is not None and Path(pipeline_path).resolve() == EMBEDDED_PIPELINE.resolve():
         return "shapes"
-    return None
+    return "shapes" if _is_embedded_flux(pipeline_path) else None

@@ -82,14 +82,28 @@ class SamplingSetup:
     batch_size: int = 16
     num_classes: int | None = None
     prompts: list[str] | None = None
-    height: int | None = None  # PixArt only
+    height: int | None = None  # text-to-image only
     width: int | None = None
     max_sequence_length: int | None = None
+    prompt_labels: list[int] | None = None  # the class drawn by each prompt (judged like class labels)
+    prompt_colours: list | None = None  # the (shape, background) colour ids each prompt asks for
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.num_classes) or self.prompt_labels is not None
 
     def labels(self, indices) -> list[int]:
-        if not self.num_classes:
-            raise ValueError("num_classes is not set")
-        return [int(i) % self.num_classes for i in indices]
+        """The class of samples ``indices``: class-conditional (i % num_classes) or the prompt's class."""
+        if self.num_classes:
+            return [int(i) % self.num_classes for i in indices]
+        if self.prompt_labels is None:
+            raise ValueError("neither num_classes nor the prompts' classes are set")
+        return [self.prompt_labels[int(i) % len(self.prompt_labels)] for i in indices]
+
+    def colours(self, indices) -> list | None:
+        if self.prompt_colours is None:
+            return None
+        return [self.prompt_colours[int(i) % len(self.prompt_colours)] for i in indices]
 
     def call_kwargs(self, pipe, indices, overrides: dict | None = None) -> dict:
         indices = list(indices)
@@ -108,6 +122,8 @@ class SamplingSetup:
         if d["prompts"] is not None:
             d["prompts"] = {"count": len(self.prompts),
                             "sha1": hashlib.sha1("\n".join(self.prompts).encode()).hexdigest()[:12]}
+        for key in ("prompt_labels", "prompt_colours"):
+            d[key] = None if d[key] is None else len(d[key])
         return d
 
 

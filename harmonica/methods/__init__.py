@@ -107,7 +107,8 @@ def clone_pipeline(pipe):
     """A pipeline that shares every weight tensor with ``pipe`` but has its own transformer module
     objects (so hooks attach to it alone) and its own scheduler. Clone before applying any method."""
     transformer = pipe.transformer
-    if "_diffusers_hook" in transformer.__dict__:
+    # an empty registry is left by diffusers' cache_context (CacheMixin pipelines set it every step)
+    if any(m.__dict__.get("_diffusers_hook") is not None and m._diffusers_hook.hooks for m in transformer.modules()):
         raise RuntimeError("clone the pipeline before applying a caching method to it")
     memo = {id(t): t for t in list(transformer.parameters()) + list(transformer.buffers())}
     components = dict(pipe.components)

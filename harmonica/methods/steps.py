@@ -70,8 +70,9 @@ class StepTracker(ModelHook):
         position = self.locator.locate(call, own, calling_pipeline())
         step, num_steps = position.step, position.num_steps
         registry = HookRegistry.check_if_exists_or_initialize(module)
-        first_context = own is None or own.name == "cond"
-        if first_context and (self.step is None or step <= self.step):  # a new call: no state from the last one
+        # a pipeline that sets its own cache context (CacheMixin models) also resets the hooks after each
+        # call; resetting here would drop the context it just set
+        if own is None and (self.step is None or step <= self.step):  # a new call: no state from the last one
             registry.reset_stateful_hooks(recurse=True)
         self.step, self.num_steps = step, num_steps
         self.timestep = timestep_value(call.get("timestep")) * self.locator.family.timestep_scale(module)
