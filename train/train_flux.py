@@ -197,10 +197,12 @@ def main(argv=None):
     ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     decay = round(0.2 * args.steps) if args.decay_steps is None else args.decay_steps
+    # accelerate steps a prepared scheduler once per process at every optimizer step: count in those
+    n = accelerator.num_processes
     if decay > 0:
-        lr_sched = get_wsd_schedule(opt, args.warmup, decay, num_training_steps=args.steps)
+        lr_sched = get_wsd_schedule(opt, args.warmup * n, decay * n, num_training_steps=args.steps * n)
     else:
-        lr_sched = get_cosine_schedule_with_warmup(opt, args.warmup, args.steps)
+        lr_sched = get_cosine_schedule_with_warmup(opt, args.warmup * n, args.steps * n)
     model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
     accelerator.register_for_checkpointing(ema)
     start = resume(accelerator, output)
