@@ -9,7 +9,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 # diffusers; 1.5.3 runs with the versions above (tested in tests/test_eval.py).
 CACHEDIT ?= cache-dit==1.5.3
 
-.PHONY: demo test install clean
+.PHONY: demo demo-flux test install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m harmonica.demo
+
+demo-flux: $(STAMP)
+	$(BIN)/python -m harmonica.demo --model flux --out outputs/demo-flux
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -1,9 +1,12 @@
-"""`make demo`: the embedded pipeline with and without harmonica, side by side.
+"""`make demo`: an embedded pipeline with and without harmonica, side by side.
 
-Generates the same class labels and seeds with the stock DiTPipeline and with harmonica, writes a
+Generates the same conditions and seeds with the stock pipeline and with harmonica, writes a
 side-by-side PNG grid and the router's heatmap, and prints latency, speedup and cache usage.
+``--model dit`` (default, `make demo`): the class-conditional shapes DiT (DiTPipeline); ``--model
+flux`` (`make demo-flux`): the text-to-image Flux-style model (FluxPipeline, true CFG), one held-out
+caption per image.
 
-    python -m harmonica.demo [--out outputs/demo] [--per_class 2] [--repeats 3]
+    python -m harmonica.demo [--model dit|flux] [--out outputs/demo] [--per_class 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -16,35 +19,41 @@ import torch
 import harmonica
 from harmonica.benchmark import time_interleaved
 from harmonica.cli import HelpFormatter
-from harmonica.embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS, EMBEDDED_PIPELINE, EMBEDDED_ROUTER
+from harmonica.embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS, EMBEDDED_PIPELINE, FLUX_PIPELINE, flux_call_kwargs
 from harmonica.router import HarmoniCaRouter
 from harmonica.viz import save_image_grid, save_router_heatmap
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--pipeline", default=str(EMBEDDED_PIPELINE), help="DiTPipeline folder or hub id")
+    p.add_argument("--model", default="dit", choices=["dit", "flux"], help="which embedded model")
+    p.add_argument("--pipeline", default=None, help="pipeline folder or hub id (default: the --model's embedded one)")
     p.add_argument("--router", default=None, help="router folder or hub id (default: the one shipped beside the pipeline)")
     p.add_argument("--threshold", type=float, default=None, help="inference threshold (default: the router's)")
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--per_class", type=int, default=2, help="images per class")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--guidance_scale", type=float, default=None,
+                   help=f"CFG (dit, default {DEFAULT_GUIDANCE}) or true CFG (flux, default: its shipped scale)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of each pipeline (after one warm-up)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     import diffusers
-    from diffusers import DiTPipeline
+    from diffusers import DiffusionPipeline
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
-    stock = DiTPipeline.from_pretrained(args.pipeline)
+    pipeline = Path(args.pipeline or (EMBEDDED_PIPELINE if args.model == "dit" else FLUX_PIPELINE))
+    if not (pipeline / "model_index.json").is_file():
+        raise SystemExit(f"no pipeline at {pipeline}: the embedded {args.model} model is not trained yet "
+                         f"(see {pipeline / 'TRAINING.md'})")
+    stock = DiffusionPipeline.from_pretrained(pipeline)
     stock.set_progress_bar_config(disable=True)
-    fast = DiTPipeline.from_pretrained(args.pipeline)
+    fast = DiffusionPipeline.from_pretrained(pipeline)
     fast.set_progress_bar_config(disable=True)
-    router_path = args.router or (EMBEDDED_ROUTER if (Path(args.pipeline) / "router").is_dir() else None)
+    router_path = args.router or (pipeline / "router" if (pipeline / "router").is_dir() else None)
     if router_path is not None:
         router = HarmoniCaRouter.from_pretrained(router_path)
         source = str(router_path)
@@ -53,12 +62,23 @@ def main(argv=None):
         source = "static every-other-step router (no trained router shipped yet)"
     harmonica.enable(fast, router, threshold=args.threshold)
 
-    num_classes = len(stock.labels) or 10
-    labels = [c for c in range(num_classes) for _ in range(args.per_class)]
+    num_classes = 10
+    if args.model == "dit":
+        conditions = [c for c in range(num_classes) for _ in range(args.per_class)]
+        call = dict(class_labels=conditions, guidance_scale=args.guidance_scale or DEFAULT_GUIDANCE,
+                    num_inference_steps=args.steps)
+        what = f"{args.steps} DDIM steps, CFG {call['guidance_scale']}"
+    else:
+        from harmonica.embedded import flux_eval_set
+
+        conditions = flux_eval_set(args.per_class)[0]  # captions, class by class
+        call = dict(prompt=conditions, **flux_call_kwargs(len(conditions), num_inference_steps=args.steps))
+        if args.guidance_scale is not None:
+            call["true_cfg_scale"] = args.guidance_scale
+        what = f"{args.steps} Euler steps, true CFG {call['true_cfg_scale']}, e.g. {conditions[0]!r}"
 
     def run(pipe):
-        return pipe(labels, guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
-                    generator=torch.Generator().manual_seed(args.seed), output_type="pt").images
+        return pipe(**call, generator=torch.Generator().manual_seed(args.seed), output_type="pt").images
 
     images = {"stock": run(stock), "harmonica": run(fast)}
     latency = time_interleaved({"stock": lambda: run(stock), "harmonica": lambda: run(fast)}, repeats=args.repeats,
@@ -76,7 +96,7 @@ def main(argv=None):
     heat = save_router_heatmap(router, out / "router_heatmap.png", threshold=harmonica.controller(fast).threshold)
     diff = (images["stock"] - images["harmonica"]).abs()
     speedup = latency["stock"] / latency["harmonica"]
-    print(f"pipeline   {args.pipeline} ({len(labels)} images, {args.steps} DDIM steps, CFG {args.guidance_scale})")
+    print(f"pipeline   {pipeline} ({len(conditions)} images, {what})")
     print(f"router     {source}, threshold {harmonica.controller(fast).threshold:.4g}")
     print(f"latency    stock {latency['stock']:.2f} s, harmonica {latency['harmonica']:.2f} s "
           f"(median of {args.repeats}, interleaved) -> speedup {speedup:.2f}x")
