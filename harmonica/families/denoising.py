@@ -71,6 +71,38 @@ class Denoiser:
         return uncond + self.guidance_scale * (cond - uncond)
 
 
+class TrueCFGMixin:
+    """Pipelines that run guidance as two forwards per step (Flux, Qwen-Image with true CFG), each in its
+    own cache context: ``_run(x, t, text, cond)`` is one forward; ``self.true_cfg`` says whether there is
+    an unconditional one. ``cond`` holds ``"cond"`` and ``"uncond"`` text conditioning."""
+
+    true_cfg: bool
+
+    def forward(self, x: torch.Tensor, t, cond: dict) -> torch.Tensor:
+        with cache_context(self.transformer, "cond"):
+            out = self._run(x, t, cond["cond"], cond)
+        if not self.true_cfg:
+            return out
+        with cache_context(self.transformer, "uncond"):
+            uncond = self._run(x, t, cond["uncond"], cond)
+        return torch.cat([out, uncond])
+
+    def guided(self, raw: torch.Tensor) -> torch.Tensor:
+        if not self.true_cfg:
+            return raw
+        return self.combine(*raw.chunk(2))
+
+    def step_timestep(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The pipeline's own ``t.expand(batch).to(latents dtype)``, before it divides by 1000."""
+        return torch.as_tensor(t, device=x.device).reshape(-1)[:1].expand(x.shape[0]).to(x.dtype)
+
+    def guidance(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The distilled guidance scale for models that embed it, else None."""
+        if not self.transformer.config.guidance_embeds:
+            return None
+        return torch.full([x.shape[0]], self.guidance_scale, device=x.device, dtype=torch.float32)
+
+
 class PromptsMixin:
     """Conditioning by prompts drawn from a list."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .denoising import Denoiser, PromptsMixin, cache_context
+from .denoising import Denoiser, PromptsMixin, TrueCFGMixin
 from .pixart import text_call_kwargs
 from .spec import BlockKind, Branch, Family, Fused
 
@@ -69,7 +69,7 @@ def uses_true_cfg(pipe, guidance_scale: float) -> bool:
     return not pipe.transformer.config.guidance_embeds and guidance_scale > 1
 
 
-class FluxDenoiser(PromptsMixin, Denoiser):
+class FluxDenoiser(TrueCFGMixin, PromptsMixin, Denoiser):
     """One step of FluxPipeline's loop: packed latents, t / 1000, guidance embedding or true CFG."""
 
     def __init__(self, pipe, guidance_scale: float = 3.5, prompts=None, height: int | None = None,
@@ -115,30 +115,11 @@ class FluxDenoiser(PromptsMixin, Denoiser):
                                                              self.transformer.dtype)
         return cond
 
-    def _run(self, x, t, text, img_ids):
+    def _run(self, x, t, text, cond):
         embeds, pooled, text_ids = text
-        timestep = torch.as_tensor(t, device=x.device).reshape(-1)[:1].expand(x.shape[0]).to(x.dtype)
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full([x.shape[0]], self.guidance_scale, device=x.device, dtype=torch.float32)
-        return self.transformer(hidden_states=x, timestep=timestep / 1000, guidance=guidance,
+        return self.transformer(hidden_states=x, timestep=self.step_timestep(x, t) / 1000, guidance=self.guidance(x),
                                 pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
-                                img_ids=img_ids, return_dict=False)[0]
-
-    def forward(self, x: torch.Tensor, t, cond: dict) -> torch.Tensor:
-        with cache_context(self.transformer, "cond"):
-            out = self._run(x, t, cond["cond"], cond["img_ids"])
-        if not self.true_cfg:
-            return out
-        with cache_context(self.transformer, "uncond"):
-            uncond = self._run(x, t, cond["uncond"], cond["img_ids"])
-        return torch.cat([out, uncond])
-
-    def guided(self, raw: torch.Tensor) -> torch.Tensor:
-        if not self.true_cfg:
-            return raw
-        cond, uncond = raw.chunk(2)
-        return self.combine(cond, uncond)
+                                img_ids=cond["img_ids"], return_dict=False)[0]
 
 
 def flux_call_kwargs(pipe, conditions, guidance_scale: float | None = None, **extra) -> dict:

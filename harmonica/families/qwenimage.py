@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .denoising import Denoiser, PromptsMixin, cache_context
+from .denoising import Denoiser, PromptsMixin, TrueCFGMixin
 from .flux import _clip16
 from .pixart import text_call_kwargs
 from .spec import BlockKind, Branch, Family, Fused
@@ -57,7 +57,7 @@ def uses_true_cfg(pipe, guidance_scale: float) -> bool:
 NEGATIVE_PROMPT = " "  # the model card's empty negative prompt
 
 
-class QwenImageDenoiser(PromptsMixin, Denoiser):
+class QwenImageDenoiser(TrueCFGMixin, PromptsMixin, Denoiser):
     """One step of QwenImagePipeline's loop: packed latents, shifted sigmas, t / 1000, true CFG with the
     norm rescale (or a guidance embedding on distilled models)."""
 
@@ -107,30 +107,17 @@ class QwenImageDenoiser(PromptsMixin, Denoiser):
         cond["img_shapes"] = [[(1, *self._latent_side)]] * batch
         return cond
 
-    def _run(self, x, t, text, img_shapes):
+    def _run(self, x, t, text, cond):
         embeds, mask = text
-        timestep = torch.as_tensor(t, device=x.device).reshape(-1)[:1].expand(x.shape[0]).to(x.dtype)
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full([x.shape[0]], self.guidance_scale, device=x.device, dtype=torch.float32)
-        return self.transformer(hidden_states=x, timestep=timestep / 1000, guidance=guidance,
+        return self.transformer(hidden_states=x, timestep=self.step_timestep(x, t) / 1000, guidance=self.guidance(x),
                                 encoder_hidden_states_mask=mask, encoder_hidden_states=embeds,
-                                img_shapes=img_shapes, return_dict=False)[0]
-
-    def forward(self, x: torch.Tensor, t, cond: dict) -> torch.Tensor:
-        with cache_context(self.transformer, "cond"):
-            out = self._run(x, t, cond["cond"], cond["img_shapes"])
-        if not self.true_cfg:
-            return out
-        with cache_context(self.transformer, "uncond"):
-            uncond = self._run(x, t, cond["uncond"], cond["img_shapes"])
-        return torch.cat([out, uncond])
+                                img_shapes=cond["img_shapes"], return_dict=False)[0]
 
     def guided(self, raw: torch.Tensor) -> torch.Tensor:
         if not self.true_cfg:
             return raw
         cond, uncond = raw.chunk(2)
-        combined = self.combine(cond, uncond)
+        combined = self.combine(cond, uncond)  # QwenImagePipeline rescales the guided output to the cond norm
         return combined * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
 
 
