@@ -71,12 +71,52 @@ class Denoiser:
         return uncond + self.guidance_scale * (cond - uncond)
 
 
-class TrueCFGMixin:
-    """Pipelines that run guidance as two forwards per step (Flux, Qwen-Image with true CFG), each in its
-    own cache context: ``_run(x, t, text, cond)`` is one forward; ``self.true_cfg`` says whether there is
-    an unconditional one. ``cond`` holds ``"cond"`` and ``"uncond"`` text conditioning."""
+class PromptsMixin:
+    """Conditioning by prompts drawn from a list."""
 
-    true_cfg: bool
+    def pick_prompts(self, batch: int, generator: torch.Generator) -> list[str]:
+        if not self.prompts:
+            raise ValueError(f"{type(self.pipe).__name__} router training needs prompts (a text or JSON file, or a "
+                             "datasets dataset)")
+        idx = torch.randint(0, len(self.prompts), (batch,), generator=generator).tolist()
+        return [self.prompts[i] for i in idx]
+
+
+def uses_true_cfg(pipe, guidance_scale: float) -> bool:
+    """Without a guidance embedding, guidance is true CFG (two forwards per step)."""
+    return not pipe.transformer.config.guidance_embeds and guidance_scale > 1
+
+
+class BatchedCFGMixin:
+    """Pipelines that run CFG as one forward on [uncond, text] (PixArt, Sana); a learned-sigma output
+    (twice the input channels) keeps only the noise half."""
+
+    def guided(self, raw: torch.Tensor) -> torch.Tensor:
+        out = raw
+        if self.cfg:
+            uncond, text = out.chunk(2)
+            out = self.combine(text, uncond)
+        if self.transformer.config.out_channels // 2 == self.transformer.config.in_channels:
+            out = out.chunk(2, dim=1)[0]
+        return out
+
+
+class TrueCFGDenoiser(PromptsMixin, Denoiser):
+    """Pipelines that run guidance as two forwards per step (Flux, Qwen-Image with true CFG), each in its
+    own cache context, or one forward with a distilled guidance embedding. Subclasses define
+    ``_run(x, t, text, cond)``, one forward; ``cond`` holds ``"cond"`` and ``"uncond"`` text
+    conditioning."""
+
+    default_guidance: float
+
+    def __init__(self, pipe, guidance_scale: float | None = None, prompts=None, height: int | None = None,
+                 width: int | None = None, max_sequence_length: int = 512):
+        super().__init__(pipe, self.default_guidance if guidance_scale is None else guidance_scale)
+        self.prompts = list(prompts or [])
+        side = pipe.default_sample_size * pipe.vae_scale_factor
+        self.height, self.width = height or side, width or side
+        self.max_sequence_length = max_sequence_length
+        self.true_cfg = uses_true_cfg(pipe, self.guidance_scale)
 
     def forward(self, x: torch.Tensor, t, cond: dict) -> torch.Tensor:
         with cache_context(self.transformer, "cond"):
@@ -101,14 +141,3 @@ class TrueCFGMixin:
         if not self.transformer.config.guidance_embeds:
             return None
         return torch.full([x.shape[0]], self.guidance_scale, device=x.device, dtype=torch.float32)
-
-
-class PromptsMixin:
-    """Conditioning by prompts drawn from a list."""
-
-    def pick_prompts(self, batch: int, generator: torch.Generator) -> list[str]:
-        if not self.prompts:
-            raise ValueError(f"{type(self.pipe).__name__} router training needs prompts (a text or JSON file, or a "
-                             "datasets dataset)")
-        idx = torch.randint(0, len(self.prompts), (batch,), generator=generator).tolist()
-        return [self.prompts[i] for i in idx]

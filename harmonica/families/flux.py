@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .denoising import Denoiser, PromptsMixin, TrueCFGMixin
+from .denoising import TrueCFGDenoiser, uses_true_cfg
 from .pixart import text_call_kwargs
 from .spec import BlockKind, Branch, Family, Fused
 
@@ -64,22 +64,10 @@ SINGLE_BLOCK = BlockKind(
 )
 
 
-def uses_true_cfg(pipe, guidance_scale: float) -> bool:
-    """Without a guidance embedding, guidance is true CFG (two forwards per step)."""
-    return not pipe.transformer.config.guidance_embeds and guidance_scale > 1
-
-
-class FluxDenoiser(TrueCFGMixin, PromptsMixin, Denoiser):
+class FluxDenoiser(TrueCFGDenoiser):
     """One step of FluxPipeline's loop: packed latents, t / 1000, guidance embedding or true CFG."""
 
-    def __init__(self, pipe, guidance_scale: float = 3.5, prompts=None, height: int | None = None,
-                 width: int | None = None, max_sequence_length: int = 512):
-        super().__init__(pipe, guidance_scale)
-        self.prompts = list(prompts or [])
-        side = pipe.default_sample_size * pipe.vae_scale_factor
-        self.height, self.width = height or side, width or side
-        self.max_sequence_length = max_sequence_length
-        self.true_cfg = uses_true_cfg(pipe, guidance_scale)
+    default_guidance = 3.5
 
     def _image_seq_len(self) -> int:
         f = self.pipe.vae_scale_factor * 2

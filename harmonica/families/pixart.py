@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .denoising import Denoiser, PromptsMixin
+from .denoising import BatchedCFGMixin, Denoiser, PromptsMixin
 from .dit import BASIC_BLOCK
 from .spec import Family
 
 
-class PixArtDenoiser(PromptsMixin, Denoiser):
+class PixArtDenoiser(BatchedCFGMixin, PromptsMixin, Denoiser):
     """Text-conditional PixArt: conditioning is a batch of prompts, CFG batched as [uncond; text]."""
 
     def __init__(self, pipe, guidance_scale: float = 4.5, prompts=None, max_sequence_length: int = 120):
@@ -50,15 +50,6 @@ class PixArtDenoiser(PromptsMixin, Denoiser):
             added_cond_kwargs=self._added_cond_kwargs(x.shape[0], x.device),
             return_dict=False,
         )[0]
-
-    def guided(self, raw: torch.Tensor) -> torch.Tensor:
-        out = raw
-        if self.cfg:
-            uncond, text = out.chunk(2)
-            out = self.combine(text, uncond)
-        if self.transformer.config.out_channels // 2 == self.transformer.config.in_channels:
-            out = out.chunk(2, dim=1)[0]
-        return out
 
 
 def text_call_kwargs(pipe, conditions, height=None, width=None, max_sequence_length=None, **extra) -> dict:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .denoising import Denoiser, PromptsMixin, TrueCFGMixin
+from .denoising import TrueCFGDenoiser, uses_true_cfg
 from .flux import _clip16
 from .pixart import text_call_kwargs
 from .spec import BlockKind, Branch, Family, Fused
@@ -49,26 +49,14 @@ QWEN_BLOCK = BlockKind(
 )
 
 
-def uses_true_cfg(pipe, guidance_scale: float) -> bool:
-    """Without a guidance embedding, guidance is true CFG (two forwards per step)."""
-    return not pipe.transformer.config.guidance_embeds and guidance_scale > 1
-
-
 NEGATIVE_PROMPT = " "  # the model card's empty negative prompt
 
 
-class QwenImageDenoiser(TrueCFGMixin, PromptsMixin, Denoiser):
+class QwenImageDenoiser(TrueCFGDenoiser):
     """One step of QwenImagePipeline's loop: packed latents, shifted sigmas, t / 1000, true CFG with the
     norm rescale (or a guidance embedding on distilled models)."""
 
-    def __init__(self, pipe, guidance_scale: float = 4.0, prompts=None, height: int | None = None,
-                 width: int | None = None, max_sequence_length: int = 512):
-        super().__init__(pipe, guidance_scale)
-        self.prompts = list(prompts or [])
-        side = pipe.default_sample_size * pipe.vae_scale_factor
-        self.height, self.width = height or side, width or side
-        self.max_sequence_length = max_sequence_length
-        self.true_cfg = uses_true_cfg(pipe, guidance_scale)
+    default_guidance = 4.0
 
     @property
     def _latent_side(self) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .denoising import Denoiser, PromptsMixin
+from .denoising import BatchedCFGMixin, Denoiser, PromptsMixin
 from .pixart import text_call_kwargs
 from .spec import BlockKind, Branch, Family
 
@@ -35,7 +35,7 @@ def sana_branches(block) -> tuple[Branch, ...]:
 SANA_BLOCK = BlockKind(block_class="SanaTransformerBlock", branches=sana_branches)
 
 
-class SanaDenoiser(PromptsMixin, Denoiser):
+class SanaDenoiser(BatchedCFGMixin, PromptsMixin, Denoiser):
     """One step of SanaPipeline's loop: float32 latents, CFG batched as [uncond; cond], scaled timestep."""
 
     def __init__(self, pipe, guidance_scale: float = 4.5, prompts=None, height: int | None = None,
@@ -70,15 +70,6 @@ class SanaDenoiser(PromptsMixin, Denoiser):
                                encoder_attention_mask=cond["encoder_attention_mask"], timestep=timestep,
                                return_dict=False)[0]
         return out.float()
-
-    def guided(self, raw: torch.Tensor) -> torch.Tensor:
-        out = raw
-        if self.cfg:
-            uncond, text = out.chunk(2)
-            out = self.combine(text, uncond)
-        if self.transformer.config.out_channels // 2 == self.transformer.config.in_channels:
-            out = out.chunk(2, dim=1)[0]
-        return out
 
 
 def sana_call_kwargs(pipe, conditions, guidance_scale: float | None = None, **extra) -> dict:
