@@ -9,10 +9,11 @@ batch size and compile mode the script times, interleaved in one process after w
 * ``stock``: the pipeline without harmonica;
 * ``fora``: FORA's schedule (every branch computed every 2nd step, reused in between);
 * ``router``: a learned-like schedule at 50% cache usage (random logits, thresholded at that rank);
+* ``router+taylor``: the same schedule rebuilding with first-order (TaylorSeer) forecasts, K = 2;
 * ``all-compute``: a router that computes everything (batch 1 only): the hooks' own overhead.
 
-It reports median latency, each variant's speedup over stock as the median of per-round ratios with
-their min-max, the transformer MACs speedup (``harmonica.stats``) and measured / MACs. Compile modes:
+It reports median latency, the cache memory of a call (its pools), each variant's speedup over stock
+as the median of per-round ratios with their min-max, the transformer MACs speedup (``harmonica.stats``) and measured / MACs. Compile modes:
 ``none`` (eager), ``regional`` (every block compiled) and ``whole`` (``transformer.compile()``).
 
     python eval/scale.py --arch shapes-dit --batch 8 --compile none regional --threads 2   # CPU
@@ -24,6 +25,7 @@ their min-max, the transformer MACs speedup (``harmonica.stats``) and measured /
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -133,9 +135,11 @@ def measure(arch: str, batch: int, mode: str, args) -> dict:
     base = base.to(args.device, dtype if arch != "shapes-dit" else torch.float32)
     base.set_progress_bar_config(disable=True)
     layout = harmonica.describe(base)
-    router = HarmoniCaRouter.for_layout(layout, steps, generator=torch.Generator().manual_seed(2))
+    router = HarmoniCaRouter.for_layout(layout, steps, generator=torch.Generator().manual_seed(2), history=2)
     router.threshold = threshold_for_usage(router, 0.5)[0]
-    schedules = {"stock": None, "fora": HarmoniCaRouter.static(layout, steps, compute_every=2), "router": router}
+    forecast = copy.deepcopy(router).init_forecast("taylor:1")  # same schedule, first-order forecasts (K = 2)
+    schedules = {"stock": None, "fora": HarmoniCaRouter.static(layout, steps, compute_every=2),
+                 "router": router.init_forecast("reuse"), "router+taylor": forecast}
     if batch == 1:
         schedules["all-compute"] = HarmoniCaRouter.for_layout(layout, steps, init="compute")
     pipes = {}
@@ -166,19 +170,20 @@ def measure(arch: str, batch: int, mode: str, args) -> dict:
         row["variants"][name] = {"latency_s": statistics.median(times[name]), "speedup": speedup,
                                  "speedup_min": min(ratios), "speedup_max": max(ratios),
                                  "cache_usage": 0.0 if stats is None else stats.cache_usage,
+                                 "cache_mib": 0.0 if stats is None else stats.cache_bytes / 2**20,
                                  "macs_speedup": macs, "measured_over_macs": speedup / macs}
     return row
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| arch | batch | compile | variant | latency | speedup (min-max) | cache usage | MACs speedup | "
-             "measured / MACs |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arch | batch | compile | variant | latency | speedup (min-max) | cache usage | cache memory | "
+             "MACs speedup | measured / MACs |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         for name, v in row["variants"].items():
             flag = " (!> MACs)" if v["speedup"] > v["macs_speedup"] * 1.02 else ""
             lines.append(f"| {row['arch']} | {row['batch']} | {row['compile']} | {name} | {v['latency_s']:.3f} s | "
                          f"{v['speedup']:.3f}x ({v['speedup_min']:.3f}-{v['speedup_max']:.3f}){flag} | "
-                         f"{v['cache_usage']:.0%} | {v['macs_speedup']:.2f}x | {v['measured_over_macs']:.2f} |")
+                         f"{v['cache_usage']:.0%} | {v['cache_mib']:.1f} MiB | {v['macs_speedup']:.2f}x | {v['measured_over_macs']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -63,6 +63,7 @@ class CacheStats:
     macs_full: int = 0
     macs_spent: int = 0
     reused_per_step: list[int] = field(default_factory=list)
+    cache_bytes: int = 0  # the cache pools of the call (all transformers and cache contexts), allocated once
 
     @property
     def cache_usage(self) -> float:
@@ -77,7 +78,7 @@ class CacheStats:
         return (
             f"{self.num_steps} steps, cache usage {self.cache_usage:.1%} ({self.reused}/{self.branch_calls} branch "
             f"computations reused), transformer MACs {self.macs_spent / 1e9:.3f}G of {self.macs_full / 1e9:.3f}G "
-            f"({self.macs_speedup:.2f}x)"
+            f"({self.macs_speedup:.2f}x), cache {self.cache_bytes / 2**20:.1f} MiB"
         )
 
 
@@ -521,7 +522,8 @@ class HarmoniCa:
         st.macs_full += total
         st.macs_spent += total - sum(per_slot[s] for s in reused)
         if position.step == position.num_steps - 1:
-            record.states.pop(forward.key, None)  # frees this context's cache
+            finished = record.states.pop(forward.key, None)  # frees this context's cache
+            st.cache_bytes += finished.nbytes if finished is not None else 0
             record.finished.add(forward.key)
             if not record.states:
                 self.finish(record)

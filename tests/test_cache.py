@@ -209,6 +209,12 @@ def test_forecast_fused_equals_branch_by_branch_and_keeps_only_the_history_used(
     plan = harmonica.controller(pipe).plans[0]
     assert {depth for _, _, depth in plan.entries.values()} == {2}  # first order: two outputs per branch kept
     assert plan.capacity == {"image": 2 * 6}
+    forecast_bytes = harmonica.stats(pipe).cache_bytes
+    router.init_forecast("reuse")  # one output kept per branch: half the cache
+    harmonica.enable(pipe, router)
+    dit_images(pipe, steps=7)
+    assert 2 * harmonica.stats(pipe).cache_bytes == forecast_bytes > 0
+    assert "cache 0." in str(harmonica.stats(pipe))
 
 
 def test_stats_report_usage_and_macs(dit_path):
