@@ -221,3 +221,20 @@ def test_train_flux_resumes_after_interruption(tmp_path, monkeypatch):
     assert pipe.vae.config.shift_factor is not None and pipe.scheduler.config.use_dynamic_shifting is False
     with pytest.raises(SystemExit):  # another model size in the same run folder is refused
         train_flux.main(argv(tmp_path / "cut")[:-2] + ["--single", "3"])
+
+
+def test_shipped_flux_pipeline_loads_with_stock_diffusers_and_draws_the_caption():
+    """pipelines/shapes-flux is a stock FluxPipeline folder: from_pretrained offline, true CFG, 32x32."""
+    from diffusers import FluxPipeline
+
+    from harmonica.embedded import FLUX_PIPELINE
+
+    pipe = FluxPipeline.from_pretrained(FLUX_PIPELINE)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.config.guidance_embeds is False and len(pipe.transformer.single_transformer_blocks) == 8
+    prompts = ["a large yellow circle on a blue background", "a large red circle on a white background"]
+    images = pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="pt",
+                  **flux_call_kwargs(len(prompts))).images
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+    # the trained model draws the asked colours (99.5% colour accuracy at full computation)
+    assert colour_accuracy((images * 255).round().to(torch.uint8), prompts) == 1.0
