@@ -13,12 +13,12 @@ batch size and compile mode the script times, interleaved in one process after w
 * ``all-compute``: a router that computes everything (batch 1 only): the hooks' own overhead.
 
 It reports median latency, the cache memory of a call (its pools), each variant's speedup over stock
-as the median of per-round ratios with their min-max, the transformer MACs speedup (``harmonica.stats``) and measured / MACs. Compile modes:
-``none`` (eager), ``regional`` (every block compiled) and ``whole`` (``transformer.compile()``).
+as the median of per-round ratios with their min-max, the transformer MACs speedup
+(``harmonica.stats``) and measured / MACs. Compile modes: ``none`` (eager), ``regional`` (every
+block compiled) and ``whole`` (``transformer.compile()``).
 
     python eval/scale.py --arch shapes-dit --batch 8 --compile none regional --threads 2   # CPU
-    python eval/scale.py --arch dit-xl-2 pixart-sigma-1024 flux-dev --batch 1 8 --dtype bf16 \\
-        --compile none regional                                                          # GPU
+    python eval/scale.py --arch dit-xl-2 pixart-sigma-1024 flux-dev --batch 1 8 --dtype bf16 --compile none regional  # GPU
     python eval/scale.py --tiny                                      # the same code on tiny configs
 """
 
