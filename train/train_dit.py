@@ -18,14 +18,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
-from transformers.optimization import get_cosine_schedule_with_warmup, get_wsd_schedule
 
 from harmonica.cli import HelpFormatter
 from harmonica.data import NUM_CLASSES, TRAIN_SEED, render_shapes, to_model_range
 from harmonica.embedded import NULL_CLASS, dit_config, save_pipeline, scheduler_config
-from harmonica.training.checkpoints import batch_indices, resume, save_checkpoint
+from harmonica.training.checkpoints import batch_indices, prepare_model_training, save_checkpoint
 
 
 @torch.no_grad()
@@ -93,18 +91,7 @@ def main():
 
     model = DiTTransformer2DModel(**dit_config())
     model.train()
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    decay = round(0.2 * args.steps) if args.decay_steps is None else args.decay_steps
-    # accelerate steps a prepared scheduler once per process at every optimizer step: count in those
-    n = accelerator.num_processes
-    if decay > 0:
-        lr_sched = get_wsd_schedule(opt, args.warmup * n, decay * n, num_training_steps=args.steps * n)
-    else:
-        lr_sched = get_cosine_schedule_with_warmup(opt, args.warmup * n, args.steps * n)
-    model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
-    accelerator.register_for_checkpointing(ema)
-    start = resume(accelerator, args.output)
+    model, opt, lr_sched, ema, start = prepare_model_training(accelerator, model, args, args.output)
 
     g = torch.Generator()
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="dit",

@@ -29,10 +29,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
-from transformers.optimization import get_cosine_schedule_with_warmup, get_wsd_schedule
 
 from harmonica.cli import HelpFormatter
 from harmonica.data import TRAIN_SEED, render_captioned_shapes, to_model_range
@@ -50,7 +48,7 @@ from harmonica.embedded import (
     save_flux_pipeline,
     with_latent_stats,
 )
-from harmonica.training.checkpoints import batch_indices, resume, save_checkpoint
+from harmonica.training.checkpoints import batch_indices, prepare_model_training, save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 LATENT = 8  # 32x32 images -> 8x8x4 latents (the VAE downsamples 4x) -> 4x4 = 16 packed tokens
@@ -194,18 +192,7 @@ def main(argv=None):
     model.train()
     accelerator.print(f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                       f"{args.double} double + {args.single} single blocks, hidden {args.hidden}")
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    decay = round(0.2 * args.steps) if args.decay_steps is None else args.decay_steps
-    # accelerate steps a prepared scheduler once per process at every optimizer step: count in those
-    n = accelerator.num_processes
-    if decay > 0:
-        lr_sched = get_wsd_schedule(opt, args.warmup * n, decay * n, num_training_steps=args.steps * n)
-    else:
-        lr_sched = get_cosine_schedule_with_warmup(opt, args.warmup * n, args.steps * n)
-    model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
-    accelerator.register_for_checkpointing(ema)
-    start = resume(accelerator, output)
+    model, opt, lr_sched, ema, start = prepare_model_training(accelerator, model, args, output)
 
     device = accelerator.device
     img_ids = FluxPipeline._prepare_latent_image_ids(1, LATENT // 2, LATENT // 2, device, torch.float32)

@@ -167,3 +167,25 @@ def batch_indices(num_items: int, batch_size: int, seed: int, step: int):
 
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return torch.randint(0, num_items, (batch_size,), generator=g)
+
+
+def prepare_model_training(accelerator, model, args, output: str | Path):
+    """The embedded models' optimisation, prepared and resumed: AdamW, an EMA of the weights and the
+    lr schedule (warm-up, held, then decayed to 0 over ``args.decay_steps``, default the last 20%;
+    0: cosine from the warm-up). Returns ``(model, optimizer, lr schedule, ema, start step)``."""
+    import torch
+    from diffusers.training_utils import EMAModel
+    from transformers.optimization import get_cosine_schedule_with_warmup, get_wsd_schedule
+
+    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    decay = round(0.2 * args.steps) if args.decay_steps is None else args.decay_steps
+    # accelerate steps a prepared scheduler once per process at every optimizer step: count in those
+    n = accelerator.num_processes
+    if decay > 0:
+        lr_sched = get_wsd_schedule(opt, args.warmup * n, decay * n, num_training_steps=args.steps * n)
+    else:
+        lr_sched = get_cosine_schedule_with_warmup(opt, args.warmup * n, args.steps * n)
+    model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
+    accelerator.register_for_checkpointing(ema)
+    return model, opt, lr_sched, ema, resume(accelerator, output)
