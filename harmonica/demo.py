@@ -27,7 +27,8 @@ from harmonica.viz import save_image_grid, save_router_heatmap
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="dit", choices=["dit", "flux"], help="which embedded model")
-    p.add_argument("--pipeline", default=None, help="pipeline folder or hub id (default: the --model's embedded one)")
+    p.add_argument("--pipeline", default=None, help=f"pipeline folder or hub id (with --model flux: {FLUX_PIPELINE}) "
+                   f"(default: {EMBEDDED_PIPELINE})")
     p.add_argument("--router", default=None, help="router folder or hub id (default: the one shipped beside the pipeline)")
     p.add_argument("--threshold", type=float, default=None, help="inference threshold (default: the router's)")
     p.add_argument("--out", default="outputs/demo")
