@@ -64,14 +64,16 @@ def build_parser():
     t.add_argument("--levels", type=float, nargs="+", default=list(DEFAULT_LEVELS),
                    help="speed levels of the best-setting tables (speedups, e.g. 1.5 2 2.5)")
     p.add_argument("--out", default="outputs/pareto")
-    p.add_argument("--plot_only", action="store_true", help="redraw <out>/pareto.png and .md from <out>/pareto.json")
+    p.add_argument("--plot_only", action="store_true",
+                   help="redraw <out>/pareto.png and .md from <out>/pareto.json; with --speedup macs on a timed "
+                        "sweep: <out>/pareto-macs.png and .md, the level tables by MACs speedup")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.plot_only:
-        return replot(Path(args.out))
+        return replot(Path(args.out), args.speedup)
     import dataclasses
 
     from accelerate import Accelerator
@@ -146,25 +148,31 @@ def main(argv=None):
     return points if accelerator.is_main_process else None
 
 
-def write_table_and_plot(out: Path, data: dict, replicates: dict | None = None):
+def write_table_and_plot(out: Path, data: dict, replicates: dict | None = None, key: str | None = None):
     """<out>/pareto.md and <out>/pareto.png from a pareto.json document (its "levels" recomputed from
-    the points and the bootstrap replicates); returns (table, png path)."""
+    the points and the bootstrap replicates); returns (table, png path). ``key``: the speedup of the
+    x axis and the level tables, by default the measured one when the sweep was timed; the MACs one
+    asked of a timed sweep goes to pareto-macs.md / .png."""
     from harmonica import evaluation as ev
 
     points, setup = data["points"], data["setup"]
-    key = "measured_speedup" if data.get("timing") else "macs_speedup"  # no timing: --speedup macs
-    data["levels"] = ev.best_settings(points, data.get("levels_asked") or ev.DEFAULT_LEVELS, key, replicates)
-    table = ev.pareto_markdown(points, key) + "\n" + ev.levels_markdown(data["levels"], points, key)
-    (out / "pareto.md").write_text(table)
+    default = "measured_speedup" if data.get("timing") else "macs_speedup"  # no timing: --speedup macs
+    key = key or default
+    stem = "pareto" if key == default else "pareto-macs"
+    levels = ev.best_settings(points, data.get("levels_asked") or ev.DEFAULT_LEVELS, key, replicates)
+    if key == default:
+        data["levels"] = levels
+    table = ev.pareto_markdown(points, key) + "\n" + ev.levels_markdown(levels, points, key)
+    (out / f"{stem}.md").write_text(table)
     sets = data.get("seed_sets", 1) or 1
-    png = ev.pareto_plot(points, out / "pareto.png", key,
+    png = ev.pareto_plot(points, out / f"{stem}.png", key,
                          title=f"{Path(str(data['pipeline'])).name}: {setup['num_inference_steps']} steps, "
                                f"CFG {setup['guidance_scale']}, N={data['num_samples']}"
                                + (f" x {sets} seed sets" if sets > 1 else ""))
     return table, png
 
 
-def replot(out: Path):
+def replot(out: Path, speedup: str = "measured"):
     import json
 
     import numpy as np
@@ -176,8 +184,9 @@ def replot(out: Path):
     if (out / "bootstrap.npz").is_file():
         with np.load(out / "bootstrap.npz") as arrays:
             replicates = ev.replicates_from_arrays(arrays)
-    _, png = write_table_and_plot(out, data, replicates)
-    print(f"wrote {png}, {out / 'pareto.md'}")
+    key = "macs_speedup" if speedup == "macs" else None
+    _, png = write_table_and_plot(out, data, replicates, key)
+    print(f"wrote {png}, {png.with_suffix('.md')}")
     return data["points"]
 
 

@@ -221,6 +221,12 @@ def test_router_methods_take_any_router_folder(dit, tmp_path):
     reuse.training_info = {"objective": "sdt", "config": {"init": "uniform"}}  # named by how it was trained
     reuse.save_pretrained(tmp_path / "sdt")
     assert applied_clone(dit, "harmonica", None, setup, router=tmp_path / "sdt")[1].label == "SDT only (uniform init) 83% tau=0.3"
+    reuse.training_info = {"objective": "harmonica", "config": {"init": "static:2", "history": 3, "forecast_init": "reuse"}}
+    reuse.save_pretrained(tmp_path / "run-fora" / "router")  # a training run's output folder
+    request = methods.parse_method(f"harmonica@{tmp_path / 'run-fora' / 'router'}")
+    assert request.series == "harmonica@run-fora"  # named by the run, not by its router/ subfolder
+    assert applied_clone(dit, "harmonica", None, setup, router=tmp_path / "run-fora" / "router")[1].label == \
+        "HarmoniCa (K=3 from reuse) 83% tau=0.3"
     with pytest.raises(ValueError, match="needs a router folder"):
         applied_clone(dit, "harmonica", None, setup)
 
@@ -484,6 +490,10 @@ def test_speed_and_pareto_scripts_end_to_end(dit_path, judge_dir, tmp_path):
     replotted = script("pareto")["main"](["--plot_only", "--out", str(out)])
     assert [p["label"] for p in replotted] == [p["label"] for p in points] and (out / "pareto.png").is_file()
     assert (out / "pareto.md").read_text() == table  # the level tables come back from bootstrap.npz
+    script("pareto")["main"](["--plot_only", "--speedup", "macs", "--out", str(out)])  # levels by MACs speedup
+    by_macs = (out / "pareto-macs.md").read_text()
+    assert "among its points at or above the level's MACs speedup" in by_macs and (out / "pareto-macs.png").is_file()
+    assert (out / "pareto.md").read_text() == table  # the measured tables stay as they were
 
 
 def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_path):

@@ -68,7 +68,10 @@ class MethodRequest:
 
     @property
     def series(self) -> str:
-        base = self.name if self.router is None else f"{self.name}@{Path(self.router).name}"
+        folder = None if self.router is None else Path(self.router)
+        if folder is not None and folder.name == "router" and folder.parent.name:
+            folder = folder.parent  # runs/router-2x/router (a training run's output) reads as router-2x
+        base = self.name if folder is None else f"{self.name}@{folder.name}"
         return base if self.fused else f"{base} (kernel off)"
 
 

@@ -25,6 +25,8 @@ def _title(router, default: str) -> str:
         notes.append("paper lambda")
     if config.get("init") in ("random", "uniform"):
         notes.append(f"{config['init']} init")
+    if (config.get("history") or 1) > 1:  # learned forecasts: K past outputs, coefficients' start
+        notes.append(f"K={config['history']} from {config.get('forecast_init') or 'taylor'}")
     return f"{title} ({', '.join(notes)})" if notes else title
 
 
