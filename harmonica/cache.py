@@ -470,8 +470,10 @@ class HarmoniCa:
 
     @torch.compiler.disable
     def counted(self, forward: Forward, original, args, kwargs):
-        """Run a forward while measuring its MACs, in total and per branch slot (new input shapes)."""
-        out, total = count_macs(lambda: original(*args, **kwargs))
+        """Run a forward while measuring its MACs, in total and per branch slot (new input shapes). It runs
+        eagerly: the counting dispatch mode cannot run compiled code (regional fullgraph blocks refuse it)."""
+        with torch.compiler.set_stance("force_eager"):
+            out, total = count_macs(lambda: original(*args, **kwargs))
         self.macs_table[forward.shape] = (total, forward.counting)
         return out
 

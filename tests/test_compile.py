@@ -164,3 +164,25 @@ def test_inductor_matches_eager(dit_path):
     got = images(pipe, steps=6)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert harmonica.stats(pipe).cache_usage == pytest.approx(router.cache_usage())
+
+
+def test_regional_compile_traces_a_graph_per_block_with_harmonica(dit_path):
+    """The limit the README states: stock blocks share one graph, hooked blocks each need their own (the
+    decisions and cache slots are constants of a block's graph), so regional compile of a learned
+    schedule traces blocks x patterns graphs; the whole-transformer form traces one per pattern."""
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    expected = images(pipe)
+    torch._dynamo.reset()
+    blocks = pipe.transformer.transformer_blocks
+    for block in blocks:
+        block.compile(backend="eager", fullgraph=True)
+    images(pipe)
+    stock = counters["stats"]["unique_graphs"]
+    assert stock <= 2, stock  # one graph for all blocks (+1 for the first block's input layout)
+    torch._dynamo.reset()
+    counters.clear()
+    harmonica.enable(pipe, HarmoniCaRouter.for_layout(harmonica.describe(pipe), STEPS, init="compute"))
+    # enabled after compiling: the first call's MAC count runs eagerly (a dispatch mode, which
+    # fullgraph blocks would refuse), the rest compiled
+    assert torch.equal(images(pipe), expected)
+    assert counters["stats"]["unique_graphs"] >= len(blocks) > stock
