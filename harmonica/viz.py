@@ -63,8 +63,8 @@ def save_router_heatmap(router, path: str | Path, threshold: float | None = None
     ax.set_ylabel("sampling step")
     ax.set_yticks(range(0, mask.shape[0], max(1, mask.shape[0] // 10)))
     usage = 1 - mask.mean()
-    ax.set_title(title or f"router schedule: dark = computed, light = reused from cache (cache usage {usage:.0%})",
-                 fontsize=9)
+    rebuilt = "reused from cache" if router.history == 1 else f"forecast from the last {router.history} computed outputs"
+    ax.set_title(title or f"router schedule: dark = computed, light = {rebuilt} (cache usage {usage:.0%})", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
