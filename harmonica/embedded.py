@@ -282,6 +282,15 @@ def flux_call_kwargs(num_prompts: int | None = None, **overrides) -> dict:
     return kw
 
 
+def flux_train_prompts(num_images: int = 2000) -> list[str]:
+    """The distinct captions of the first ``num_images`` training items (seed ``TRAIN_SEED``), sorted:
+    the prompts a router for the embedded Flux model is trained on (``--prompts shapes``), drawn from
+    the model's own training captions, never from the held-out ones the harness evaluates with."""
+    from .data import TRAIN_SEED, render_captioned_shape
+
+    return sorted({render_captioned_shape(i, TRAIN_SEED)["caption"] for i in range(num_images)})
+
+
 def flux_eval_set(per_class: int, seed: int | None = None):
     """Held-out prompts for checking the Flux model: the first ``per_class`` captioned held-out items
     of each class, class by class. Returns (captions, labels int64 [N], colour ids int64 [N, 2])."""

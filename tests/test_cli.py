@@ -107,6 +107,16 @@ def test_missing_prompts_file_is_refused(train_router, tmp_path, capsys, no_pipe
     assert not (tmp_path / "run").exists()
 
 
+def test_shapes_prompts_are_the_flux_models_training_captions(train_router):
+    """--prompts shapes: the embedded Flux model's own training captions (seed TRAIN_SEED), each once."""
+    from harmonica.data import TRAIN_SEED, parse_caption, render_captioned_shape
+
+    _, config = train_router["parse_settings"](["--pipeline", "x", "--prompts", "shapes"])
+    assert len(config.prompts) == len(set(config.prompts)) > 500
+    assert {render_captioned_shape(i, TRAIN_SEED)["caption"] for i in range(20)} <= set(config.prompts)
+    for caption in config.prompts:
+        parse_caption(caption)  # raises on anything but a shapes caption
+
 def test_options_override_the_recipe(train_router, tmp_path):
     recipe = write_recipe(tmp_path, {"pipeline": "some/pipeline", "trajectories": 3, "lr": 0.5, "target_usage": 0.4,
                                      "cpu": True, "torch_dtype": "float16"})

@@ -38,7 +38,8 @@ class ScriptOptions:
     torch_dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={
         "help": "dtype the pipeline is loaded in"})
     prompts_file: str | None = field(default=None, metadata={
-        "help": "PixArt prompts: a .txt (one per line) or .json (list) file, or a saved datasets folder[:column]",
+        "help": "text-to-image prompts: a .txt (one per line) or .json (list) file, a saved datasets "
+                "folder[:column], or 'shapes' (the embedded Flux model's training captions)",
         "aliases": ["--prompts"]})
     cpu: bool = field(default=False, metadata={"help": "force CPU (with several processes: gloo)"})
 
@@ -56,10 +57,15 @@ def build_parser() -> HfArgumentParser:
 
 
 def load_prompts(spec):
-    """Prompts from a .txt (one per line) or .json (list) file, or a local `datasets` folder:column."""
+    """Prompts from a .txt (one per line) or .json (list) file, a local `datasets` folder:column, or
+    'shapes' (the captions the embedded Flux model was trained on)."""
     if spec is None:
         return []
-    if spec.endswith(".txt"):
+    if spec == "shapes":
+        from harmonica.embedded import flux_train_prompts
+
+        prompts = flux_train_prompts()
+    elif spec.endswith(".txt"):
         prompts = [line.strip() for line in open(spec, encoding="utf-8") if line.strip()]
     elif spec.endswith(".json"):
         prompts = json.load(open(spec, encoding="utf-8"))
