@@ -292,7 +292,10 @@ def test_seed_sets_are_disjoint_and_kept_separately(dit, judge_dir, tmp_path, mo
     assert result["metrics"]["fd"] == pytest.approx(sum(fds) / 2)
     e = result["errors"]
     assert e["fd"]["n_sets"] == 2 and e["fd"]["std"] > 0 and e["psnr"]["boot_ci"][0] <= e["psnr"]["mean"]
-    assert set(run.replicates["fora-2"]) == {"fd", "kid_mean", "class_accuracy", "psnr", "ssim"}
+    assert set(run.replicates["fora-2"]) == {"fd", "kid_mean", "class_accuracy", "psnr", "ssim", "fd_uncached"}
+    assert result["metrics"]["fd_uncached"] > 0 and "boot_ci" in e["fd_uncached"]
+    stock = run.evaluate(methods.MethodRequest("none", []), None)
+    assert "fd_uncached" not in stock["metrics"]  # the uncached samples are the target itself
     # a second run finds every seed set's samples in the store and generates nothing
     monkeypatch.setattr(quality, "generate_distributed", lambda *a, **k: pytest.fail("regenerated kept samples"))
     again = ev.QualityRun(dit, setup, 4, tmp_path, **kw).evaluate(methods.parse_method("fora=2"), 2)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harmonica import evaluation as ev
-from harmonica.evaluation.stats import Bootstrap, ReferenceStats, SampleData, fd_from_stats
+from harmonica.evaluation.stats import Bootstrap, ReferenceStats, SampleData, fd_between, fd_from_stats
 
 
 def gaussian_features(n, d=16, shift=0.0, scale=1.0, seed=0):
@@ -29,6 +29,28 @@ def test_fd_and_kid_of_a_resample_agree_with_torch_fidelity():
     kid = kid_features_to_metric(torch.from_numpy(gen), torch.from_numpy(ref), kid_subsets=50,
                                  kid_subset_size=200, verbose=False, rng_seed=0)
     assert boot._kid(gen, ones)[0] == pytest.approx(next(iter(kid.values())), abs=0.02)
+
+
+def test_fd_to_uncached_is_zero_for_the_model_itself_and_resamples_pairs_together():
+    """FD between a point's samples and the uncached samples of the same seeds: 0 for identical
+    features, torch-fidelity's FD otherwise; the bootstrap resamples a sample with its uncached twin."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    uncached = gaussian_features(300, seed=4)
+    cached = uncached + gaussian_features(300, scale=0.3, seed=5)  # each image near its twin
+    assert fd_between(uncached, uncached) == pytest.approx(0.0, abs=1e-9)
+    tf = fid_statistics_to_metric(fid_features_to_statistics(torch.from_numpy(cached)),
+                                  fid_features_to_statistics(torch.from_numpy(uncached)), False)
+    assert fd_between(cached, uncached) == pytest.approx(next(iter(tf.values())), rel=1e-6)
+    boot = Bootstrap(300, 1, 200, seed=0, reference=ReferenceStats.of(gaussian_features(600, seed=6)))
+    ones = np.ones((1, 300))
+    assert boot._fd_paired(cached, uncached, ones)[0] == pytest.approx(fd_between(cached, uncached), rel=1e-9)
+    same = boot.replicates([SampleData(features=uncached, uncached_features=uncached)])["fd_uncached"]
+    assert np.abs(same).max() < 1e-6  # resampled together, the model's own samples stay at 0
+    reps = boot.replicates([SampleData(features=cached, uncached_features=uncached)])["fd_uncached"]
+    assert (reps > 0).all()
+    lo, hi = ev.centered_interval(fd_between(cached, uncached), reps)
+    assert lo <= fd_between(cached, uncached) <= hi
 
 
 def interval_width(n, seed=0):

@@ -15,15 +15,17 @@ from ..viz import save_image_grid
 from .metrics import class_accuracies, feature_vectors, fidelity_metrics, judge_hits, psnr, similarity, ssim
 from .prepare import harmonica_stats, measure_cost, prepare
 from .sampling import SamplingSetup, generate_distributed, seed_set
-from .stats import Bootstrap, ReferenceStats, SampleData, point_errors
+from .stats import Bootstrap, ReferenceStats, SampleData, fd_between, point_errors
 from .store import cached_samples, safe_name, save_samples, weights_fingerprint
 
 
 def quality_metrics(images: torch.Tensor, *, reference: torch.Tensor | None, extractor, uncached: torch.Tensor | None,
                     judge=None, labels=None, colours=None, isc: bool = False, device="cpu") -> dict:
     """FD / KID (/ IS) against ``reference``, class accuracy with ``judge``, colour accuracy against
-    the prompts' (shape, background) colours, PSNR / SSIM against ``uncached`` (the same samples
-    without caching)."""
+    the prompts' (shape, background) colours, PSNR / SSIM and FD (``fd_uncached``) against
+    ``uncached`` (the same samples without caching): FD to the data can go below full computation's
+    when a cache's errors happen to move samples towards the data; FD to the uncached samples is 0
+    only for the model's own distribution."""
     out = {}
     if reference is not None and extractor is not None:
         out.update(fidelity_metrics(images, reference, extractor, isc=isc, device=device))
@@ -36,9 +38,11 @@ def quality_metrics(images: torch.Tensor, *, reference: torch.Tensor | None, ext
         report = colour_report(images, colours)
         out["colour_accuracy"] = report["both"]
         out["shape_colour_accuracy"], out["background_colour_accuracy"] = report["foreground"], report["background"]
-    if uncached is not None:
-        if uncached.shape == images.shape:
-            out.update(similarity(images, uncached))
+    if uncached is not None and uncached.shape == images.shape:
+        out.update(similarity(images, uncached))
+        if extractor is not None:
+            out["fd_uncached"] = fd_between(feature_vectors(images, extractor, device).numpy(),
+                                            feature_vectors(uncached, extractor, device).numpy())
     return out
 
 
@@ -181,6 +185,8 @@ class QualityRun:
         if uncached is not None and uncached.shape == images.shape:
             data.psnr = psnr(images, uncached).double().numpy()
             data.ssim = ssim(images, uncached).double().numpy()
+            if data.features is not None:
+                data.uncached_features = feature_vectors(uncached, self.extractor, self.device).numpy()
         return data
 
     # ------------------------------------------------------------------------------ one point

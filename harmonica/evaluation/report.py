@@ -118,8 +118,8 @@ def speed_markdown(result: dict) -> str:
 def pareto_markdown(points: list[dict], speedup_key: str) -> str:
     """Table of sweep points, grouped by series, fastest last."""
     dist = next((p["metrics"].get("distance_name") for p in points if p["metrics"].get("distance_name")), "FD")
-    lines = [f"| method | knob | {dist} | KID x1e3 | class acc. | PSNR (dB) | SSIM | cache usage | MACs speedup "
-             f"| measured speedup |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| method | knob | {dist} | KID x1e3 | class acc. | PSNR (dB) | SSIM | {dist} to uncached | cache usage "
+             f"| MACs speedup | measured speedup |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p["series"] != "none", p["series"], p.get(speedup_key) or 0)):
         c = p["cost"]
         measured = "-" if p.get("measured_speedup") is None else speedup_text(
@@ -127,7 +127,8 @@ def pareto_markdown(points: list[dict], speedup_key: str) -> str:
         lines.append(f"| {p['label']} | {knob_text(p.get('knob_name'), p.get('knob'))} | {value_text(p, 'fd', '.3f')} "
                      f"| {value_text(p, 'kid_mean', '.3f', 1e3)} "
                      f"| {value_text(p, 'class_accuracy', '.1%')} | {value_text(p, 'psnr', '.2f')} "
-                     f"| {value_text(p, 'ssim', '.4f')} | {_fmt(c.get('cache_usage'), '.1%')} "
+                     f"| {value_text(p, 'ssim', '.4f')} | {value_text(p, 'fd_uncached', '.3f')} "
+                     f"| {_fmt(c.get('cache_usage'), '.1%')} "
                      f"| {_fmt(c.get('macs_speedup'), '.2f')}x | {measured} |")
     return "\n".join(lines) + "\n"
 
@@ -154,14 +155,15 @@ def levels_markdown(tables: list[dict], points: list[dict], speedup_key: str = "
             out += ["(no point reaches this speed)", ""]
             continue
         out += ["| method | best setting | speedup | FD | FD - best | verdict | PSNR (dB) | PSNR - best | class acc. "
-                "| KID x1e3 | SSIM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| KID x1e3 | SSIM | FD to uncached |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in table["rows"]:
             p = by_id[row["point"]]
             out.append(
                 f"| {row['method']} | {p['label']} | {_fmt(row['speedup'], '.2f')}x | {value_text(p, 'fd', '.3f')} "
                 f"| {_diff_text(row['fd_diff'], '.3f')} | {row['word']} | {value_text(p, 'psnr', '.2f')} "
                 f"| {_diff_text(row['psnr_diff'], '.2f')} | {value_text(p, 'class_accuracy', '.1%')} "
-                f"| {value_text(p, 'kid_mean', '.3f', 1e3)} | {value_text(p, 'ssim', '.4f')} |")
+                f"| {value_text(p, 'kid_mean', '.3f', 1e3)} | {value_text(p, 'ssim', '.4f')} "
+                f"| {value_text(p, 'fd_uncached', '.3f')} |")
         out.append("")
     return "\n".join(out)
 

@@ -10,7 +10,8 @@ Two sources of spread, usable together:
   indices of every seed set, drawn once per run and applied to every method, so two methods are
   always compared on the same resampled seeds (a *paired* bootstrap). FD and KID are recomputed
   from per-image features (the reference set is held fixed), class accuracy / PSNR / SSIM from
-  per-image values. Resampling with replacement repeats images, which shifts FD and KID upwards
+  per-image values; FD to the uncached samples (``fd_uncached``) from both sides' features, a
+  sample and its uncached twin resampled together. Resampling with replacement repeats images, which shifts FD and KID upwards
   (fewer distinct samples); the interval is therefore the reported value plus the 2.5 / 97.5
   percentiles of the replicates' deviation from their own mean (the shift removed, the spread
   kept). The same rule gives the interval of a paired difference.
@@ -31,10 +32,10 @@ BOOTSTRAP_MAX_DIM = 512  # FD is bootstrapped in feature space (d x d per resamp
 
 # metric -> True when lower is better
 LOWER_IS_BETTER = {"fd": True, "kid_mean": True, "class_accuracy": False, "psnr": False, "ssim": False,
-                   "isc_mean": False}
+                   "isc_mean": False, "fd_uncached": True}
 ERROR_METRICS = tuple(LOWER_IS_BETTER)
 # the range a metric's interval is clipped to (FD >= 0, fractions and SSIM bounded; KID may be < 0)
-BOUNDS = {"fd": (0.0, math.inf), "class_accuracy": (0.0, 1.0), "ssim": (-1.0, 1.0)}
+BOUNDS = {"fd": (0.0, math.inf), "fd_uncached": (0.0, math.inf), "class_accuracy": (0.0, 1.0), "ssim": (-1.0, 1.0)}
 
 
 # ============================================================================== seed sets
@@ -69,6 +70,7 @@ class SampleData:
     correct: np.ndarray | None = None  # [N] judge says the requested class
     psnr: np.ndarray | None = None  # [N] dB to the uncached image (inf where identical)
     ssim: np.ndarray | None = None  # [N]
+    uncached_features: np.ndarray | None = None  # [N, d] the uncached images' features, same seeds (FD to uncached)
 
 
 @dataclass
@@ -94,6 +96,17 @@ class ReferenceStats:
             k = (f[start:start + 1024] @ f.T / d + 1.0) ** 3
             total += k.sum() - np.trace(k[:, start:start + 1024])
         return cls(mu, sigma, sqrt_sigma, float(np.trace(sigma)), f, total / (m * (m - 1)))
+
+
+def fd_between(x: np.ndarray, y: np.ndarray) -> float:
+    """Frechet distance between the feature rows ``x`` and ``y`` (FD of two sample sets)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    sigma_y = np.cov(y, rowvar=False)
+    w, v = np.linalg.eigh(sigma_y)
+    sqrt_y = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(sqrt_y @ np.cov(x, rowvar=False) @ sqrt_y), 0, None)).sum()
+    diff = x.mean(0) - y.mean(0)
+    return float(diff @ diff + np.trace(np.cov(x, rowvar=False)) + np.trace(sigma_y) - 2 * tr_covmean)
 
 
 def fd_from_stats(mu: np.ndarray, sigma: np.ndarray, ref: ReferenceStats) -> float:
@@ -135,6 +148,30 @@ class Bootstrap:
             out[start:start + 64] = fd.numpy()
         return out
 
+    @staticmethod
+    def _fd_paired(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """FD between ``x`` and ``y`` resampled with the *same* indices (a sample and its uncached twin
+        stay together): the reference side changes with every resample, unlike ``_fd``'s."""
+        n = len(x)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        out = np.empty(len(counts))
+        for start in range(0, len(counts), 64):
+            c = torch.from_numpy(counts[start:start + 64])
+            stats = []
+            for z in (xt, yt):
+                mu = c @ z / n
+                second = torch.einsum("bn,nd,ne->bde", c, z, z)
+                stats.append((mu, (second - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)))
+            (mx, sx), (my, sy) = stats
+            w, v = torch.linalg.eigh(sy)
+            root = (v * w.clamp_min(0).sqrt()[:, None, :]) @ v.transpose(-1, -2)
+            tr_covmean = torch.linalg.eigvalsh(root @ sx @ root).clamp_min(0).sqrt().sum(-1)
+            diff = mx - my
+            fd = ((diff * diff).sum(-1) + sx.diagonal(dim1=-2, dim2=-1).sum(-1)
+                  + sy.diagonal(dim1=-2, dim2=-1).sum(-1) - 2 * tr_covmean)
+            out[start:start + 64] = fd.numpy()
+        return out
+
     def _kid(self, x: np.ndarray, counts: np.ndarray) -> np.ndarray:
         ref = self.reference
         n, d = x.shape
@@ -169,6 +206,9 @@ class Bootstrap:
                 if x.shape[1] <= BOOTSTRAP_MAX_DIM:
                     per_set.setdefault("fd", []).append(self._fd(x, counts))
                 per_set.setdefault("kid_mean", []).append(self._kid(x, counts))
+                if d.uncached_features is not None and x.shape[1] <= BOOTSTRAP_MAX_DIM:
+                    y = np.asarray(d.uncached_features, dtype=np.float64)
+                    per_set.setdefault("fd_uncached", []).append(self._fd_paired(x, y, counts))
             if d.correct is not None:
                 per_set.setdefault("class_accuracy", []).append(self._mean(d.correct, counts))
             if d.psnr is not None:
