@@ -248,8 +248,28 @@ def test_magcache_calibration_measures_one_ratio_per_step(dit):
     from harmonica.methods.magcache import magnitude_ratios
 
     setup = dit_setup(dit)
-    ratios = magnitude_ratios(methods.clone_pipeline(dit), ev.calibration_call(setup))
+    ratios = magnitude_ratios(methods.clone_pipeline(dit), ev.calibration_call(setup), STEPS)
     assert len(ratios) == STEPS and ratios[0] == 1.0 and all(r > 0 for r in ratios)
+
+
+def test_magcache_on_flux_with_true_cfg_calibrates_each_guidance_stream():
+    """Flux with true CFG runs two forwards per step (cond, uncond): one ratio per step, each stream
+    against its own previous step; the residual runs from the first double block to the last single one."""
+    from harmonica.methods.magcache import magnitude_ratios
+
+    from tiny_models import flux_call_kwargs, tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline()
+    calls = []
+
+    def call(p):
+        calls.append(1)
+        p(generator=torch.Generator().manual_seed(0), **flux_call_kwargs())
+
+    ratios = magnitude_ratios(pipe, call, 4)
+    assert len(ratios) == 4 and ratios[0] == 1.0 and all(r > 0 for r in ratios) and calls == [1]
+    with pytest.raises(RuntimeError, match="not a multiple of 3 steps"):
+        magnitude_ratios(pipe, call, 3)
 
 
 def test_generation_does_not_depend_on_batching(dit):
@@ -582,9 +602,9 @@ def test_fid_script_on_a_flux_pipeline_with_its_harness_defaults(judge_dir, tmp_
     results = script("fid")["main"](["--pipeline", str(folder), "--steps", "4", "--batch_size", "4", "--num_samples", "4",
                                      "--reference", "shapes", "--num_reference", "16", "--judge", str(judge_dir),
                                      "--no_download", "--device", "cpu", "--bootstrap", "0", "--out", str(out),
-                                     "--method", "taylorseer=2",
+                                     "--method", "taylorseer=2", "--method", "magcache=10",
                                      "--method", f"harmonica@{tmp_path / 'router'}"])
-    assert len(results) == 2
+    assert len(results) == 3
     for r in results:
         m = r["metrics"]
         assert 0 <= m["class_accuracy"] <= 1 and 0 <= m["colour_accuracy"] <= 1 and m["psnr"] > 0

@@ -1,4 +1,4 @@
-"""diffusers' MagCache on DiT / PixArt, with its magnitude ratios calibrated on the model first.
+"""diffusers' MagCache, with its magnitude ratios calibrated on the model first.
 
 DiT / PixArt lack diffusers' ``CacheMixin``: the hooks are applied with diffusers' own ``apply_*``
 function and driven by ``StepTracker`` (``steps.py``), which sets the cache context per denoising
@@ -14,34 +14,45 @@ from .steps import StepTracker, refresh_registries
 
 
 @torch.no_grad()
-def magnitude_ratios(pipe, run) -> list[float]:
+def magnitude_ratios(pipe, run, num_steps: int) -> list[float]:
     """MagCache's calibration, measured here with plain forward hooks: at every step, the mean over
-    tokens of ||r_t|| / ||r_{t-1}||, where r is the residual the whole block stack adds (last block's
-    output minus first block's input); 1.0 at the first step. ``run(pipe)`` makes one pipeline call."""
-    blocks = pipe.transformer.transformer_blocks
-    inputs, ratios, previous = {}, [], {}
+    tokens of ||r_t|| / ||r_{t-1}||, where r is the residual the whole block stack adds to the image
+    tokens (last block's output minus first block's input, over every block list, e.g. Flux's double
+    then single blocks; outputs picked by diffusers' block metadata, as its MagCache hooks do); 1.0
+    at the first step. Pipelines with true CFG run k forwards per step (cond, uncond): each stream's
+    ratios are taken against its own previous step and the k streams averaged, since diffusers'
+    MagCache applies one list to every cache context. ``run(pipe)`` makes one pipeline call."""
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    from ..families import blocks_of
+
+    blocks = [b.module for b in blocks_of(pipe)]
+    head, tail = blocks[0], blocks[-1]
+    index = TransformerBlockRegistry.get(type(tail)).return_hidden_states_index
+    inputs, norms = {}, []
 
     def pre(module, args, kwargs):
         inputs["h"] = args[0] if args else kwargs["hidden_states"]
 
     def post(module, args, kwargs, output):
-        out = output[0] if isinstance(output, tuple) else output
-        residual = (out - inputs["h"]).float()
-        norm = torch.linalg.norm(residual, dim=-1)
-        if "norm" in previous:
-            ratios.append((norm / (previous["norm"] + 1e-8)).mean().item())
-        else:
-            ratios.append(1.0)
-        previous["norm"] = norm
+        out = output[index] if isinstance(output, tuple) else output
+        start = inputs["h"]
+        residual = out[:, -start.shape[1]:] - start if out.dim() == 3 else out - start  # image tokens
+        norms.append(torch.linalg.norm(residual.float(), dim=-1))
 
-    handles = [blocks[0].register_forward_pre_hook(pre, with_kwargs=True),
-               blocks[-1].register_forward_hook(post, with_kwargs=True)]
+    handles = [head.register_forward_pre_hook(pre, with_kwargs=True),
+               tail.register_forward_hook(post, with_kwargs=True)]
     try:
         run(pipe)
     finally:
         for h in handles:
             h.remove()
-    return ratios
+    if not norms or len(norms) % num_steps:
+        raise RuntimeError(f"calibration saw {len(norms)} transformer forwards, not a multiple of {num_steps} steps")
+    k = len(norms) // num_steps
+    streams = [[1.0] + [(n / (p + 1e-8)).mean().item() for p, n in zip(norms[i::k], norms[i + k::k])]
+               for i in range(k)]
+    return [sum(r) / k for r in zip(*streams)]
 
 
 def apply_magcache(pipe, knob, ctx: Context) -> Applied:
@@ -50,9 +61,7 @@ def apply_magcache(pipe, knob, ctx: Context) -> Applied:
     if ctx.calibrate is None:
         raise ValueError("magcache needs a calibration run (Context.calibrate) to measure its magnitude ratios")
     threshold = float(knob)
-    ratios = magnitude_ratios(pipe, ctx.calibrate)
-    if len(ratios) != ctx.num_inference_steps:
-        raise RuntimeError(f"calibration saw {len(ratios)} steps, expected {ctx.num_inference_steps}")
+    ratios = magnitude_ratios(pipe, ctx.calibrate, ctx.num_inference_steps)
     config = MagCacheConfig(threshold=threshold, num_inference_steps=ctx.num_inference_steps, mag_ratios=ratios)
     StepTracker.attach(pipe)
     apply_mag_cache(pipe.transformer, config)
