@@ -244,6 +244,29 @@ def test_methods_on_pixart(pixart, name):
         assert applied.info["cross_skip_range"] == 4
 
 
+@pytest.mark.parametrize("name,knob", [("taylorseer", 2), ("dbcache", 10.0), ("magcache", 10.0)])
+def test_baselines_cache_on_flux_with_true_cfg(name, knob):
+    """Flux with true CFG (cond and uncond forwards apart): the baselines must cache there too.
+    cache-dit is told the CFG is separate (else it compares cond with uncond and never caches);
+    TaylorSeer forecasts the single blocks' proj_out in place of the attention and MLP feeding it."""
+    from tiny_models import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline()
+    setup = ev.setup_for(pipe, 8, 4.0, batch_size=2, prompts=["a red circle", "a blue star on the green"],
+                         height=16, width=16)
+    setup.max_sequence_length = 8
+    stock = measured(methods.clone_pipeline(pipe), setup)
+    clone, applied = applied_clone(pipe, name, knob, setup)
+    single_attn = []
+    clone.transformer.single_transformer_blocks[0].attn.to_q.register_forward_pre_hook(lambda m, a: single_attn.append(1))
+    out, cost = measured(clone, setup)
+    assert cost.cache_usage > 0.2 and cost.macs < 0.85 * stock[1].macs and not torch.equal(out, stock[0])
+    if name == "dbcache":
+        assert applied.info["enable_separate_cfg"] is True
+    if name == "taylorseer":  # computed at the warm-up step and then every other step, per guidance stream
+        assert len(single_attn) < 2 * 8 and applied.info["skipped_on_forecast"]
+
+
 def test_magcache_calibration_measures_one_ratio_per_step(dit):
     from harmonica.methods.magcache import magnitude_ratios
 

@@ -11,11 +11,17 @@ pipeline is first given a private subclass of its own class (same name, same beh
 residual of the middle blocks is forecast from its history instead of copied. In cache-dit 1.5.3 the
 calibrator's first derivative exists only from the 4th fully computed step on, so with the warm-up
 used here (a fifth of the steps) it forecasts from 20 steps up and reduces to DBCache below that.
+
+A pipeline that runs CFG as two transformer forwards per step (true CFG) is told so
+(``enable_separate_cfg=True``, counted on a calibration call): cache-dit's own registry assumes
+Flux.1-dev's distilled guidance (one forward), so it would otherwise compare the conditional
+residual with the unconditional one and never cache.
 """
 
 from __future__ import annotations
 
 from .base import Applied, Context, MethodSpec
+from .steps import forwards_per_step
 
 
 TAYLORSEER_ORDER = 1  # cache-dit's default and recommendation for its calibrator (1 or 2)
@@ -28,13 +34,16 @@ def _apply(calibrated: bool):
         import cache_dit
 
         threshold = float(knob)
+        separate_cfg = True if forwards_per_step(pipe, ctx) == 2 else None  # None: cache-dit's registry decides
         cls = type(pipe)
         pipe.__class__ = type(cls.__name__, (cls,), {"__module__": cls.__module__})
         warmup = max(1, ctx.num_inference_steps // 5)
         config = cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
-                                         max_warmup_steps=warmup, num_inference_steps=ctx.num_inference_steps)
+                                         max_warmup_steps=warmup, num_inference_steps=ctx.num_inference_steps,
+                                         enable_separate_cfg=separate_cfg)
         info = {"residual_diff_threshold": threshold, "Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
-                "max_warmup_steps": warmup, "cache_dit": getattr(cache_dit, "__version__", "?")}
+                "max_warmup_steps": warmup, "enable_separate_cfg": separate_cfg,
+                "cache_dit": getattr(cache_dit, "__version__", "?")}
         calibrator = None
         if calibrated:
             calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=TAYLORSEER_ORDER)

@@ -89,6 +89,21 @@ class StepTracker(ModelHook):
                 _set_cache_context(module, None)
 
 
+def forwards_per_step(pipe, ctx) -> int | None:
+    """Transformer forwards per denoising step in one calibration call (``ctx.calibrate``): 2 where
+    the pipeline runs the conditional and unconditional passes apart (true CFG: Flux with a negative
+    prompt, Wan, Qwen-Image), 1 where it batches them or has no CFG; None without a calibration call."""
+    if ctx.calibrate is None:
+        return None
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        ctx.calibrate(pipe)
+    finally:
+        handle.remove()
+    return len(calls) // ctx.num_inference_steps
+
+
 def refresh_registries(transformer) -> None:
     """Make the transformer's registry see hooks added on its submodules."""
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()

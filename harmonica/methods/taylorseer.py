@@ -1,4 +1,4 @@
-"""diffusers' TaylorSeer cache on DiT / PixArt: every branch output is computed every N steps and
+"""diffusers' TaylorSeer cache: every branch output is computed every N steps and
 forecast in between by a Taylor expansion over its last computed values.
 
 The expansion order is part of the method name, so a sweep of each order is one series with one
@@ -35,18 +35,27 @@ def _apply(order: int):
         if interval < 1:
             raise ValueError(f"{name}'s cache_interval must be >= 1, got {knob}")
         # diffusers' default identifiers do not match DiT's attn1: name every branch module explicitly.
-        modules = dict.fromkeys((b.list_name, branch.module) for b in blocks_of(pipe) for branch in b.branches)
+        blocks = blocks_of(pipe)
+        modules = dict.fromkeys((b.list_name, branch.module) for b in blocks for branch in b.branches)
         patterns = [rf"^{re.escape(lst)}\.\d+\.{re.escape(module)}$" for lst, module in modules]
+        # a whole-block branch (Flux's single blocks: proj_out mixes attention and MLP) is forecast in
+        # place of everything that feeds it: those children skip their work on forecast steps
+        # (diffusers' skip_predict: zeros of the recorded shape); the norm, which gives the gate, runs
+        feeders = dict.fromkeys((b.list_name, name) for b in blocks if b.kind.whole_block
+                                for name, _ in b.module.named_children()
+                                if name not in {br.module for br in b.branches} and not name.startswith("norm"))
+        skipped = [rf"^{re.escape(lst)}\.\d+\.{re.escape(module)}$" for lst, module in feeders]
         warmup = taylorseer_warmup(ctx.num_inference_steps)
         config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=order,
-                                       taylor_factors_dtype=pipe.transformer.dtype, cache_identifiers=patterns)
+                                       taylor_factors_dtype=pipe.transformer.dtype, cache_identifiers=patterns,
+                                       skip_predict_identifiers=skipped or None)
         StepTracker.attach(pipe)
         apply_taylorseer_cache(pipe.transformer, config)
         refresh_registries(pipe.transformer)
         label = f"TaylorSeer N={interval}" if order == 1 else f"TaylorSeer-O{order} N={interval}"
         return Applied(name, interval, label,
                        info={"cache_interval": interval, "disable_cache_before_step": warmup, "max_order": order,
-                             "modules": patterns})
+                             "modules": patterns, "skipped_on_forecast": skipped})
 
     return apply_taylorseer
 
