@@ -267,6 +267,15 @@ def test_baselines_cache_on_flux_with_true_cfg(name, knob):
         assert len(single_attn) < 2 * 8 and applied.info["skipped_on_forecast"]
 
 
+def test_delta_dit_refuses_two_stream_blocks_by_name():
+    from tiny_models import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline()
+    setup = ev.setup_for(pipe, 4, 4.0, batch_size=1, prompts=["a red circle"], height=16, width=16)
+    with pytest.raises(ValueError, match="delta-dit is implemented for one list of single-stream blocks.*FluxPipeline"):
+        applied_clone(pipe, "delta-dit", 1, setup)
+
+
 def test_magcache_calibration_measures_one_ratio_per_step(dit):
     from harmonica.methods.magcache import magnitude_ratios
 

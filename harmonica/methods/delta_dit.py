@@ -14,7 +14,7 @@ from __future__ import annotations
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .base import Applied, Context, MethodSpec, PipeInfo
-from .steps import StepTracker, refresh_registries
+from .steps import StepTracker, forwards_per_step, refresh_registries
 
 DELTA_HOOK = "harmonica_eval_delta_dit"
 INTERVAL = 2
@@ -73,7 +73,30 @@ class DeltaBlockHook(ModelHook):
         return out
 
 
+def _refuse_unsupported(pipe, ctx: Context) -> None:
+    """This Delta-DiT keeps one delta of one hidden-state stream: refuse what it cannot follow, by name."""
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    from ..families import blocks_of
+
+    blocks = blocks_of(pipe)
+    lists = dict.fromkeys(b.list_name for b in blocks)
+    kind = type(blocks[0].module)
+    try:
+        two_streams = TransformerBlockRegistry.get(kind).return_encoder_hidden_states_index is not None
+    except ValueError:
+        two_streams = False
+    if len(lists) > 1 or two_streams:
+        raise ValueError(f"delta-dit is implemented for one list of single-stream blocks (DiT, PixArt); "
+                         f"{type(pipe).__name__}'s blocks ({', '.join(lists)}: {kind.__name__}) carry text and "
+                         "image streams: use another method")
+    if forwards_per_step(pipe, ctx) == 2:
+        raise ValueError(f"delta-dit keeps one delta per step, but {type(pipe).__name__} runs the conditional and "
+                         "unconditional passes as separate forwards here (true CFG): use another method")
+
+
 def apply(pipe, knob, ctx: Context) -> Applied:
+    _refuse_unsupported(pipe, ctx)
     blocks = pipe.transformer.transformer_blocks
     group = int(knob)
     if not 1 <= group <= len(blocks):
