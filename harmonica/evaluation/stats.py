@@ -11,8 +11,8 @@ Two sources of spread, usable together:
   always compared on the same resampled seeds (a *paired* bootstrap). FD and KID are recomputed
   from per-image features (the reference set is held fixed), class accuracy / PSNR / SSIM from
   per-image values; FD to the uncached samples (``fd_uncached``) from both sides' features, a
-  sample and its uncached twin resampled together. Resampling with replacement repeats images, which shifts FD and KID upwards
-  (fewer distinct samples); the interval is therefore the reported value plus the 2.5 / 97.5
+  sample and its uncached twin resampled together. Resampling with replacement repeats images,
+  which shifts FD and KID upwards (fewer distinct samples); the interval is therefore the reported value plus the 2.5 / 97.5
   percentiles of the replicates' deviation from their own mean (the shift removed, the spread
   kept). The same rule gives the interval of a paired difference.
 
@@ -100,13 +100,8 @@ class ReferenceStats:
 
 def fd_between(x: np.ndarray, y: np.ndarray) -> float:
     """Frechet distance between the feature rows ``x`` and ``y`` (FD of two sample sets)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    sigma_y = np.cov(y, rowvar=False)
-    w, v = np.linalg.eigh(sigma_y)
-    sqrt_y = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(sqrt_y @ np.cov(x, rowvar=False) @ sqrt_y), 0, None)).sum()
-    diff = x.mean(0) - y.mean(0)
-    return float(diff @ diff + np.trace(np.cov(x, rowvar=False)) + np.trace(sigma_y) - 2 * tr_covmean)
+    x = np.asarray(x, dtype=np.float64)
+    return fd_from_stats(x.mean(0), np.cov(x, rowvar=False), ReferenceStats.of(y))
 
 
 def fd_from_stats(mu: np.ndarray, sigma: np.ndarray, ref: ReferenceStats) -> float:
@@ -130,17 +125,21 @@ class Bootstrap:
         self.reference = reference
 
     # ----------------------------------------------------------------------- per statistic
+    @staticmethod
+    def _moments(c: torch.Tensor, z: torch.Tensor):
+        """Mean and covariance of the rows of ``z`` under each resample's counts ``c`` [b, n]."""
+        n = len(z)
+        mu = c @ z / n
+        second = torch.einsum("bn,nd,ne->bde", c, z, z)
+        return mu, (second - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)
+
     def _fd(self, x: np.ndarray, counts: np.ndarray) -> np.ndarray:
         ref = self.reference
-        n, d = x.shape
         r = torch.from_numpy(ref.sqrt_sigma)
         xt = torch.from_numpy(x)
         out = np.empty(len(counts))
         for start in range(0, len(counts), 64):
-            c = torch.from_numpy(counts[start:start + 64])
-            mu = c @ xt / n
-            second = torch.einsum("bn,nd,ne->bde", c, xt, xt)
-            sigma = (second - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)
+            mu, sigma = self._moments(torch.from_numpy(counts[start:start + 64]), xt)
             m = r @ sigma @ r
             tr_covmean = torch.linalg.eigvalsh(m).clamp_min(0).sqrt().sum(-1)
             diff = mu - torch.from_numpy(ref.mu)
@@ -148,21 +147,15 @@ class Bootstrap:
             out[start:start + 64] = fd.numpy()
         return out
 
-    @staticmethod
-    def _fd_paired(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    @classmethod
+    def _fd_paired(cls, x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """FD between ``x`` and ``y`` resampled with the *same* indices (a sample and its uncached twin
         stay together): the reference side changes with every resample, unlike ``_fd``'s."""
-        n = len(x)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         out = np.empty(len(counts))
         for start in range(0, len(counts), 64):
             c = torch.from_numpy(counts[start:start + 64])
-            stats = []
-            for z in (xt, yt):
-                mu = c @ z / n
-                second = torch.einsum("bn,nd,ne->bde", c, z, z)
-                stats.append((mu, (second - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)))
-            (mx, sx), (my, sy) = stats
+            (mx, sx), (my, sy) = cls._moments(c, xt), cls._moments(c, yt)
             w, v = torch.linalg.eigh(sy)
             root = (v * w.clamp_min(0).sqrt()[:, None, :]) @ v.transpose(-1, -2)
             tr_covmean = torch.linalg.eigvalsh(root @ sx @ root).clamp_min(0).sqrt().sum(-1)
