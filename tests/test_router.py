@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from harmonica import HarmoniCaRouter, RouterError, RouterLayout
+from harmonica.embedded import PIPELINES_DIR as PIPELINES
 
 LAYOUT = RouterLayout.uniform(4, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
 MIXED = RouterLayout(  # Flux-like: double-stream blocks, then single-stream blocks with one branch
@@ -329,6 +330,20 @@ def test_shipped_router_loads():
 
     router = HarmoniCaRouter.from_pretrained(EMBEDDED_ROUTER)
     assert router.layout.num_blocks == 12 and router.num_steps == 20
+
+
+@pytest.mark.parametrize("folder", sorted(p.relative_to(PIPELINES) for p in PIPELINES.glob("*/router*")), ids=str)
+def test_every_shipped_router_is_the_one_its_training_summary_describes(folder):
+    """Each router shipped beside an embedded pipeline loads, fits that pipeline's transformer, and is
+    at the threshold and cache usage its training_summary.json records (a stale copy would not be)."""
+    path = PIPELINES / folder
+    router = HarmoniCaRouter.from_pretrained(path)
+    summary = json.loads((path / "training_summary.json").read_text())
+    transformer = json.loads((path.parent / "transformer" / "config.json").read_text())
+    assert router.layout.num_blocks == transformer.get("num_layers", 0) + transformer.get("num_single_layers", 0)
+    assert router.threshold == pytest.approx(summary["threshold"])
+    assert router.cache_usage() == pytest.approx(summary["cache_usage"], abs=1e-6)
+    assert (path / "TRAINING.md").is_file()
 
 
 @pytest.mark.parametrize("edit, message", [
