@@ -196,7 +196,10 @@ def pareto_plot(points: list[dict], path: str | Path, speedup_key: str = "measur
             if yerr is not None:
                 ax.errorbar(xs, ys, yerr=yerr, fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
             continue
-        line = ax.plot(xs, ys, marker=markers[i % len(markers)], label=name, linewidth=1.2, markersize=5)[0]
+        colour = plt.get_cmap("tab20")(2 * (i % 10) + (i // 10) % 2)  # 10 dark hues, then their light twins
+        learned = any(p.get("router") is not None for p in pts)
+        line = ax.plot(xs, ys, marker=markers[i % len(markers)], color=colour, label=name,
+                       linewidth=2.4 if learned else 1.2, markersize=6 if learned else 5)[0]
         xerr, yerr = _error_bars(pts, xs, ys, speedup_key)
         if xerr is not None or yerr is not None:
             ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=line.get_color(), elinewidth=0.8,
