@@ -67,11 +67,17 @@ def build_parser():
     p.add_argument("--plot_only", action="store_true",
                    help="redraw <out>/pareto.png and .md from <out>/pareto.json; with --speedup macs on a timed "
                         "sweep: <out>/pareto-macs.png and .md, the level tables by MACs speedup")
+    p.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                   help="(repeatable) print the paired differences A - B of two points of <out>/pareto.json "
+                        "(FD, PSNR, FD to uncached, class accuracy; bootstrap intervals on the same resamples), "
+                        "each point named by its id or a unique part of it, e.g. --compare abl40-sdt abl40-reuse-only")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.compare:
+        return compare(Path(args.out), args.compare)
     if args.plot_only:
         return replot(Path(args.out), args.speedup)
     import dataclasses
@@ -172,7 +178,8 @@ def write_table_and_plot(out: Path, data: dict, replicates: dict | None = None, 
     return table, png
 
 
-def replot(out: Path, speedup: str = "measured"):
+def load_sweep(out: Path) -> tuple[dict, dict | None]:
+    """<out>/pareto.json and, when the sweep saved them, its bootstrap replicates."""
     import json
 
     import numpy as np
@@ -184,6 +191,39 @@ def replot(out: Path, speedup: str = "measured"):
     if (out / "bootstrap.npz").is_file():
         with np.load(out / "bootstrap.npz") as arrays:
             replicates = ev.replicates_from_arrays(arrays)
+    return data, replicates
+
+
+def compare(out: Path, pairs: list[list[str]]) -> list:
+    """Paired differences A - B of named points of a finished sweep, printed one metric a line."""
+    from harmonica import evaluation as ev
+
+    data, replicates = load_sweep(out)
+
+    def find(name: str) -> dict:
+        found = [p for p in data["points"] if p["id"] == name] or [p for p in data["points"] if name in p["id"]]
+        if len(found) != 1:
+            ids = ", ".join(p["id"] for p in data["points"])
+            raise SystemExit(f"--compare {name!r} matches {len(found)} points of {out / 'pareto.json'}; "
+                             f"give a unique part of one of: {ids}")
+        return found[0]
+
+    differences = []
+    for a, b in pairs:
+        pa, pb = find(a), find(b)
+        print(f"{pa['label']}  -  {pb['label']}")
+        for metric in ("fd", "psnr", "fd_uncached", "class_accuracy"):
+            d = ev.compare_points(pa, pb, metric, replicates)
+            ci = f"[{d.ci[0]:+.3f}, {d.ci[1]:+.3f}]" if d.ci else "(no interval)"
+            print(f"  {metric:15s} {d.diff:+.3f} {ci} {d.verdict}")
+            differences.append(d)
+    return differences
+
+
+def replot(out: Path, speedup: str = "measured"):
+    from harmonica import evaluation as ev
+
+    data, replicates = load_sweep(out)
     key = "macs_speedup" if speedup == "macs" else None
     _, png = write_table_and_plot(out, data, replicates, key)
     print(f"wrote {png}, {png.with_suffix('.md')}")

@@ -549,6 +549,14 @@ def test_speed_and_pareto_scripts_end_to_end(dit_path, judge_dir, tmp_path):
     by_macs = (out / "pareto-macs.md").read_text()
     assert "among its points at or above the level's MACs speedup" in by_macs and (out / "pareto-macs.png").is_file()
     assert (out / "pareto.md").read_text() == table  # the measured tables stay as they were
+    # --compare: paired differences of two points on the same resamples, in both directions
+    there, back = (script("pareto")["main"](["--out", str(out), "--compare", *pair]) for pair in
+                   (["fora-2", "fora-3"], ["fora-3", "fora-2"]))
+    assert [d.metric for d in there] == ["fd", "psnr", "fd_uncached", "class_accuracy"]
+    assert there[0].method == "bootstrap" and there[0].diff == pytest.approx(-back[0].diff)
+    assert there[0].ci[0] <= there[0].diff <= there[0].ci[1]
+    with pytest.raises(SystemExit, match="matches 2 points"):
+        script("pareto")["main"](["--out", str(out), "--compare", "fora", "none"])
 
 
 def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_path):
