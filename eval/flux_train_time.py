@@ -22,17 +22,17 @@ from harmonica.cli import HelpFormatter
 from harmonica.embedded import flux_transformer_config
 
 
-def time_size(hidden, heads, double, single, batch, seq, steps, warmup, text_dim=64):
+def time_size(hidden, heads, double, single, batch, seq, steps, warmup, text_dim=64, grid=4):
     torch.manual_seed(0)
     model = FluxTransformer2DModel(**flux_transformer_config(hidden, heads, double, single, text_dim, text_dim)).train()
     params = sum(p.numel() for p in model.parameters())
     ema = EMAModel(model.parameters(), decay=0.999)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    img_ids = FluxPipeline._prepare_latent_image_ids(1, 4, 4, "cpu", torch.float32)
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, grid, grid, "cpu", torch.float32)
     txt_ids = torch.zeros(seq, 3)
     walls, cpus = [], []
     for i in range(warmup + steps):
-        x = torch.randn(batch, 16, 16)
+        x = torch.randn(batch, grid * grid, 16)
         w0, c0 = time.perf_counter(), time.process_time()
         pred = model(hidden_states=x, timestep=torch.rand(batch), pooled_projections=torch.randn(batch, text_dim),
                      encoder_hidden_states=torch.randn(batch, seq, text_dim), txt_ids=txt_ids, img_ids=img_ids,
@@ -46,7 +46,7 @@ def time_size(hidden, heads, double, single, batch, seq, steps, warmup, text_dim
         if i >= warmup:
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
-    return {"hidden": hidden, "heads": heads, "double": double, "single": single, "batch": batch, "seq": seq,
+    return {"hidden": hidden, "heads": heads, "double": double, "single": single, "batch": batch, "seq": seq, "image_tokens": grid * grid,
             "params_M": round(params / 1e6, 3), "fp32_MB": round(params * 4 / 2**20, 1),
             "wall_s_per_step": round(statistics.median(walls), 4), "cpu_s_per_step": round(statistics.median(cpus), 4)}
 
@@ -58,15 +58,18 @@ def main():
     p.add_argument("--seq", type=int, default=16, help="text tokens (max_sequence_length)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--grid", type=int, action="append", default=None,
+                   help="side of the packed latent grid: 4 = 16 image tokens (f=4 VAE), 8 = 64 (f=2 VAE)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     sizes = args.size or ["128,4,4,8"]
     for size in sizes:
         for batch in args.batch or [64]:
-            hidden, heads, double, single = (int(v) for v in size.split(","))
-            print(json.dumps(time_size(hidden, heads, double, single, batch, args.seq, args.steps, args.warmup)),
-                  flush=True)
+            for grid in args.grid or [4]:
+                hidden, heads, double, single = (int(v) for v in size.split(","))
+                print(json.dumps(time_size(hidden, heads, double, single, batch, args.seq, args.steps, args.warmup,
+                                           grid=grid)), flush=True)
 
 
 if __name__ == "__main__":

@@ -265,6 +265,10 @@ def test_baselines_cache_on_flux_with_true_cfg(name, knob):
         assert applied.info["enable_separate_cfg"] is True
     if name == "taylorseer":  # computed at the warm-up step and then every other step, per guidance stream
         assert len(single_attn) < 2 * 8 and applied.info["skipped_on_forecast"]
+        # a forward either computes every branch or forecasts them all, the single blocks' leaf-Linear
+        # proj_out included (the harness once counted it computed whenever its module hooks fired)
+        slots = cost.branch_slots // cost.transformer_forwards
+        assert set(cost.per_forward_computed) == {0, slots}
 
 
 def test_delta_dit_refuses_two_stream_blocks_by_name():

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
@@ -53,10 +54,27 @@ def _first_linear(module: torch.nn.Module) -> torch.nn.Module:
     raise ValueError(f"{type(module).__name__} has no Linear layer to count its computations by")
 
 
+class _BranchCounter(TorchFunctionMode):
+    """Counts a branch as computed when its first ``Linear``'s weight goes into a linear op. A module
+    hook cannot tell: where the branch *is* that ``Linear`` (a Flux single-stream block's ``proj_out``),
+    its hooks fire even when a cache's hook on it returns a forecast instead of running it."""
+
+    def __init__(self, meter: "CallMeter"):
+        super().__init__()
+        self.meter = meter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.linear:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            if id(weight) in self.meter._branch_weights:
+                self.meter._bump()
+        return func(*args, **kwargs)
 
 
 class _MacHook(ModelHook):
-    """Counts the MACs of each transformer forward (registered last, so it wraps every other hook)."""
+    """Counts the branches run and the MACs of each transformer forward (registered last, so it wraps
+    every other hook)."""
 
     NAME = "harmonica_eval_meter"
 
@@ -65,10 +83,11 @@ class _MacHook(ModelHook):
         self.meter = meter
 
     def new_forward(self, module, *args, **kwargs):
-        if not self.meter.count_macs:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        with MacCounter() as counter:
-            out = self.fn_ref.original_forward(*args, **kwargs)
+        with _BranchCounter(self.meter):
+            if not self.meter.count_macs:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            with MacCounter() as counter:
+                out = self.fn_ref.original_forward(*args, **kwargs)
         self.meter.cost.macs += counter.macs
         return out
 
@@ -76,8 +95,8 @@ class _MacHook(ModelHook):
 class CallMeter:
     """Attach to a pipeline, run calls inside ``measure()``, read ``cost``.
 
-    Branch computations are counted by a forward pre-hook on the first ``Linear`` of every branch
-    module: a reused, forecast or skipped branch never reaches it. Transformer forwards are counted by
+    Branch computations are counted by the linear ops that use the weight of the first ``Linear`` of
+    every branch module (``_BranchCounter``): a reused, forecast or skipped branch never runs it. Transformer forwards are counted by
     a forward pre-hook on the transformer. MACs (``count_macs=True``) by ``MacCounter`` around each
     transformer forward. Peak memory: CUDA's allocator peak above the memory in use at the start
     of the call, or elsewhere ``LiveTensorBytes`` (tensors allocated during the call and alive).
@@ -94,8 +113,7 @@ class CallMeter:
         transformer = pipe.transformer
         modules = [m for block in blocks_of(pipe) for m in block.modules]
         self._slots_per_forward = len(modules)
-        for module in modules:
-            self._handles.append(_first_linear(module).register_forward_pre_hook(self._bump))
+        self._branch_weights = {id(_first_linear(module).weight) for module in modules}
         self._handles.append(transformer.register_forward_pre_hook(self._forward))
         self._registry = HookRegistry.check_if_exists_or_initialize(transformer)
         self._registry.register_hook(_MacHook(self), _MacHook.NAME)
