@@ -271,6 +271,27 @@ def test_baselines_cache_on_flux_with_true_cfg(name, knob):
         assert set(cost.per_forward_computed) == {0, slots}
 
 
+def test_pab_keeps_one_state_per_cfg_stream_on_flux():
+    """True CFG runs the conditional and unconditional passes as two forwards: each must broadcast its
+    own attention (diffusers' hook alone shares one state, so uncond got cond's attention)."""
+    from diffusers.hooks.pyramid_attention_broadcast import PyramidAttentionBroadcastHook
+    from tiny_models import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline()
+    setup = ev.setup_for(pipe, 8, 4.0, batch_size=2, prompts=["a red circle", "a blue star on the green"],
+                         height=16, width=16)
+    setup.max_sequence_length = 8
+    clone, _ = applied_clone(pipe, "pab", 2, setup)
+    module = clone.transformer.transformer_blocks[0].attn
+    hook = module._diffusers_hook.get_hook("pyramid_attention_broadcast")
+    assert isinstance(hook, PyramidAttentionBroadcastHook)
+    seen = []  # the hook's iteration count as each forward starts: cond, then uncond, at every step
+    module.register_forward_pre_hook(lambda m, a: seen.append(hook.state.iteration))
+    out, cost = measured(clone, setup)
+    assert seen == [i for step in range(8) for i in (step, step)]
+    assert cost.cache_usage > 0 and not torch.equal(out, measured(methods.clone_pipeline(pipe), setup)[0])
+
+
 def test_delta_dit_refuses_two_stream_blocks_by_name():
     from tiny_models import tiny_flux_pipeline
 

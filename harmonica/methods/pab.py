@@ -1,14 +1,51 @@
-"""diffusers' PyramidAttentionBroadcast on DiT / PixArt.
+"""diffusers' PyramidAttentionBroadcast, on every family.
 
-DiT / PixArt lack diffusers' ``CacheMixin``: the hooks are applied with diffusers' own ``apply_*``
-function and driven by ``StepTracker`` (``steps.py``), which sets the cache context per denoising
-step and resets the hooks' state between pipeline calls.
+The hooks are applied with diffusers' own ``apply_*`` function and driven by ``StepTracker``
+(``steps.py``), which gives them the timestep and, on DiT / PixArt (no ``CacheMixin``), sets the
+cache context per denoising step and resets the hooks' state between pipeline calls.
+
+diffusers' PAB hook keeps one state per attention module, so where a pipeline runs true CFG as two
+forwards per step (FluxPipeline with ``true_cfg_scale``) the unconditional pass would be handed the
+conditional pass's cached attention and the counter would advance twice per step. ``_per_stream``
+gives each hook one state per cache context ("cond" / "uncond"), as diffusers' own ``StateManager``
+hooks (FirstBlockCache, TaylorSeer, ...) have.
 """
 
 from __future__ import annotations
 
+from diffusers.hooks import HookRegistry
+from diffusers.hooks.hooks import StateManager
+from diffusers.hooks.pyramid_attention_broadcast import _PYRAMID_ATTENTION_BROADCAST_HOOK as PAB_HOOK
+from diffusers.hooks.pyramid_attention_broadcast import PyramidAttentionBroadcastHook, PyramidAttentionBroadcastState
+
 from .base import Applied, Context, MethodSpec
 from .steps import StepTracker, refresh_registries
+
+
+class _PerStreamPAB(PyramidAttentionBroadcastHook):
+    """diffusers' PAB hook whose ``state`` is the one of the current cache context."""
+
+    @property
+    def state(self) -> PyramidAttentionBroadcastState:
+        return self._streams.get_state()
+
+    def reset_state(self, module):
+        self._streams.reset()
+        return module
+
+
+def _per_stream(transformer) -> int:
+    """Turn every PAB hook under ``transformer`` into a ``_PerStreamPAB``; returns how many."""
+    count = 0
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook(PAB_HOOK) if isinstance(registry, HookRegistry) else None
+        if isinstance(hook, PyramidAttentionBroadcastHook) and not isinstance(hook, _PerStreamPAB):
+            del hook.state  # the single state set by initialize_hook
+            hook.__class__ = _PerStreamPAB
+            hook._streams = StateManager(PyramidAttentionBroadcastState)
+            count += 1
+    return count
 
 
 PAB_TIMESTEP_RANGE = (100, 800)  # diffusers' default: broadcast only in the middle of sampling
@@ -33,6 +70,7 @@ def apply_pab(pipe, knob, ctx: Context) -> Applied:
         current_timestep_callback=lambda: tracker.timestep,
     )
     apply_pyramid_attention_broadcast(pipe.transformer, config)
+    _per_stream(pipe.transformer)
     refresh_registries(pipe.transformer)
     return Applied("pab", skip, f"PAB N={skip}",
                    info={"spatial_skip_range": skip, "cross_skip_range": cross, "timestep_range": PAB_TIMESTEP_RANGE})
