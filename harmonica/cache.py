@@ -311,7 +311,8 @@ class BlockHook(ModelHook):
         if entry is None:
             if current is not None and current.counting is not None and self.info.kind.whole_block:
                 out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
-                current.counting[self.info.first_slot] += macs
+                # the whole block; its branch's BranchHook, nested inside, counted part of it already
+                current.counting[self.info.first_slot] = macs
                 return out
             return self.fn_ref.original_forward(*args, **kwargs)
         fused = self.info.kind.fused

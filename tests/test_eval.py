@@ -647,6 +647,24 @@ def test_one_mac_counter_for_the_cache_stats_and_the_harness(dit):
     assert counted * STEPS * 2 == stock.macs  # batch 2 with CFG = 4 rows = two batch-2 forwards per step
 
 
+def test_cache_statistics_and_harness_agree_on_flux_macs():
+    """harmonica.stats prices each reused branch from a per-branch MAC table; on Flux's single-stream
+    blocks (one branch standing for the whole block) it must match the MACs the harness counts."""
+    from tiny_models import tiny_flux_pipeline
+
+    from harmonica import HarmoniCaRouter
+
+    pipe = tiny_flux_pipeline()
+    setup = ev.setup_for(pipe, 6, 4.0, batch_size=2, prompts=["a red circle", "a blue star on the green"],
+                         height=16, width=16)
+    setup.max_sequence_length = 8
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), 6, compute_every=2))
+    _, cost = measured(pipe, setup)
+    st = harmonica.stats(pipe)
+    assert st.cache_usage > 0.3
+    assert st.macs_spent == pytest.approx(cost.macs, rel=0.01)
+
+
 def test_fid_script_on_a_flux_pipeline_with_its_harness_defaults(judge_dir, tmp_path):
     """A text-to-image family through the harness: the pipeline folder's harness.json gives guidance (true
     CFG), size, token budget and the labelled 'shapes' prompts, so class and colour accuracy are judged;
