@@ -96,9 +96,9 @@ class CallMeter:
     """Attach to a pipeline, run calls inside ``measure()``, read ``cost``.
 
     Branch computations are counted by the linear ops that use the weight of the first ``Linear`` of
-    every branch module (``_BranchCounter``): a reused, forecast or skipped branch never runs it. Transformer forwards are counted by
-    a forward pre-hook on the transformer. MACs (``count_macs=True``) by ``MacCounter`` around each
-    transformer forward. Peak memory: CUDA's allocator peak above the memory in use at the start
+    every branch module (``_BranchCounter``): a reused, forecast or skipped branch never runs it.
+    Transformer forwards are counted by a forward pre-hook on the transformer. MACs
+    (``count_macs=True``) by ``MacCounter`` around each transformer forward. Peak memory: CUDA's allocator peak above the memory in use at the start
     of the call, or elsewhere ``LiveTensorBytes`` (tensors allocated during the call and alive).
     """
 

@@ -34,9 +34,8 @@ class _PerStreamPAB(PyramidAttentionBroadcastHook):
         return module
 
 
-def _per_stream(transformer) -> int:
-    """Turn every PAB hook under ``transformer`` into a ``_PerStreamPAB``; returns how many."""
-    count = 0
+def _per_stream(transformer) -> None:
+    """Turn every PAB hook under ``transformer`` into a ``_PerStreamPAB``."""
     for module in transformer.modules():
         registry = getattr(module, "_diffusers_hook", None)
         hook = registry.get_hook(PAB_HOOK) if isinstance(registry, HookRegistry) else None
@@ -44,8 +43,6 @@ def _per_stream(transformer) -> int:
             del hook.state  # the single state set by initialize_hook
             hook.__class__ = _PerStreamPAB
             hook._streams = StateManager(PyramidAttentionBroadcastState)
-            count += 1
-    return count
 
 
 PAB_TIMESTEP_RANGE = (100, 800)  # diffusers' default: broadcast only in the middle of sampling
