@@ -46,8 +46,8 @@ def time_size(hidden, heads, double, single, batch, seq, steps, warmup, text_dim
         if i >= warmup:
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
-    return {"hidden": hidden, "heads": heads, "double": double, "single": single, "batch": batch, "seq": seq, "image_tokens": grid * grid,
-            "params_M": round(params / 1e6, 3), "fp32_MB": round(params * 4 / 2**20, 1),
+    return {"hidden": hidden, "heads": heads, "double": double, "single": single, "batch": batch, "seq": seq,
+            "image_tokens": grid * grid, "params_M": round(params / 1e6, 3), "fp32_MB": round(params * 4 / 2**20, 1),
             "wall_s_per_step": round(statistics.median(walls), 4), "cpu_s_per_step": round(statistics.median(cpus), 4)}
 
 
@@ -65,9 +65,9 @@ def main():
     torch.set_num_threads(args.threads)
     sizes = args.size or ["128,4,4,8"]
     for size in sizes:
+        hidden, heads, double, single = (int(v) for v in size.split(","))
         for batch in args.batch or [64]:
             for grid in args.grid or [4]:
-                hidden, heads, double, single = (int(v) for v in size.split(","))
                 print(json.dumps(time_size(hidden, heads, double, single, batch, args.seq, args.steps, args.warmup,
                                            grid=grid)), flush=True)
 

@@ -72,6 +72,14 @@ def pixart_setup(pipe):
                         height=16, width=16)
 
 
+def flux_setup(pipe, steps):
+    """The tiny Flux pipeline with true CFG 4.0 (cond and uncond forwards apart), 2 prompts, 16x16."""
+    setup = ev.setup_for(pipe, steps, 4.0, batch_size=2, prompts=["a red circle", "a blue star on the green"],
+                         height=16, width=16)
+    setup.max_sequence_length = 8
+    return setup
+
+
 def run(pipe, setup, overrides=None, indices=range(2)):
     with torch.no_grad():
         return pipe(**setup.call_kwargs(pipe, indices, overrides)).images
@@ -252,9 +260,7 @@ def test_baselines_cache_on_flux_with_true_cfg(name, knob):
     from tiny_models import tiny_flux_pipeline
 
     pipe = tiny_flux_pipeline()
-    setup = ev.setup_for(pipe, 8, 4.0, batch_size=2, prompts=["a red circle", "a blue star on the green"],
-                         height=16, width=16)
-    setup.max_sequence_length = 8
+    setup = flux_setup(pipe, 8)
     stock = measured(methods.clone_pipeline(pipe), setup)
     clone, applied = applied_clone(pipe, name, knob, setup)
     single_attn = []
@@ -278,9 +284,7 @@ def test_pab_keeps_one_state_per_cfg_stream_on_flux():
     from tiny_models import tiny_flux_pipeline
 
     pipe = tiny_flux_pipeline()
-    setup = ev.setup_for(pipe, 8, 4.0, batch_size=2, prompts=["a red circle", "a blue star on the green"],
-                         height=16, width=16)
-    setup.max_sequence_length = 8
+    setup = flux_setup(pipe, 8)
     clone, _ = applied_clone(pipe, "pab", 2, setup)
     module = clone.transformer.transformer_blocks[0].attn
     hook = module._diffusers_hook.get_hook("pyramid_attention_broadcast")
@@ -655,9 +659,7 @@ def test_cache_statistics_and_harness_agree_on_flux_macs():
     from harmonica import HarmoniCaRouter
 
     pipe = tiny_flux_pipeline()
-    setup = ev.setup_for(pipe, 6, 4.0, batch_size=2, prompts=["a red circle", "a blue star on the green"],
-                         height=16, width=16)
-    setup.max_sequence_length = 8
+    setup = flux_setup(pipe, 6)
     harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), 6, compute_every=2))
     _, cost = measured(pipe, setup)
     st = harmonica.stats(pipe)
