@@ -588,11 +588,16 @@ def test_speed_and_pareto_scripts_end_to_end(dit_path, judge_dir, tmp_path):
         script("pareto")["main"](["--out", str(out), "--compare", "fora", "none"])
 
 
-def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_path):
-    """accelerate launch with 2 CPU processes gives the same images as one process."""
-    common = ["--pipeline", str(dit_path), "--steps", "3", "--batch_size", "2", "--num_samples", "5",
+@pytest.mark.parametrize("method", ["fora=2", "dbcache=0.3"])
+def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_path, method):
+    """accelerate launch with 2 CPU processes gives the same images as one process. cache-dit's
+    DBCache too: it reads 2 processes as model parallelism and averages its decision over them
+    (images of one process then depend on the other's; the main process's lone cost call hangs)."""
+    if method.startswith("dbcache"):
+        pytest.importorskip("cache_dit")
+    common = ["--pipeline", str(dit_path), "--steps", "6", "--batch_size", "2", "--num_samples", "5",
               "--reference", "shapes", "--num_reference", "8", "--judge", str(judge_dir), "--no_download",
-              "--device", "cpu", "--method", "fora=2"]
+              "--device", "cpu", "--method", method]
     with socket.socket() as s:  # a free port for the process group
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -604,7 +609,10 @@ def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_pa
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     script("fid")["main"](common + ["--batch_size", "5", "--out", str(tmp_path / "one")])
-    for tag in ("none-3steps", "fora-2"):
+    tag = method.replace("=", "-")
+    cost = json.loads((tmp_path / "two" / f"{tag}.json").read_text())["cost"]
+    assert 0 < cost["cache_usage"] < 1  # the cache decided something in both runs' steps
+    for tag in ("none-6steps", tag):
         two = torch.load(tmp_path / "two" / "samples" / f"{tag}.pt")["images"]
         one = torch.load(tmp_path / "one" / "samples" / f"{tag}.pt")["images"]
         assert two.shape == one.shape == (5, 3, 16, 16)

@@ -16,9 +16,20 @@ A pipeline that runs CFG as two transformer forwards per step (true CFG) is told
 (``enable_separate_cfg=True``, counted on a calibration call): cache-dit's own registry assumes
 Flux.1-dev's distilled guidance (one forward), so it would otherwise compare the conditional
 residual with the unconditional one and never cache.
+
+cache-dit reads a process group of more than one process as context or tensor parallelism (all
+processes working on the same images) and averages its residual difference over them. Under data
+parallelism (``accelerate launch`` of the harness: each process its own images) that would tie one
+process's caching decisions to the other's images, and hang when the main process samples alone (the
+harness's cost call). During this pipeline's calls the average is therefore kept only where the
+transformer itself is parallelized (cache-dit's or diffusers' parallelism); each process decides on
+its own images, as in one process.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
 
 from .base import Applied, Context, MethodSpec
 from .steps import forwards_per_step
@@ -49,10 +60,41 @@ def _apply(calibrated: bool):
             calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=TAYLORSEER_ORDER)
             info["calibrator"] = {"type": "taylorseer", "taylorseer_order": TAYLORSEER_ORDER}
         cache_dit.enable_cache(pipe, cache_config=config, calibrator_config=calibrator)
+        _decide_per_process(type(pipe))
+        info["decisions"] = "per process"
         label = f"DBCache+TaylorSeer {threshold:g}" if calibrated else f"DBCache {threshold:g}"
         return Applied(name, threshold, label, info=info)
 
     return apply
+
+
+def _model_parallel(transformer) -> bool:
+    return bool(getattr(transformer, "_is_parallelized", False)
+                or getattr(transformer, "_parallel_config", None) is not None)
+
+
+@contextlib.contextmanager
+def _per_process_decisions():
+    from cache_dit.caching.cache_blocks.pattern_base import CachedBlocks_Pattern_Base as Blocks
+
+    shared = Blocks._is_parallelized
+    Blocks._is_parallelized = lambda blocks: _model_parallel(blocks.transformer) and shared(blocks)
+    try:
+        yield
+    finally:
+        Blocks._is_parallelized = shared
+
+
+def _decide_per_process(cls):
+    """Wrap the (private) pipeline class's cache-dit ``__call__`` in ``_per_process_decisions``."""
+    call = cls.__call__
+
+    @functools.wraps(call)
+    def __call__(self, *args, **kwargs):
+        with _per_process_decisions():
+            return call(self, *args, **kwargs)
+
+    cls.__call__ = __call__
 
 
 SPEC = MethodSpec(
