@@ -101,7 +101,8 @@ def main(argv=None):
     print(f"router     {source}, threshold {harmonica.controller(fast).threshold:.4g}")
     print(f"latency    stock {latency['stock']:.2f} s, harmonica {latency['harmonica']:.2f} s "
           f"(median of {args.repeats}, interleaved) -> speedup {speedup:.2f}x")
-    print(f"cache      usage {stats.cache_usage:.1%}, transformer MACs {stats.macs_speedup:.2f}x fewer")
+    print(f"cache      usage {stats.cache_usage:.1%}, transformer MACs {stats.macs_speedup:.2f}x fewer, "
+          f"{stats.cache_bytes / 2**20:.1f} MiB held")
     print(f"images     mean |stock - harmonica| {diff.mean().item():.4f} (pixels in [0, 1])")
     print(f"wrote      {grid} (left: stock, right: harmonica) and {heat}")
     return {"latency": latency, "speedup": speedup, "stats": stats}

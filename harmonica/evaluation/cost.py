@@ -98,8 +98,9 @@ class CallMeter:
     Branch computations are counted by the linear ops that use the weight of the first ``Linear`` of
     every branch module (``_BranchCounter``): a reused, forecast or skipped branch never runs it.
     Transformer forwards are counted by a forward pre-hook on the transformer. MACs
-    (``count_macs=True``) by ``MacCounter`` around each transformer forward. Peak memory: CUDA's allocator peak above the memory in use at the start
-    of the call, or elsewhere ``LiveTensorBytes`` (tensors allocated during the call and alive).
+    (``count_macs=True``) by ``MacCounter`` around each transformer forward. Peak memory: CUDA's
+    allocator peak above the memory in use at the start of the call, or elsewhere
+    ``LiveTensorBytes`` (tensors allocated during the call and alive).
     """
 
     def __init__(self, pipe, count_macs: bool = True, track_memory: bool = True):
