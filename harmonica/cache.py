@@ -585,12 +585,20 @@ def describe(pipe) -> RouterLayout:
 
 
 def controller(pipe) -> HarmoniCa | None:
-    """The harmonica controller on ``pipe``'s transformer (None when harmonica is not enabled there)."""
-    transformer = getattr(pipe, "transformer", None)
-    transformer = getattr(transformer, "_orig_mod", transformer)
-    registry = None if transformer is None else transformer.__dict__.get("_diffusers_hook")
-    hook = None if registry is None else registry.get_hook(STEP_HOOK)
-    return None if hook is None else hook.controller
+    """The harmonica controller on ``pipe``'s transformers (None when harmonica is not enabled there).
+
+    The transformers are found as ``enable`` finds them (``pipeline_transformers``: every component the
+    family names, ``transformer`` and ``transformer_2`` for Wan 2.2, each possibly None)."""
+    try:
+        transformers = pipeline_transformers(pipe, family_for(pipe))
+    except ValueError:  # not a supported pipeline, or all its transformers are None
+        return None
+    for _, transformer in transformers:
+        registry = transformer.__dict__.get("_diffusers_hook")
+        hook = None if registry is None else registry.get_hook(STEP_HOOK)
+        if hook is not None:
+            return hook.controller
+    return None
 
 
 def enable(pipe, router: HarmoniCaRouter, threshold: float | None = None, fused: bool = True):
