@@ -3,8 +3,8 @@
 A trained router records a summary of the weights it was trained on (harmonica.router.weights_summary);
 enabling it on weights whose summary moved by more than the tolerance (distance > 1) warns. This prints
 the distance for the same weights cast to fp16 / bf16 (must stay below 1), N(0, sigma) noise on every
-weight (a fine-tune), every weight x1.1 and a fresh initialisation (a retrained model), next to the old
-record (mean |w|, harmonica.router.weights_signature), and the time the summary takes.
+weight (a fine-tune), every weight x1.1 and a fresh initialisation (a retrained model), and the time the
+summary takes.
 
     python eval/weights_check.py [--pipeline pipelines/shapes-dit] [--noise 1e-3 1e-4]
 """
@@ -18,7 +18,7 @@ import torch
 
 from harmonica.cli import HelpFormatter
 from harmonica.embedded import EMBEDDED_PIPELINE
-from harmonica.router import weights_distance, weights_signature, weights_summary
+from harmonica.router import weights_distance, weights_summary
 
 
 def variants(transformer, noise_levels, seed):
@@ -58,7 +58,6 @@ def main(argv=None):
     start = time.perf_counter()
     record = weights_summary(transformer)
     seconds = time.perf_counter() - start
-    old = weights_signature(transformer)
     params = sum(t.numel() for t in transformer.state_dict().values())
     print(f"{args.pipeline}: {params:,} weights in {len(record['stats'])} tensors; summary {seconds * 1e3:.0f} ms, "
           f"{len(json.dumps(record)):,} bytes of JSON")
@@ -66,10 +65,8 @@ def main(argv=None):
     rows = []
     for name, model in variants(transformer, args.noise, args.seed):
         distance, what = weights_distance(record, model)
-        old_distance, _ = weights_distance(old, model)
-        rows.append({"variant": name, "distance": distance, "old_distance": old_distance, "largest_move": what})
-        print(f"  {name:28s} summary {distance:9.3g}  {'warns' if distance > 1 else 'silent':6s}  "
-              f"(old mean |w|: {old_distance:.3g})  largest move: {what}")
+        rows.append({"variant": name, "distance": distance, "largest_move": what})
+        print(f"  {name:28s} summary {distance:9.3g}  {'warns' if distance > 1 else 'silent':6s}  largest move: {what}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"pipeline": args.pipeline, "weights": params, "summary_ms": seconds * 1e3, "rows": rows}, f,

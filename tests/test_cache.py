@@ -355,12 +355,12 @@ def test_unsupported_pipeline_named(tmp_path):
                        layers_per_block=1, norm_num_groups=8)
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline.*DiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline"):
-        HarmoniCaPipeline.from_pretrained(tmp_path / "ddpm", router=HarmoniCaRouter(5, num_blocks=1, branches=["attn1"]))
+        HarmoniCaPipeline.from_pretrained(tmp_path / "ddpm", router=HarmoniCaRouter(5, blocks=[["transformer_blocks", 1, ["attn1"]]]))
     ddpm = DDPMPipeline.from_pretrained(tmp_path / "ddpm")
     with pytest.raises(UnsupportedPipelineError, match="supported pipelines"):
         harmonica.describe(ddpm)
     with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline.*supported pipelines"):
-        harmonica.enable(ddpm, HarmoniCaRouter(5, num_blocks=1, branches=["attn1"]))
+        harmonica.enable(ddpm, HarmoniCaRouter(5, blocks=[["transformer_blocks", 1, ["attn1"]]]))
 
 
 def test_transformer_called_outside_a_pipeline_call_is_named(dit_path):

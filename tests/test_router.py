@@ -84,7 +84,7 @@ def test_non_finite_logits_rejected(tmp_path, bad):
     router.save_pretrained(tmp_path)
     logits = router.logits.detach().clone()
     logits[2, LAYOUT.slot(1, "attn1")] = bad
-    save_file({"logits": logits}, str(tmp_path / "model.safetensors"))
+    save_file({"logits": logits, "coefficients": router.coefficients.detach()}, str(tmp_path / "model.safetensors"))
     with pytest.raises(RouterError, match="NaN or inf"):
         HarmoniCaRouter.from_pretrained(tmp_path)
 
@@ -245,28 +245,22 @@ def router_trained_on(record):
 
 
 @pytest.mark.parametrize("how", ["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("style", ["summary", "old mean |w|"])
-def test_same_weights_in_any_dtype_do_not_warn(transformer, how, style):
-    from harmonica.router import weights_signature, weights_summary
+def test_same_weights_in_any_dtype_do_not_warn(transformer, how):
+    from harmonica.router import weights_summary
 
-    record = weights_summary(transformer) if style == "summary" else weights_signature(transformer)
-    router = router_trained_on(record)
+    router = router_trained_on(weights_summary(transformer))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         router.check_weights(variant(transformer, how) if how != "float32" else transformer)
 
 
 def test_fine_tuned_or_retrained_weights_warn(transformer):
-    from harmonica.router import weights_distance, weights_signature, weights_summary
+    from harmonica.router import weights_summary
 
     router = router_trained_on(weights_summary(transformer))
     for how in ("noise", "retrained"):
         with pytest.warns(UserWarning, match=r"on other transformer weights \(.*: .* moved by .* bf16 rounding"):
             router.check_weights(variant(transformer, how))
-    # what the old record (mean |w|) did not see, and still sees of a retrained model
-    assert weights_distance(weights_signature(transformer), variant(transformer, "noise"))[0] < 1
-    with pytest.warns(UserWarning, match=r"trained on other transformer weights \(mean \|w\|"):
-        router_trained_on(weights_signature(transformer)).check_weights(variant(transformer, "retrained"))
 
 
 def test_weights_summary_margins(transformer):
@@ -309,20 +303,16 @@ def test_mixed_layout_round_trip_and_slots(tmp_path):
     assert loaded.layout == MIXED and torch.equal(loaded.logits, router.logits)
 
 
-def test_router_saved_before_block_lists_loads_with_the_same_schedule(tmp_path):
-    """The old file format: config num_blocks + branches, logits [steps, blocks, branches]."""
-    logits = torch.randn(5, 4, 2, generator=torch.Generator().manual_seed(3))
-    save_file({"logits": logits}, str(tmp_path / "model.safetensors"))
+def test_router_in_the_first_file_format_is_refused_with_what_to_do(tmp_path):
+    """harmonica 0.1's first format (config num_blocks + branches, logits [steps, blocks, branches]) is no longer
+    read: the shipped router-reuse was re-saved; a user's old file gets told how to convert it."""
+    save_file({"logits": torch.zeros(5, 4, 2)}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({
         "num_steps": 5, "num_blocks": 4, "branches": ["attn1", "ff"], "pipeline_class": "DiTPipeline",
         "transformer_class": "DiTTransformer2DModel", "scheduler_class": "DDIMScheduler", "threshold": 0.3,
         "training": {}}))
-    router = HarmoniCaRouter.from_pretrained(tmp_path)
-    assert router.layout == LAYOUT
-    assert torch.equal(router.logits, logits.flatten(1))
-    expected = torch.sigmoid(logits) > 0.3
-    expected[0] = True
-    assert torch.equal(router.compute_mask(), expected.flatten(1))
+    with pytest.raises(RouterError, match=r"first format \(num_blocks \+ branches\).*save it again with harmonica 0.1.0"):
+        HarmoniCaRouter.from_pretrained(tmp_path)
 
 
 def test_shipped_router_loads():
