@@ -1,6 +1,6 @@
 """harmonica: a learned per-step feature cache (HarmoniCa) for diffusers Diffusion Transformer pipelines."""
 
-from .cache import CacheStats, controller, describe, disable, enable, paused, stats
+from .cache import CacheStats, HarmoniCaConfig, apply_harmonica, controller, describe, disable, enable, paused, stats
 from .families import SUPPORTED_PIPELINES
 from .pipeline import HarmoniCaPipeline
 from .router import HarmoniCaRouter, RouterError, RouterLayout
@@ -13,6 +13,8 @@ __all__ = [
     "RouterError",
     "RouterLayout",
     "CacheStats",
+    "HarmoniCaConfig",
+    "apply_harmonica",
     "SUPPORTED_PIPELINES",
     "controller",
     "describe",

@@ -446,3 +446,26 @@ def test_half_precision_pipeline(dit_path, tmp_path):
     images = dit_images(pipe)
     assert torch.isfinite(images).all()
     assert {p.dtype for p in pools if p is not None} == {torch.bfloat16}
+
+
+# ------------------------------------------------------------------------- config + apply
+def test_apply_harmonica_config_is_enable_and_takes_a_router_folder(dit_path, tmp_path):
+    """``apply_harmonica(pipe, HarmoniCaConfig(...))`` is the diffusers-hooks form of ``enable``; both take a
+    router instance or a router folder, and refuse bad settings before anything is attached."""
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    rdir = router_dir(tmp_path, pipe, kind="static", compute_every=2)
+    harmonica.enable(pipe, HarmoniCaRouter.from_pretrained(rdir))
+    expected = dit_images(pipe)
+    harmonica.disable(pipe)
+    harmonica.enable(pipe, str(rdir))  # a folder, as from_pretrained takes
+    assert torch.equal(dit_images(pipe), expected)
+    harmonica.apply_harmonica(pipe, harmonica.HarmoniCaConfig(router=rdir, fused=False))
+    assert torch.allclose(dit_images(pipe), expected, atol=1e-6)
+    assert harmonica.stats(pipe).cache_usage > 0.3
+    with pytest.raises(RouterError, match="threshold must be"):
+        harmonica.HarmoniCaConfig(router=rdir, threshold=1.5)
+    with pytest.raises(TypeError, match="router must be a HarmoniCaRouter, a router folder or a hub id"):
+        harmonica.HarmoniCaConfig(router=3)
+    with pytest.raises(RouterError, match="no router at"):
+        harmonica.enable(pipe, tmp_path / "missing")
+    assert harmonica.controller(pipe).fused is False  # the refused enable left the running cache alone

@@ -1,0 +1,60 @@
+"""``HarmoniCaConfig`` and ``apply_harmonica``: the diffusers-hooks shape of ``harmonica.enable``.
+
+As diffusers' ``apply_first_block_cache(module, FirstBlockCacheConfig(...))``, a config dataclass says how to
+cache and one entry point applies it; harmonica's entry point takes the pipeline, because the router is
+checked against the pipeline's classes and the step of each forward is found through its scheduler.
+
+    >>> config = HarmoniCaConfig(router="pipelines/shapes-dit/router", threshold=None, fused=True)
+    >>> apply_harmonica(pipe, config)        # the same as harmonica.enable(pipe, config.router)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..router import HarmoniCaRouter, check_threshold
+from .controller import HarmoniCa
+
+
+@dataclass
+class HarmoniCaConfig:
+    """How harmonica caches a pipeline.
+
+    Attributes:
+        router: a ``HarmoniCaRouter``, a router folder (or a training run's output folder) or a hub id.
+        threshold: the inference threshold in (0, 1) (a branch is computed where its score exceeds it);
+            None: the router's own.
+        fused: replace runs of fully reused blocks by the fused gather-apply kernel; False applies reused
+            branches one by one (for measuring the kernel).
+    """
+
+    router: HarmoniCaRouter | str | os.PathLike
+    threshold: float | None = None
+    fused: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.router, (HarmoniCaRouter, str, os.PathLike)):
+            raise TypeError(f"router must be a HarmoniCaRouter, a router folder or a hub id, got "
+                            f"{type(self.router).__name__}")
+        if self.threshold is not None:
+            self.threshold = check_threshold(self.threshold)
+        if not isinstance(self.fused, bool):
+            raise TypeError(f"fused must be True or False, got {self.fused!r}")
+
+
+def apply_harmonica(pipe, config: HarmoniCaConfig):
+    """Attach the cache ``config`` describes to ``pipe``'s transformer(s), replacing one already attached.
+
+    The router is loaded (a folder or hub id) and checked against the pipeline before anything is attached:
+    on error the pipeline is left as it was. Returns ``pipe``."""
+    from ..pipeline import load_router
+    from .api import disable
+
+    if not isinstance(config, HarmoniCaConfig):
+        raise TypeError(f"config must be a HarmoniCaConfig, got {type(config).__name__}")
+    router = load_router(config.router)
+    new = HarmoniCa(pipe, router, config.threshold, fused=config.fused)
+    disable(pipe)
+    new.attach()
+    return pipe

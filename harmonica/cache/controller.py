@@ -1,0 +1,207 @@
+"""The controller behind the hooks of one pipeline's transformer(s): router, plans and the states of calls."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+from diffusers.hooks import HookRegistry
+
+from ..families import family_for, pipeline_transformers, transformer_blocks
+from ..families.spec import bind_call
+from ..macs import count_macs
+from ..router import HarmoniCaRouter, check_threshold
+from ..steps import StepLocator, calling_pipeline
+from .hooks import BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, BlockHook, BranchHook, StepHook
+from .layout import describe
+from .plan import Plan
+from .state import CacheState, CallRecord, Forward
+from .stats import CacheStats
+
+
+class HarmoniCa:
+    """The controller behind the hooks of one pipeline's transformer(s): router, plan and call states."""
+
+    def __init__(self, pipe, router: HarmoniCaRouter, threshold: float | None, fused: bool = True):
+        self.family = family_for(pipe)
+        self.router = router.validate()
+        self.fused = bool(fused)
+        self.threshold = router.threshold if threshold is None else check_threshold(threshold)
+        self.layout = describe(pipe)
+        router.check_compatible(self.layout)
+        self.transformers = [t for _, t in pipeline_transformers(pipe, self.family)]
+        for transformer in self.transformers:
+            router.check_weights(transformer)
+        self.blocks = [transformer_blocks(self.family, t) for t in self.transformers]
+        self.locators = [StepLocator(self.family, t) for t in self.transformers]
+        self.set_schedule(router.schedule(self.threshold))
+        self.active = True
+        self.current: Forward | None = None
+        self.lock = threading.RLock()
+        self.records: dict[int, CallRecord] = {}
+        self.macs_table: dict[tuple, tuple[int, list[int]]] = {}
+        self.last_stats: CacheStats | None = None
+        self._stats_by_pipeline: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._restore: list[tuple[torch.nn.Module, bool, bool]] = []
+
+    def set_schedule(self, schedule: list[list[bool]]) -> None:
+        """Install a ``[step][slot]`` compute schedule and derive the plans (kept branches, fused runs)."""
+        self.schedule = schedule
+        coefficients = self.router.forecast_table()
+        self.plans = [Plan(blocks, schedule, coefficients, self.fused) for blocks in self.blocks]
+
+    def __deepcopy__(self, memo):
+        raise RuntimeError(
+            "harmonica: cannot deep-copy a pipeline or transformer with harmonica enabled (its hooks hold the cache "
+            "of running calls). Call harmonica.disable(pipe), copy, then harmonica.enable(...) on each."
+        )
+
+    # ------------------------------------------------------------------ hooks in and out
+    def attach(self) -> None:
+        modules = []
+        for transformer, blocks in zip(self.transformers, self.blocks):
+            modules.append(transformer)
+            modules.extend(b.module for b in blocks)
+            modules.extend(m for b in blocks for m in b.modules)
+        for m in modules:
+            self._restore.append((m, "_diffusers_hook" in m.__dict__, "forward" in m.__dict__))
+        for t_index, (transformer, blocks, plan) in enumerate(zip(self.transformers, self.blocks, self.plans)):
+            for block in blocks:
+                for slot, branch, module in zip(block.slots, block.branches, block.modules):
+                    name = f"{block.list_name}[{block.index}].{branch.name}"
+                    hook = BranchHook(self, slot, name, branch.elements)
+                    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, BRANCH_HOOK)
+                if plan.block_level[block.index]:
+                    registry = HookRegistry.check_if_exists_or_initialize(block.module)
+                    registry.register_hook(BlockHook(self, block), BLOCK_HOOK)
+            registry = HookRegistry.check_if_exists_or_initialize(transformer)
+            registry.register_hook(StepHook(self, t_index), STEP_HOOK)
+            registry.invalidate_child_registries_cache()
+
+    def detach(self) -> None:
+        self.records.clear()
+        for module, had_registry, had_forward in self._restore:
+            registry = module.__dict__.get("_diffusers_hook")
+            if registry is None:
+                continue
+            for name in (STEP_HOOK, BRANCH_HOOK, BLOCK_HOOK):
+                registry.remove_hook(name, recurse=False)
+            if not registry.hooks:  # nothing else hooked here: restore the module's own attributes
+                if not had_registry:
+                    del module._diffusers_hook
+                if not had_forward and "forward" in module.__dict__:
+                    del module.forward
+        self._restore.clear()
+
+    # ------------------------------------------------------------------- per-forward logic
+    # These run eagerly under torch.compile (compiler-disabled): the compiled graphs hold only the
+    # model's own computation, the cache reads and writes and the fused applies.
+    @torch.compiler.disable
+    def enter(self, hook: StepHook, module, args, kwargs) -> Forward:
+        """Take the lock, find the forward's step and state, and publish its decisions to the hooks."""
+        self.lock.acquire()
+        try:
+            self.current = self.begin_forward(hook, module, args, kwargs)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.current
+
+    @torch.compiler.disable
+    def leave(self) -> None:
+        self.current = None
+        self.lock.release()
+
+    @torch.compiler.disable
+    def counted(self, forward: Forward, original, args, kwargs):
+        """Run a forward while measuring its MACs, in total and per branch slot (new input shapes). It runs
+        eagerly: the counting dispatch mode cannot run compiled code (regional fullgraph blocks refuse it)."""
+        with torch.compiler.set_stance("force_eager"):
+            out, total = count_macs(lambda: original(*args, **kwargs))
+        self.macs_table[forward.shape] = (total, forward.counting)
+        return out
+
+    def begin_forward(self, hook: StepHook, module, args, kwargs) -> Forward:
+        t_index = hook.transformer_index
+        context = hook.context._context
+        position = self.locators[t_index].locate(bind_call(module, args, kwargs), context, calling_pipeline())
+        key = (t_index, context.name if context is not None else "")
+        thread = threading.get_ident()
+        record = self.records.get(thread)
+        state = None if record is None else record.states.get(key)
+        new_call = (record is None or not record.belongs_to(position.pipeline) or key in record.finished
+                    or (state is not None and position.step <= state.step))
+        if new_call:
+            self.router.check_compatible(self.layout, position.num_steps)
+            if position.timesteps is not None:
+                self.router.check_timesteps(position.timesteps)
+            record = self.records[thread] = CallRecord(position.pipeline)
+            state = None
+        if state is None:
+            for other in [k for k in record.states if k[1] == key[1] and k[0] != t_index]:
+                record.states.pop(other)  # the pipeline switched experts (Wan 2.2): the other cache is done
+            state = record.states[key] = CacheState(self.plans[t_index])
+        fill = state.step is None  # a state's first forward computes everything and fills the cache
+        state.step = position.step
+        plan = state.plan
+        compute = [True] * plan.num_slots if fill else plan.schedule[position.step]
+        shape = self.shape_key(t_index, args, kwargs)
+        counting = [0] * plan.num_slots if shape not in self.macs_table and fill else None
+        values = None if fill else plan.coefficients[position.step]
+        table = None if fill else plan.step_coefficients(position.step, self._device(t_index))
+        return Forward(state, compute, None if fill else plan.fused[position.step], counting, values, table, position,
+                       key, record, shape)
+
+    @torch.compiler.disable
+    def end_forward(self, forward: Forward) -> None:
+        record, position = forward.record, forward.position
+        total, per_slot = self.macs_table.get(forward.shape, (0, [0] * len(forward.compute)))
+        reused = [s for s, c in enumerate(forward.compute) if not c]
+        st = record.stats
+        st.forwards += 1
+        st.num_steps = max(st.num_steps, position.step + 1)
+        st.branch_calls += len(forward.compute)
+        st.reused += len(reused)
+        while len(st.reused_per_step) <= position.step:
+            st.reused_per_step.append(0)
+        st.reused_per_step[position.step] += len(reused)
+        st.macs_full += total
+        st.macs_spent += total - sum(per_slot[s] for s in reused)
+        if position.step == position.num_steps - 1:
+            finished = record.states.pop(forward.key, None)  # frees this context's cache
+            st.cache_bytes += finished.nbytes if finished is not None else 0
+            record.finished.add(forward.key)
+            if not record.states:
+                self.finish(record)
+
+    def finish(self, record: CallRecord) -> None:
+        self.last_stats = record.stats
+        pipeline = record.pipeline() if record.pipeline is not None else None
+        if pipeline is not None:
+            self._stats_by_pipeline[pipeline] = record.stats
+        for thread, r in list(self.records.items()):
+            if r is record:
+                del self.records[thread]
+
+    def end_thread_call(self) -> None:
+        """The pipeline's call ended (diffusers resets stateful hooks then): free this thread's cache."""
+        with self.lock:
+            record = self.records.pop(threading.get_ident(), None)
+            if record is not None and record.finished and not record.states:
+                self.finish(record)
+
+    def _device(self, t_index: int) -> torch.device:
+        return next(self.transformers[t_index].parameters()).device
+
+    @staticmethod
+    def shape_key(t_index: int, args, kwargs) -> tuple:
+        shapes = [tuple(a.shape) for a in list(args) + list(kwargs.values()) if torch.is_tensor(a)]
+        return (t_index, *shapes)
+
+    def stats_for(self, pipe) -> CacheStats | None:
+        return self._stats_by_pipeline.get(pipe)
+
+    def states(self) -> list[CacheState]:
+        """Cache states of calls in flight (all threads)."""
+        return [s for r in self.records.values() for s in r.states.values()]

@@ -1,0 +1,140 @@
+"""The three diffusers ``ModelHook``s of the cache: step (transformer), branch (branch modules), block (fused runs)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers.hooks import ModelHook
+from diffusers.hooks.hooks import StateManager
+
+from ..families.spec import bind_call
+from ..kernels import TORCH, gather_apply
+from ..macs import count_macs
+from .plan import SKIP
+from .state import _ContextState
+
+if TYPE_CHECKING:
+    from ..families.spec import BlockInfo
+    from .controller import HarmoniCa
+
+STEP_HOOK = "harmonica_step"
+BRANCH_HOOK = "harmonica_branch"
+BLOCK_HOOK = "harmonica_block"
+
+
+class BranchHook(ModelHook):
+    """Compute a branch and keep its output, or return the kept output without running the branch."""
+
+    def __init__(self, controller: "HarmoniCa", slot: int, name: str, elements: int):
+        super().__init__()
+        self.controller = controller
+        self.slot = slot
+        self.name = name
+        self.elements = elements
+
+    def new_forward(self, module, *args, **kwargs):
+        current = self.controller.current
+        if current is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        state = current.state
+        if current.compute[self.slot]:
+            if current.counting is not None:
+                out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
+                current.counting[self.slot] += macs
+            else:
+                out = self.fn_ref.original_forward(*args, **kwargs)
+            parts = out if isinstance(out, tuple) else (out,)
+            if len(parts) != self.elements:
+                raise RuntimeError(f"harmonica: {self.name} returned {len(parts)} tensors, its family spec names "
+                                   f"{self.elements} (an IP adapter or another processor changes its outputs?)")
+            for element, tensor in enumerate(parts):
+                if tensor is not None:
+                    state.store(self.slot, element, tensor)
+            return out
+        coefficients = current.coefficients()
+        cached = [state.rebuild(self.slot, element, coefficients) for element in range(self.elements)]
+        if any(c is None for c in cached):
+            raise RuntimeError(
+                f"harmonica: no cached output for {self.name} at step {state.step}. Cached features belong to one "
+                "pipeline call; call the transformer through the pipeline's denoising loop."
+            )
+        return tuple(cached) if self.elements > 1 else cached[0]
+
+
+class BlockHook(ModelHook):
+    """Replaces a run of fully reused blocks by one gather-apply of their cached branches per stream."""
+
+    def __init__(self, controller: "HarmoniCa", info: BlockInfo):
+        super().__init__()
+        self.controller = controller
+        self.info = info
+
+    def new_forward(self, module, *args, **kwargs):
+        current = self.controller.current
+        entry = None if current is None or current.fused is None else current.fused[self.info.index]
+        if entry is None:
+            if current is not None and current.counting is not None and self.info.kind.whole_block:
+                out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
+                # the whole block; its branch's BranchHook, nested inside, counted part of it already
+                current.counting[self.info.first_slot] = macs
+                return out
+            return self.fn_ref.original_forward(*args, **kwargs)
+        fused = self.info.kind.fused
+        call = bind_call(module, args, kwargs)
+        if entry is SKIP:
+            return fused.output(call, fused.streams(call))
+        state = current.state
+        step_coefficients = current.coefficients()
+        streams = fused.streams(call)
+        runs: dict[str, tuple[list, list, list]] = {name: ([], [], []) for name in streams}
+        for block in entry:
+            gates = block.kind.fused.gates(block.module, call)
+            position = 0
+            for slot, branch in zip(block.slots, block.branches):
+                for element, stream in enumerate(branch.streams):
+                    indices, coefficients, stream_gates = runs[stream]
+                    history, coefs = state.terms(slot, element, step_coefficients)
+                    indices.append(history)
+                    coefficients.append(coefs)
+                    stream_gates.append(gates[position])
+                    position += 1
+        implementation = None if self.controller.fused else TORCH
+        updated = {
+            name: gather_apply(streams[name], state.pools[name], indices, stream_gates, coefficients=coefficients,
+                               inplace=False, implementation=implementation) if indices else streams[name]
+            for name, (indices, coefficients, stream_gates) in runs.items()
+        }
+        return fused.output(call, updated)
+
+
+class StepHook(ModelHook):
+    """Finds each forward's step, picks its cache state and decisions, and keeps the call's statistics."""
+
+    _is_stateful = True  # receives diffusers' cache context ("cond" / "uncond") and end-of-call resets
+
+    def __init__(self, controller: "HarmoniCa", transformer_index: int):
+        super().__init__()
+        self.controller = controller
+        self.transformer_index = transformer_index
+        self.context = StateManager(_ContextState)
+
+    def reset_state(self, module):  # pipelines of CacheMixin models call this when a call ends
+        self.controller.end_thread_call()
+        return module
+
+    @torch.compiler.disable(recursive=False)  # this frame runs eagerly; the model forward it calls compiles
+    def new_forward(self, module, *args, **kwargs):
+        ctl = self.controller
+        if not ctl.active:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        forward = ctl.enter(self, module, args, kwargs)
+        try:
+            if forward.counting is not None:
+                out = ctl.counted(forward, self.fn_ref.original_forward, args, kwargs)
+            else:
+                out = self.fn_ref.original_forward(*args, **kwargs)
+            ctl.end_forward(forward)
+        finally:
+            ctl.leave()
+        return out

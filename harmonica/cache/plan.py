@@ -1,0 +1,98 @@
+"""The plan: what a router's schedule means for one transformer, computed once at ``enable``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..families.spec import BlockInfo
+
+if TYPE_CHECKING:
+    from .state import CacheState
+
+SKIP = "skip"  # block plan entry: this block is covered by the fused run started before it
+
+
+class Plan:
+    """What a router's schedule means for one transformer, computed once at ``enable``.
+
+    ``schedule[step][slot]``: compute (True) or rebuild from the cache. ``coefficients[step][slot]``:
+    the forecast over the branch's last computed outputs (``(1.0,)``: reuse). ``entries``: for every
+    branch output the schedule ever rebuilds, ``(slot, element) -> (stream, first index, depth)``: its
+    last ``depth`` computed outputs live at ``first .. first + depth - 1`` of that stream's pool, most
+    recent first.
+    ``fused[step]``: per block, None (run it), SKIP (covered by an earlier block) or a fused run (the
+    blocks it replaces); None for a step without fused runs.
+    """
+
+    def __init__(self, blocks: list[BlockInfo], schedule: list[list[bool]], coefficients, fused: bool):
+        self.blocks = blocks
+        self.schedule = schedule
+        self.coefficients = coefficients
+        self.num_slots = sum(len(b.branches) for b in blocks)
+        depth = self._depths(schedule, coefficients)
+        # slots whose every rebuild is plain reuse (coefficient exactly 1 on the last output): no arithmetic
+        self.reuse_only = {slot for slot in depth if all(
+            schedule[step][slot] or tuple(coefficients[step][slot][:1]) == (1.0,) and not any(coefficients[step][slot][1:])
+            for step in range(1, len(schedule)))}
+        self.table = torch.tensor(coefficients, dtype=torch.float32)  # [step, slot, history]
+        self._tables: dict[str, torch.Tensor] = {}
+        self.entries: dict[tuple[int, int], tuple[str, int, int]] = {}
+        self.capacity: dict[str, int] = {}
+        for block in blocks:
+            for slot, branch in zip(block.slots, block.branches):
+                if slot not in depth:
+                    continue
+                for element, stream in enumerate(branch.streams):
+                    first = self.capacity.get(stream, 0)
+                    self.entries[slot, element] = (stream, first, depth[slot])
+                    self.capacity[stream] = first + depth[slot]
+        self.block_level = [b.kind.whole_block or (fused and b.kind.fusable(b.module)) for b in blocks]
+        self.fused = [self._runs(row) if step > 0 else None for step, row in enumerate(schedule)]
+
+    @staticmethod
+    def _depths(schedule, coefficients) -> dict[int, int]:
+        """Per rebuilt slot: how many past outputs its forecasts use (trailing zero coefficients and
+        history not computed yet are not kept)."""
+        depth: dict[int, int] = {}
+        computed = [1] * len(schedule[0])  # the first step computes everything
+        for step in range(1, len(schedule)):
+            for slot, compute in enumerate(schedule[step]):
+                if compute:
+                    computed[slot] += 1
+                    continue
+                used = [c != 0 for c in coefficients[step][slot][:computed[slot]]]
+                need = max((k + 1 for k, nonzero in enumerate(used) if nonzero), default=1)
+                depth[slot] = max(depth.get(slot, 1), need)
+        return depth
+
+    def step_coefficients(self, step: int, device) -> torch.Tensor:
+        """The coefficient table of one step, ``[slot, history]`` fp32 on ``device`` (copied there once)."""
+        key = str(device)
+        if key not in self._tables:
+            self._tables[key] = self.table.to(device)
+        return self._tables[key][step]
+
+    def history(self, state: "CacheState", slot: int, element: int) -> list[int]:
+        """Pool indices of the branch output's kept history in ``state``, most recent first."""
+        _, first, depth = self.entries[slot, element]
+        return list(range(first, first + state.kept.get((slot, element), 0)))
+
+    def _runs(self, row: list[bool]):
+        blocks = self.blocks
+        reused = [self.block_level[b.index] and not any(row[s] for s in b.slots) for b in blocks]
+        plan, i = [None] * len(blocks), 0
+        while i < len(blocks):
+            if not reused[i]:
+                i += 1
+                continue
+            end = i
+            while (end + 1 < len(blocks) and reused[end + 1] and blocks[end + 1].kind is blocks[i].kind
+                   and blocks[end + 1].list_name == blocks[i].list_name):
+                end += 1
+            plan[i] = blocks[i:end + 1]
+            for j in range(i + 1, end + 1):
+                plan[j] = SKIP
+            i = end + 1
+        return plan if any(p is not None for p in plan) else None

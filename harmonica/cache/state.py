@@ -1,0 +1,102 @@
+"""Per-call state: the cache of one call, cache context and transformer, and what the hooks of a forward read."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks.hooks import BaseState
+
+from ..kernels import CachePool, forecast
+from .plan import Plan
+from .stats import CacheStats
+
+
+class CacheState:
+    """The cache of one pipeline call, one cache context and one transformer."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.step: int | None = None
+        self.pools: dict[str, CachePool] = {}
+        self.kept: dict[tuple[int, int], int] = {}  # outputs kept per entry (at most its depth)
+
+    def store(self, slot: int, element: int, tensor: torch.Tensor) -> None:
+        where = self.plan.entries.get((slot, element))
+        if where is None:
+            return
+        stream, first, depth = where
+        pool = self.pools.get(stream)
+        if pool is None:
+            pool = self.pools[stream] = CachePool(self.plan.capacity[stream], tensor.shape, tensor.dtype, tensor.device)
+        elif pool.shape != tuple(tensor.shape) or pool.dtype != tensor.dtype:
+            raise RuntimeError(
+                f"harmonica: a branch output of shape {tuple(tensor.shape)} on the {stream!r} stream, whose cache holds "
+                f"{pool.shape}; cached features belong to one pipeline call and one input shape"
+            )
+        pool.push(first, depth, tensor)
+        self.kept[slot, element] = min(self.kept.get((slot, element), 0) + 1, depth)
+
+    def terms(self, slot: int, element: int, coefficients) -> tuple[list[int], object]:
+        """Pool indices (most recent first) of a rebuilt branch output at this step and its forecast
+        coefficients (None: plain reuse of the last output). ``coefficients``: the step's
+        ``[slot, history]`` table, a device tensor (compiled code: a graph input, so one graph serves
+        every step) or nested tuples of floats (eager: the fused kernel's tables)."""
+        history = self.plan.history(self, slot, element)
+        if slot in self.plan.reuse_only:
+            return history[:1], None
+        return history, coefficients[slot][:len(history)]
+
+    def rebuild(self, slot: int, element: int, coefficients) -> torch.Tensor | None:
+        if (slot, element) not in self.plan.entries:
+            return None
+        history, coefs = self.terms(slot, element, coefficients)
+        if not history:
+            return None
+        pool = self.pools[self.plan.entries[slot, element][0]]
+        return forecast([pool.read(i) for i in history], coefs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.pools.values())
+
+
+class CallRecord:
+    """One pipeline call of one thread: its cache states (per transformer and cache context) and stats."""
+
+    def __init__(self, pipeline):
+        self.pipeline = None if pipeline is None else weakref.ref(pipeline)
+        self.states: dict[tuple[int, str], CacheState] = {}
+        self.finished: set[tuple[int, str]] = set()
+        self.stats = CacheStats()
+
+    def belongs_to(self, pipeline) -> bool:
+        return (self.pipeline() if self.pipeline is not None else None) is pipeline
+
+
+@dataclass
+class Forward:
+    """What the hooks of the forward in progress read (its state and decisions), and where it is."""
+
+    state: CacheState
+    compute: list[bool]
+    fused: list | None
+    counting: list[int] | None  # MACs per slot, while a new input shape is measured
+    coefficient_values: list | None  # the step's forecast coefficients, [slot] -> floats
+    coefficient_table: torch.Tensor | None  # the same as a [slot, history] tensor on the model's device
+    position: object
+    key: tuple[int, str]
+    record: CallRecord
+    shape: tuple
+
+    def coefficients(self):
+        """Tensors when compiling (graph inputs, no per-step constants), floats otherwise."""
+        if torch.compiler.is_compiling():
+            return self.coefficient_table
+        return self.coefficient_values
+
+
+class _ContextState(BaseState):
+    def reset(self):
+        pass
