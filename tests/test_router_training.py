@@ -49,6 +49,14 @@ class Recorder:
         denoiser.forward = forward
 
 
+def same_cache(a: dict, b: dict) -> bool:
+    """Two ``DrivenCache.snapshot()``s hold the same entries with equal histories."""
+    return a.keys() == b.keys() and all(
+        a[key].keys() == b[key].keys() and all(len(a[key][e]) == len(b[key][e])
+                                               and all(torch.equal(x, y) for x, y in zip(a[key][e], b[key][e]))
+                                               for e in a[key]) for key in a)
+
+
 def test_sdt_rollout_order_and_student_trajectory(dit_path, tmp_path):
     trainer = make_trainer(dit_path, tmp_path)
     rec = Recorder(trainer)
@@ -77,13 +85,10 @@ def test_teacher_is_isolated_and_base_model_frozen(dit_path, tmp_path):
     teacher_writes = []
     original_teacher = trainer._teacher
 
-    def snapshot():
-        return {ctx: dict(entries) for ctx, entries in trainer.cache.states.items()}
-
     def teacher(x, t, cond):
-        kept = snapshot()
+        kept = trainer.cache.snapshot()
         out = original_teacher(x, t, cond)
-        teacher_writes.append(snapshot() != kept)  # same tensor objects under the same keys
+        teacher_writes.append(not same_cache(trainer.cache.snapshot(), kept))
         return out
 
     trainer._teacher = teacher
@@ -103,14 +108,13 @@ def test_lambda_refresh_leaves_rng_cache_and_scheduler_untouched(dit_path, tmp_p
         trainer.router.logits.copy_(torch.randn(trainer.router.logits.shape, generator=torch.Generator().manual_seed(1)) * 3)
     trainer.sdt_trajectory(0)  # leaves a filled cache behind
     states = trainer.cache.states
-    kept = {ctx: {k: [t.clone() for t in v] for k, v in entries.items()} for ctx, entries in states.items()}
+    kept = trainer.cache.snapshot()
     timesteps = trainer.pipe.scheduler.timesteps.clone()
     rng = torch.get_rng_state()
     trainer.refresh_lambda()
     assert torch.equal(torch.get_rng_state(), rng)
     assert trainer.cache.states is states and kept and trainer.cache.mode == "off"
-    assert all(len(states[ctx][k]) == len(v) and all(torch.equal(a, b) for a, b in zip(states[ctx][k], v))
-               for ctx, entries in kept.items() for k, v in entries.items())
+    assert same_cache(trainer.cache.snapshot(), kept)
     assert torch.equal(trainer.pipe.scheduler.timesteps, timesteps)
     lam = trainer.state.lam
     assert lam[0] == 0 and torch.isclose(lam[1:].mean(), torch.tensor(1.0)) and (lam[1:] > 0).all()
@@ -130,8 +134,8 @@ def test_memory_does_not_grow_with_steps(dit_path, tmp_path):
     rec = Recorder(trainer)
     trainer.sdt_trajectory(0)
     assert all(not c["x"].requires_grad for c in rec.calls)
-    assert not any(t.requires_grad for entries in trainer.cache.states.values() for history in entries.values()
-                   for t in history)
+    assert not any(pool.storage.requires_grad for state in trainer.cache.states.values()
+                   for pool in state.pools.values())
 
 
 def test_resume_gives_the_same_router(dit_path, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.hooks import HookRegistry
@@ -19,12 +20,19 @@ from .plan import Plan
 from .state import CacheState, CallRecord, Forward
 from .stats import CacheStats
 
+if TYPE_CHECKING:
+    from .drive import Drive
+
 
 class HarmoniCa:
     """The controller behind the hooks of one pipeline's transformer(s): router, plan and call states."""
 
-    def __init__(self, pipe, router: HarmoniCaRouter, threshold: float | None, fused: bool = True):
+    def __init__(self, pipe, router: HarmoniCaRouter, threshold: float | None, fused: bool = True,
+                 keep: int | None = None):
+        """``keep``: keep every branch's last ``keep`` outputs and run the forwards router training drives
+        (``harmonica.cache.drive``) instead of following the router's schedule."""
         self.family = family_for(pipe)
+        self.keep = keep
         self.router = router.validate()
         self.fused = bool(fused)
         self.threshold = router.threshold if threshold is None else check_threshold(threshold)
@@ -37,6 +45,8 @@ class HarmoniCa:
         self.locators = [StepLocator(self.family, t) for t in self.transformers]
         self.set_schedule(router.schedule(self.threshold))
         self.active = True
+        self.drive: Drive | None = None  # set by router training for the forwards it drives
+        self.driven_states: dict[tuple[int, str], CacheState] = {}
         self.current: Forward | None = None
         self.lock = threading.RLock()
         self.records: dict[int, CallRecord] = {}
@@ -49,7 +59,7 @@ class HarmoniCa:
         """Install a ``[step][slot]`` compute schedule and derive the plans (kept branches, fused runs)."""
         self.schedule = schedule
         coefficients = self.router.forecast_table()
-        self.plans = [Plan(blocks, schedule, coefficients, self.fused) for blocks in self.blocks]
+        self.plans = [Plan(blocks, schedule, coefficients, self.fused, self.keep) for blocks in self.blocks]
 
     def __deepcopy__(self, memo):
         raise RuntimeError(
@@ -123,6 +133,8 @@ class HarmoniCa:
         return out
 
     def begin_forward(self, hook: StepHook, module, args, kwargs) -> Forward:
+        if self.drive is not None:
+            return self.driven_forward(hook)
         t_index = hook.transformer_index
         context = hook.context._context
         position = self.locators[t_index].locate(bind_call(module, args, kwargs), context, calling_pipeline())
@@ -152,6 +164,17 @@ class HarmoniCa:
         table = None if fill else plan.step_coefficients(position.step, self._device(t_index))
         return Forward(state, compute, None if fill else plan.fused[position.step], counting, values, table, position,
                        key, record, shape)
+
+    def driven_forward(self, hook: StepHook) -> Forward:
+        """A forward router training drives: its step and mode are given; one cache per cache context."""
+        drive, context = self.drive, hook.context._context
+        key = (hook.transformer_index, context.name if context is not None else "")
+        state = self.driven_states.get(key)
+        if state is None:
+            state = self.driven_states[key] = CacheState(self.plans[hook.transformer_index])
+        state.step = drive.step
+        compute = drive.compute if drive.mode == "hard" else [True] * state.plan.num_slots
+        return Forward(state, compute, None, None, None, drive.coefficients, None, key, None, None, drive)
 
     @torch.compiler.disable
     def end_forward(self, forward: Forward) -> None:

@@ -37,29 +37,55 @@ class BranchHook(ModelHook):
         current = self.controller.current
         if current is None:
             return self.fn_ref.original_forward(*args, **kwargs)
-        state = current.state
+        if current.drive is not None and current.drive.mode == "mix":
+            return self._mix(current, self._run(current, args, kwargs))
         if current.compute[self.slot]:
-            if current.counting is not None:
-                out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
-                current.counting[self.slot] += macs
-            else:
-                out = self.fn_ref.original_forward(*args, **kwargs)
-            parts = out if isinstance(out, tuple) else (out,)
-            if len(parts) != self.elements:
-                raise RuntimeError(f"harmonica: {self.name} returned {len(parts)} tensors, its family spec names "
-                                   f"{self.elements} (an IP adapter or another processor changes its outputs?)")
-            for element, tensor in enumerate(parts):
-                if tensor is not None:
-                    state.store(self.slot, element, tensor)
-            return out
+            return self._run(current, args, kwargs, store=True)
+        return self._pack(self._rebuild(current))
+
+    def _run(self, current, args, kwargs, store: bool = False):
+        """Run the branch (counting its MACs while a new input shape is measured); ``store``: keep its output."""
+        if current.counting is not None:
+            out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
+            current.counting[self.slot] += macs
+        else:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        parts = out if isinstance(out, tuple) else (out,)
+        if len(parts) != self.elements:
+            raise RuntimeError(f"harmonica: {self.name} returned {len(parts)} tensors, its family spec names "
+                               f"{self.elements} (an IP adapter or another processor changes its outputs?)")
+        if store:
+            self._store(current.state, parts)
+        return out
+
+    def _store(self, state, parts) -> None:
+        for element, tensor in enumerate(parts):
+            if tensor is not None:
+                state.store(self.slot, element, tensor)
+
+    def _rebuild(self, current) -> list[torch.Tensor]:
         coefficients = current.coefficients()
-        cached = [state.rebuild(self.slot, element, coefficients) for element in range(self.elements)]
+        cached = [current.state.rebuild(self.slot, element, coefficients) for element in range(self.elements)]
         if any(c is None for c in cached):
             raise RuntimeError(
-                f"harmonica: no cached output for {self.name} at step {state.step}. Cached features belong to one "
-                "pipeline call; call the transformer through the pipeline's denoising loop."
+                f"harmonica: no cached output for {self.name} at step {current.state.step}. Cached features belong "
+                "to one pipeline call (or one training trajectory, filled at its first step); call the transformer "
+                "through the pipeline's denoising loop."
             )
-        return tuple(cached) if self.elements > 1 else cached[0]
+        return cached
+
+    def _mix(self, current, fresh):
+        """Router training's student: ``score * fresh + (1 - score) * rebuilt``, the fresh output kept where the
+        trainer says inference would have computed it (``drive.write``)."""
+        parts = fresh if isinstance(fresh, tuple) else (fresh,)
+        score = current.drive.scores[self.slot]
+        mixed = [score.to(f.dtype) * f + (1 - score.to(f.dtype)) * c for f, c in zip(parts, self._rebuild(current))]
+        if current.drive.write[self.slot]:
+            self._store(current.state, parts)
+        return self._pack(mixed)
+
+    def _pack(self, parts):
+        return tuple(parts) if self.elements > 1 else parts[0]
 
 
 class BlockHook(ModelHook):
@@ -126,10 +152,12 @@ class StepHook(ModelHook):
     @torch.compiler.disable(recursive=False)  # this frame runs eagerly; the model forward it calls compiles
     def new_forward(self, module, *args, **kwargs):
         ctl = self.controller
-        if not ctl.active:
+        if not ctl.active or ctl.drive is not None and ctl.drive.mode == "off":
             return self.fn_ref.original_forward(*args, **kwargs)
         forward = ctl.enter(self, module, args, kwargs)
         try:
+            if forward.drive is not None:  # router training: no statistics
+                return self.fn_ref.original_forward(*args, **kwargs)
             if forward.counting is not None:
                 out = ctl.counted(forward, self.fn_ref.original_forward, args, kwargs)
             else:

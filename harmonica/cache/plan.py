@@ -24,16 +24,19 @@ class Plan:
     recent first.
     ``fused[step]``: per block, None (run it), SKIP (covered by an earlier block) or a fused run (the
     blocks it replaces); None for a step without fused runs.
+    ``keep``: keep the last ``keep`` outputs of every branch whatever the schedule (router training, whose
+    schedule and coefficients move at every step, drives the forwards: see ``harmonica.cache.drive``).
     """
 
-    def __init__(self, blocks: list[BlockInfo], schedule: list[list[bool]], coefficients, fused: bool):
+    def __init__(self, blocks: list[BlockInfo], schedule: list[list[bool]], coefficients, fused: bool,
+                 keep: int | None = None):
         self.blocks = blocks
         self.schedule = schedule
         self.coefficients = coefficients
         self.num_slots = sum(len(b.branches) for b in blocks)
-        depth = self._depths(schedule, coefficients)
+        depth = self._depths(schedule, coefficients) if keep is None else dict.fromkeys(range(self.num_slots), keep)
         # slots whose every rebuild is plain reuse (coefficient exactly 1 on the last output): no arithmetic
-        self.reuse_only = {slot for slot in depth if all(
+        self.reuse_only = set() if keep is not None else {slot for slot in depth if all(
             schedule[step][slot] or tuple(coefficients[step][slot][:1]) == (1.0,) and not any(coefficients[step][slot][1:])
             for step in range(1, len(schedule)))}
         self.table = torch.tensor(coefficients, dtype=torch.float32)  # [step, slot, history]

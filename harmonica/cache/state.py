@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.hooks.hooks import BaseState
@@ -11,6 +12,9 @@ from diffusers.hooks.hooks import BaseState
 from ..kernels import CachePool, forecast
 from .plan import Plan
 from .stats import CacheStats
+
+if TYPE_CHECKING:
+    from .drive import Drive
 
 
 class CacheState:
@@ -44,7 +48,7 @@ class CacheState:
         ``[slot, history]`` table, a device tensor (compiled code: a graph input, so one graph serves
         every step) or nested tuples of floats (eager: the fused kernel's tables)."""
         history = self.plan.history(self, slot, element)
-        if slot in self.plan.reuse_only:
+        if coefficients is None or slot in self.plan.reuse_only:
             return history[:1], None
         return history, coefficients[slot][:len(history)]
 
@@ -55,7 +59,10 @@ class CacheState:
         if not history:
             return None
         pool = self.pools[self.plan.entries[slot, element][0]]
-        return forecast([pool.read(i) for i in history], coefs)
+        outputs = [pool.read(i) for i in history]
+        if torch.is_tensor(coefs) and coefs.requires_grad:  # router training: autograd keeps the outputs, which
+            outputs = [o.clone() for o in outputs]          # the pool overwrites in place before the backward
+        return forecast(outputs, coefs)
 
     @property
     def nbytes(self) -> int:
@@ -87,12 +94,13 @@ class Forward:
     coefficient_table: torch.Tensor | None  # the same as a [slot, history] tensor on the model's device
     position: object
     key: tuple[int, str]
-    record: CallRecord
-    shape: tuple
+    record: CallRecord | None
+    shape: tuple | None
+    drive: "Drive | None" = None  # router training's forward: its mode, given by the trainer
 
     def coefficients(self):
-        """Tensors when compiling (graph inputs, no per-step constants), floats otherwise."""
-        if torch.compiler.is_compiling():
+        """Tensors when compiling (graph inputs, no per-step constants) or driven, floats otherwise."""
+        if torch.compiler.is_compiling() or self.coefficient_values is None:
             return self.coefficient_table
         return self.coefficient_values
 

@@ -15,8 +15,8 @@ gradient-free sampling with fixed noise and labels (see ``objectives``); ``objec
 lambda = 1. ``objective="ltc"`` is the Learning-to-Cache ablation: lambda = 1, steps visited in
 random order, the student's input and a clean cache come from a full-computation teacher trajectory.
 
-The student's cache lives in router training's own hooks (``hooks.TrainingCache``), told the step
-and the mode of every forward by the trainer; the inference cache is not involved.
+The student's cache is the inference cache's own hooks and state, with every forward's step and mode told
+by the trainer (``harmonica.cache.drive``): a branch the student rebuilds is what inference rebuilds.
 
 Multi-process (accelerate): each process draws its own trajectories; gradients, losses and the
 lambda errors are all-reduced, so every process holds the same router. Checkpoints are taken at
@@ -37,10 +37,10 @@ import torch
 
 from ..cache import controller as harmonica_controller
 from ..cache import describe
+from ..cache.drive import DrivenCache
 from ..families import family_for
 from ..router import MAX_HISTORY, HarmoniCaRouter, check_threshold, parse_init, weights_distance, weights_summary
 from .checkpoints import resume, save_checkpoint
-from .hooks import TrainingCache
 from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
 
 OBJECTIVES = ("harmonica", "sdt", "ltc")
@@ -208,7 +208,7 @@ class RouterTrainer:
             klass = getattr(diffusers, config.scheduler)
             pipe.scheduler = klass.from_config(pipe.scheduler.config)
         if harmonica_controller(pipe) is not None:
-            raise ValueError("harmonica is enabled on this pipeline; router training uses its own hooks: "
+            raise ValueError("harmonica is enabled on this pipeline; router training attaches the cache hooks itself: "
                              "harmonica.disable(pipe) first")
         family = family_for(pipe)
         # the base model is frozen, in eval mode, and never receives gradients
@@ -236,7 +236,7 @@ class RouterTrainer:
         self.threshold = config.threshold
         self.initial = {"logits": router.logits.detach().clone(), "coefficients": router.coefficients.detach().clone(),
                         "schedule": router.compute_mask(self._set_threshold()).clone()}
-        self.cache = TrainingCache(pipe, history=router.history).attach()
+        self.cache = DrivenCache(pipe, self.router).attach()
         groups = [{"params": [self.router.logits], "lr": config.lr}]
         if router.history > 1:
             groups.append({"params": [self.router.coefficients], "lr": config.coefficient_lr})

@@ -1,0 +1,115 @@
+"""Router training's forwards, run by the same hooks and cache state as inference.
+
+Router training (``harmonica.training``) drives every forward itself: it says which step it is (no scheduler
+lookup) and what the branches do, as a mode of the same ``BranchHook`` and ``CacheState`` inference uses, so a
+rebuilt branch in training is exactly what inference rebuilds:
+
+* ``"off"``: the plain model (the teacher): no cache read or write;
+* ``"fill"``: compute every branch and keep its output (a trajectory's first step, or LTC's clean full pass);
+* ``"hard"``: a fixed compute / rebuild row ``compute[slot]``, as inference runs it (gradient-free sampling for
+  the image-error proxy);
+* ``"mix"``: the student: ``score * fresh + (1 - score) * forecast`` per branch, the fresh output kept
+  (detached) where ``write[slot]``, as inference at the current threshold would have computed there.
+
+A rebuilt branch is ``forecast(history, coefficients[slot, :len(history)])`` over its last computed outputs
+(at most the router's ``history``); in "mix" the coefficients carry gradients. Outputs are kept per cache
+context ("cond" / "uncond") as inference keeps them; ``isolated()`` runs forwards on fresh caches and
+restores the caller's afterwards. Fused whole-block applies are not used: branches are rebuilt one by one.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..families import family_for, pipeline_transformers
+from ..router import HarmoniCaRouter
+from .controller import HarmoniCa
+
+MODES = ("off", "fill", "hard", "mix")
+
+
+@dataclass(frozen=True)
+class Drive:
+    """What the forwards inside ``DrivenCache.running`` do (see the module docstring)."""
+
+    mode: str
+    step: int
+    compute: list | None = None
+    scores: torch.Tensor | None = None
+    write: list | None = None
+    coefficients: torch.Tensor | None = None  # the step's [slot, history] (None: plain reuse)
+
+
+class DrivenCache:
+    """The cache hooks on ``pipe``'s transformer with the forwards driven by router training."""
+
+    def __init__(self, pipe, router: HarmoniCaRouter):
+        transformers = pipeline_transformers(pipe, family_for(pipe))
+        if len(transformers) > 1:
+            raise ValueError(f"router training drives one transformer; {type(pipe).__name__} has "
+                             f"{len(transformers)} ({', '.join(n for n, _ in transformers)})")
+        self.pipe = pipe
+        self.controller = HarmoniCa(pipe, router, None, fused=False, keep=router.history)
+        self.controller.drive = Drive("off", 0)
+        self.num_slots = self.controller.plans[0].num_slots
+
+    @property
+    def mode(self) -> str:
+        """The mode of the forwards run now ("off" outside ``running``)."""
+        return self.controller.drive.mode
+
+    @property
+    def states(self) -> dict:
+        """The caches of the driven forwards, per (transformer, cache context)."""
+        return self.controller.driven_states
+
+    def snapshot(self) -> dict:
+        """What the caches hold now: per (transformer, cache context), each kept branch output's history
+        (copies, most recent first)."""
+        return {key: {entry: [state.pools[stream].read(i).clone() for i in state.plan.history(state, *entry)]
+                      for entry, (stream, _, _) in state.plan.entries.items() if state.kept.get(entry)}
+                for key, state in self.states.items()}
+
+    def attach(self) -> "DrivenCache":
+        from .api import controller
+
+        if controller(self.pipe) is not None:
+            raise RuntimeError("harmonica is enabled on this pipeline: call harmonica.disable(pipe) before training "
+                               "a router on it")
+        self.controller.attach()
+        return self
+
+    def detach(self) -> None:
+        self.controller.detach()
+        self.controller.driven_states.clear()
+
+    @contextmanager
+    def running(self, mode: str, step: int, compute=None, scores: torch.Tensor | None = None, write=None,
+                coefficients: torch.Tensor | None = None):
+        """Forwards inside the block run in ``mode`` at ``step`` (see the module docstring);
+        ``coefficients``: the step's forecast coefficients ``[slot, history]`` (None: reuse)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "hard" and (compute is None or len(compute) != self.num_slots):
+            raise ValueError(f"mode 'hard' needs compute flags for all {self.num_slots} branch slots")
+        if mode == "mix" and (scores is None or write is None or step == 0):
+            raise ValueError("mode 'mix' needs scores and write flags, and never runs at the first step (it fills)")
+        saved = self.controller.drive
+        self.controller.drive = Drive(mode, step, compute, scores, write, coefficients)
+        try:
+            yield self
+        finally:
+            self.controller.drive = saved
+
+    @contextmanager
+    def isolated(self):
+        """Forwards inside the block start from empty caches; the caller's caches are restored after."""
+        saved = self.controller.driven_states
+        self.controller.driven_states = {}
+        try:
+            yield self
+        finally:
+            self.controller.driven_states = saved
