@@ -1,7 +1,7 @@
 """harmonica: a learned per-step feature cache (HarmoniCa) for diffusers Diffusion Transformer pipelines."""
 
 from .cache import CacheStats, HarmoniCaConfig, apply_harmonica, controller, describe, disable, enable, paused, stats
-from .families import SUPPORTED_PIPELINES
+from .families import SUPPORTED_PIPELINES, register_family
 from .pipeline import HarmoniCaPipeline
 from .router import HarmoniCaRouter, RouterError, RouterLayout
 
@@ -21,5 +21,6 @@ __all__ = [
     "enable",
     "disable",
     "paused",
+    "register_family",
     "stats",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .families import SUPPORTED_PIPELINES, UnsupportedPipelineError, family_for, unsupported
+from .families import SUPPORTED_PIPELINES, UnsupportedPipelineError, unsupported
 from .router import HarmoniCaRouter, RouterError
 
 ROUTER_SUBFOLDER = "router"

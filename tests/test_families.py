@@ -21,6 +21,7 @@ from tiny_models import (flux_call_kwargs, qwenimage_call_kwargs, sana_call_kwar
 import harmonica
 from harmonica import HarmoniCaRouter, RouterError
 from harmonica.families import family_for, pipeline_transformers, transformer_blocks
+from harmonica.training.denoisers import denoiser_for
 
 
 def generator(seed=0):
@@ -272,7 +273,7 @@ def test_denoiser_steps_reproduce_the_pipeline(family_paths, name):
     pipe = load(family_paths(name))
     prompt, steps = kwargs["prompt"][0], steps_of(kwargs)
     guidance = kwargs.get("true_cfg_scale", kwargs.get("guidance_scale", 1.0))
-    denoiser = family_for(pipe).denoiser(pipe, guidance, [prompt], **_sizes(kwargs))
+    denoiser = denoiser_for(pipe)(pipe, guidance, [prompt], **_sizes(kwargs))
     sched = copy.deepcopy(pipe.scheduler)
     denoiser.set_timesteps(sched, steps)
     noise = denoiser.initial_latents(1, generator(5))

@@ -24,8 +24,8 @@ SEED_SET_OFFSET = 10_000_000  # seed set j draws its noise seeds from SEED + j *
 
 
 # ==================================================================== family-specific facts
-# What the harness needs of a model family comes from its spec (harmonica/families/): whether it
-# is conditioned on classes or prompts, and the pipeline-call arguments of a batch.
+# What the harness needs of a model family: whether it is conditioned on classes or prompts (its spec,
+# harmonica/families/) and the pipeline-call arguments of a batch (call_kwargs.py, by family name).
 def is_class_conditional(pipe) -> bool:
     from ..families import family_for
 
@@ -41,7 +41,7 @@ def family_num_classes(pipe) -> int | None:
 
 def family_call_kwargs(pipe, setup: "SamplingSetup", indices: list) -> dict:
     """The condition of samples ``indices`` (class labels or prompts) and the family's options."""
-    from ..families import family_for
+    from .call_kwargs import call_kwargs_for
 
     if is_class_conditional(pipe):
         conditions = setup.labels(indices)
@@ -50,7 +50,7 @@ def family_call_kwargs(pipe, setup: "SamplingSetup", indices: list) -> dict:
     else:
         conditions = [setup.prompts[int(i) % len(setup.prompts)] for i in indices]
     options = {key: getattr(setup, key) for key in ("height", "width", "max_sequence_length")}
-    return family_for(pipe).call_kwargs(pipe, conditions, guidance_scale=setup.guidance_scale, **options)
+    return call_kwargs_for(pipe)(pipe, conditions, guidance_scale=setup.guidance_scale, **options)
 
 
 # ================================================================================ loading

@@ -1,6 +1,7 @@
 """Model families: everything harmonica knows about a family of diffusers pipelines, one module each.
 
-See ``spec`` for what a family spec holds and ``registry`` for the list of families.
+See ``spec`` for what a family spec holds and ``registry`` for the registered families
+(``register_family`` adds one from outside the package).
 """
 
 from .registry import (
@@ -10,7 +11,10 @@ from .registry import (
     blocks_of,
     family_for,
     pipeline_transformers,
+    register_family,
+    supported_pipelines,
     transformer_blocks,
+    unregister_family,
     unsupported,
 )
 from .spec import BlockInfo, BlockKind, Branch, Family, Fused
@@ -27,6 +31,9 @@ __all__ = [
     "blocks_of",
     "family_for",
     "pipeline_transformers",
+    "register_family",
+    "supported_pipelines",
     "transformer_blocks",
+    "unregister_family",
     "unsupported",
 ]

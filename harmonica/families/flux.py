@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from .denoising import TrueCFGDenoiser, uses_true_cfg
-from .pixart import text_call_kwargs
 from .spec import BlockKind, Branch, Family, Fused
 
 
@@ -64,57 +62,9 @@ SINGLE_BLOCK = BlockKind(
 )
 
 
-class FluxDenoiser(TrueCFGDenoiser):
-    """One step of FluxPipeline's loop: packed latents, t / 1000, guidance embedding or true CFG."""
-
-    default_guidance = 3.5
-
-    def _image_seq_len(self) -> int:
-        f = self.pipe.vae_scale_factor * 2
-        return (self.height // f) * (self.width // f)
-
-    def set_timesteps(self, scheduler, num_steps: int) -> None:
-        import numpy as np
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
-        config = scheduler.config
-        mu = calculate_shift(self._image_seq_len(), config.get("base_image_seq_len", 256),
-                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                             config.get("max_shift", 1.15))
-        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
-        retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
-
-    def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        channels = self.transformer.config.in_channels // 4
-        latents, _ = self.pipe.prepare_latents(batch, channels, self.height, self.width, torch.float32, "cpu",
-                                               generator)
-        return latents.to(self.device, self.transformer.dtype)
-
-    @torch.no_grad()
-    def conditions(self, batch: int, generator: torch.Generator) -> dict:
-        prompts = self.pick_prompts(batch, generator)
-        encode = dict(device=self.device, max_sequence_length=self.max_sequence_length)
-        embeds, pooled, text_ids = self.pipe.encode_prompt(prompts, prompt_2=None, **encode)
-        cond = {"cond": (embeds, pooled, text_ids)}
-        if self.true_cfg:
-            cond["uncond"] = self.pipe.encode_prompt([""] * batch, prompt_2=None, **encode)
-        f = self.pipe.vae_scale_factor * 2
-        cond["img_ids"] = self.pipe._prepare_latent_image_ids(batch, self.height // f, self.width // f, self.device,
-                                                             self.transformer.dtype)
-        return cond
-
-    def _run(self, x, t, text, cond):
-        embeds, pooled, text_ids = text
-        return self.transformer(hidden_states=x, timestep=self.step_timestep(x, t) / 1000, guidance=self.guidance(x),
-                                pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
-                                img_ids=cond["img_ids"], return_dict=False)[0]
-
-
-def flux_call_kwargs(pipe, conditions, guidance_scale: float | None = None, **extra) -> dict:
-    kw = text_call_kwargs(pipe, conditions, **extra)
-    if guidance_scale is not None and uses_true_cfg(pipe, guidance_scale):
-        kw.update(negative_prompt=[""] * len(kw["prompt"]), true_cfg_scale=guidance_scale)
-    return kw
+def uses_true_cfg(pipe, guidance_scale: float) -> bool:
+    """Without a guidance embedding, guidance is true CFG (two forwards per step; Flux and Qwen-Image)."""
+    return not pipe.transformer.config.guidance_embeds and guidance_scale > 1
 
 
 FLUX = Family(
@@ -122,8 +72,6 @@ FLUX = Family(
     pipelines=("FluxPipeline",),
     block_lists=("transformer_blocks", "single_transformer_blocks"),
     kinds=(DOUBLE_BLOCK, SINGLE_BLOCK),
-    denoiser=FluxDenoiser,
-    call_kwargs=flux_call_kwargs,
     timestep_scale=lambda transformer: 1000.0,
     notes="double + single blocks; true CFG runs cond and uncond forwards, each with its own cache",
 )

@@ -1,10 +1,16 @@
 """Which family serves a pipeline, and a transformer's blocks as the cache sees them.
 
-Adding a family is one module in this package (its block kinds, family spec, denoiser and call
-arguments) plus its line in ``FAMILIES``.
+The built-in families (one module each in this package: block kinds and ``Family``) are registered
+here at import. Adding a family needs no change to the package: build a ``Family`` (see ``spec``)
+for your pipeline class and call ``harmonica.register_family(family)``; ``describe``, ``enable``
+and the rest then serve that pipeline. Router training and the evaluation harness find their own
+adapters by the family's name (``harmonica.training.denoisers.register_denoiser``,
+``harmonica.evaluation.call_kwargs.register_call_kwargs``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -14,11 +20,91 @@ from .pixart import PIXART
 from .qwenimage import QWENIMAGE
 from .sana import SANA
 from .sd3 import SD3
-from .spec import BlockInfo, Family
+from .spec import BlockInfo, BlockKind, Family
 from .wan import WAN
 
-FAMILIES: tuple[Family, ...] = (DIT, PIXART, FLUX, SD3, SANA, WAN, QWENIMAGE)
-SUPPORTED_PIPELINES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.pipelines)
+_FAMILIES: dict[str, Family] = {}  # by name, in registration order
+
+
+class _Live(Sequence):
+    """A read-only tuple-like view that is always current: names imported before a registration see it."""
+
+    def __init__(self, items):
+        self._items = items
+
+    def __getitem__(self, index):
+        return self._items()[index]
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __eq__(self, other) -> bool:
+        return self._items() == (other._items() if isinstance(other, _Live) else other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return repr(self._items())
+
+
+def supported_pipelines() -> tuple[str, ...]:
+    """The pipeline class names the registered families serve."""
+    return tuple(name for family in _FAMILIES.values() for name in family.pipelines)
+
+
+FAMILIES: Sequence[Family] = _Live(lambda: tuple(_FAMILIES.values()))
+SUPPORTED_PIPELINES: Sequence[str] = _Live(supported_pipelines)
+
+
+def _check(family: Family) -> None:
+    def names(value) -> bool:
+        return isinstance(value, (tuple, list)) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+    what = f"family {family.name!r}"
+    if not isinstance(family.name, str) or not family.name:
+        raise ValueError(f"a family needs a name (a non-empty string), got {family.name!r}")
+    for field in ("pipelines", "block_lists", "transformers"):
+        if not names(getattr(family, field)):
+            raise ValueError(f"{what}: {field} must be a non-empty tuple of names, got {getattr(family, field)!r}")
+    if not family.kinds or not all(isinstance(kind, BlockKind) for kind in family.kinds):
+        raise ValueError(f"{what}: kinds must be a non-empty tuple of BlockKind, got {family.kinds!r}")
+    if family.conditioning not in ("class", "text"):
+        raise ValueError(f"{what}: conditioning must be 'class' or 'text', got {family.conditioning!r}")
+
+
+def register_family(family: Family, *, replace: bool = False) -> Family:
+    """Serve ``family``'s pipelines from now on (``family_for``, ``describe``, ``enable``, ...); returns it.
+
+    Refused (ValueError): anything but a ``harmonica.families.Family``; a name already registered,
+    unless ``replace=True`` (the new spec takes that family's place); a pipeline class name that
+    another family serves (one family per pipeline class; a subclass of a served pipeline class is
+    served by its parent's family unless its own name is registered)."""
+    if not isinstance(family, Family):
+        raise ValueError(f"register_family takes a harmonica.families.Family, got {type(family).__name__}")
+    _check(family)
+    if family.name in _FAMILIES and not replace:
+        served = ", ".join(_FAMILIES[family.name].pipelines)
+        raise ValueError(f"a family named {family.name!r} is already registered (serving {served}); choose another "
+                         "name, or pass replace=True to replace it")
+    taken = {name: other.name for other in _FAMILIES.values() if other.name != family.name for name in other.pipelines}
+    for name in family.pipelines:
+        if name in taken:
+            raise ValueError(f"{name} is already served by the {taken[name]!r} family; family {family.name!r} cannot "
+                             "serve it too")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def unregister_family(name: str) -> Family:
+    """Stop serving the family registered as ``name``; returns it (raises ValueError if there is none)."""
+    if name not in _FAMILIES:
+        raise ValueError(f"no family named {name!r} is registered (registered: {', '.join(_FAMILIES)})")
+    return _FAMILIES.pop(name)
+
+
+for _builtin in (DIT, PIXART, FLUX, SD3, SANA, WAN, QWENIMAGE):
+    register_family(_builtin)
+del _builtin
 
 
 class UnsupportedPipelineError(ValueError):
@@ -27,21 +113,22 @@ class UnsupportedPipelineError(ValueError):
 
 def unsupported(name: str) -> UnsupportedPipelineError:
     return UnsupportedPipelineError(
-        f"harmonica does not support {name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
+        f"harmonica does not support {name}; supported pipelines: {', '.join(supported_pipelines())} "
+        "(harmonica.register_family adds a family)"
     )
 
 
 def family_for(pipe_or_name) -> Family:
-    """The family serving a pipeline (instance, class or class name); raises naming the supported ones.
+    """The registered family serving a pipeline (instance, class or class name); raises naming the supported ones.
 
-    A pipeline class derived from a supported one (by class name along its MRO) is served too."""
+    A pipeline class derived from a served one (by class name along its MRO) is served too."""
     if isinstance(pipe_or_name, str):
         names = [pipe_or_name]
     else:
         klass = pipe_or_name if isinstance(pipe_or_name, type) else type(pipe_or_name)
         names = [k.__name__ for k in klass.__mro__]
     for name in names:
-        for family in FAMILIES:
+        for family in _FAMILIES.values():
             if name in family.pipelines:
                 return family
     raise unsupported(names[0])

@@ -11,10 +11,11 @@ how a block whose branches are all reused is applied without running it (``Fused
 streams it reads, the gate of each branch output, and how its return value is put together. Runs of
 such blocks become one ``gather_apply`` per stream (the Triton kernel on CUDA).
 
-A *family* ties pipelines to their transformer's block lists and kinds, says how the scheduler's
-timestep is found in a transformer forward, and carries the adapters the rest of harmonica needs:
-the denoiser router training drives (one step of the pipeline's loop) and the call arguments the
-evaluation harness passes for a batch of sample indices.
+A *family* ties pipelines to their transformer's block lists and kinds, and says how the scheduler's
+timestep is found in a transformer forward and how the pipeline is conditioned: all the cache needs.
+Router training and the evaluation harness register their own adapters under the family's name,
+outside this package: the denoiser (one step of the pipeline's loop, ``harmonica.training.denoisers``)
+and the pipeline-call arguments of a batch (``harmonica.evaluation.call_kwargs``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class BlockKind:
 
 @dataclass(frozen=True)
 class Family:
-    """One model family: its pipelines, transformer(s), block lists and adapters.
+    """One model family: its pipelines, transformer(s) and block lists (``harmonica.register_family`` adds one).
 
     Attributes:
         name: short name ("dit", "flux", ...).
@@ -102,20 +103,14 @@ class Family:
             experts, ``transformer`` and ``transformer_2``, taking turns within one call).
         timestep_scale: ``scheduler timestep = timestep_scale(transformer) * the forward's timestep``
             (1 for DiT; 1000 for Flux, which passes t / 1000; Sana scales by its config).
-        denoiser: ``denoiser(pipe, guidance_scale, prompts)``: one step of the pipeline's loop for
-            router training (see ``harmonica.families.denoising``).
-        call_kwargs: ``call_kwargs(pipe, conditions, extra)``: the pipeline-call arguments the
-            evaluation harness passes for a batch (class labels or prompts, plus what the family
-            needs to run reproducibly: resolution binning off, max_sequence_length, ...).
         conditioning: "class" (class labels) or "text" (prompts).
+        notes: a line for humans (what is special about the family).
     """
 
     name: str
     pipelines: tuple[str, ...]
     block_lists: tuple[str, ...]
     kinds: tuple[BlockKind, ...]
-    denoiser: Callable
-    call_kwargs: Callable
     conditioning: str = "text"
     transformers: tuple[str, ...] = ("transformer",)
     timestep_scale: Callable[[nn.Module], float] = lambda transformer: 1.0

@@ -41,6 +41,7 @@ from ..cache.drive import DrivenCache
 from ..families import family_for
 from ..router import MAX_HISTORY, HarmoniCaRouter, check_threshold, parse_init, weights_distance, weights_summary
 from .checkpoints import resume, save_checkpoint
+from .denoisers import denoiser_for
 from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
 
 OBJECTIVES = ("harmonica", "sdt", "ltc")
@@ -211,6 +212,7 @@ class RouterTrainer:
             raise ValueError("harmonica is enabled on this pipeline; router training attaches the cache hooks itself: "
                              "harmonica.disable(pipe) first")
         family = family_for(pipe)
+        denoiser = denoiser_for(pipe)  # raises when the family has none registered
         # the base model is frozen, in eval mode, and never receives gradients
         pipe.transformer.eval().requires_grad_(False)
         # the weights the router is trained for: recorded in the run folder and in the saved router
@@ -219,7 +221,7 @@ class RouterTrainer:
         options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length", "num_frames")
                    if getattr(config, k) is not None}
         try:
-            self.denoiser = family.denoiser(pipe, config.guidance_scale, config.prompts, **options)
+            self.denoiser = denoiser(pipe, config.guidance_scale, config.prompts, **options)
         except TypeError as err:
             raise ValueError(f"{family.name} router training does not take {', '.join(options)} ({err})") from err
         if router is None:

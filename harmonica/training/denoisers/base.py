@@ -4,7 +4,8 @@ Router training drives the loop step by step (student, teacher, optimizer step, 
 it needs what the pipeline does inside one iteration: draw the initial latents and the conditioning,
 run the transformer (on the classifier-free-guidance batch, or once per guidance branch), and turn
 its output into what the scheduler steps with. Each family has one ``Denoiser`` subclass in its
-module; this base holds what they share.
+module of this package, registered under the family's name (``harmonica.training.denoisers``); this
+base holds what they share.
 
 Interface used by ``harmonica.training``:
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 
 import torch
+
+from ...families.flux import uses_true_cfg
 
 
 @contextmanager
@@ -80,11 +83,6 @@ class PromptsMixin:
                              "datasets dataset)")
         idx = torch.randint(0, len(self.prompts), (batch,), generator=generator).tolist()
         return [self.prompts[i] for i in idx]
-
-
-def uses_true_cfg(pipe, guidance_scale: float) -> bool:
-    """Without a guidance embedding, guidance is true CFG (two forwards per step)."""
-    return not pipe.transformer.config.guidance_embeds and guidance_scale > 1
 
 
 class BatchedCFGMixin:

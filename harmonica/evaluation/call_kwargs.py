@@ -1,0 +1,98 @@
+"""The evaluation harness's pipeline-call arguments for a batch, one function per family, by family name.
+
+``call_kwargs(pipe, conditions, guidance_scale=..., height=..., width=..., max_sequence_length=...)``
+returns what the harness passes to ``pipe(...)`` for a batch whose ``conditions`` are class labels or
+prompts (the family's ``conditioning``), plus what the family needs to run reproducibly offline
+(resolution binning off, max_sequence_length, the unconditional prompt of true CFG, ...); arguments
+it does not use arrive in ``**extra`` (``sampling.family_call_kwargs`` is the caller). A family registered with
+``harmonica.register_family`` gets the harness by registering its function under the family's name::
+
+    register_call_kwargs("my-family", text_call_kwargs)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..families import family_for
+from ..families.flux import uses_true_cfg
+from ..families.qwenimage import NEGATIVE_PROMPT
+
+
+def text_call_kwargs(pipe, conditions, height=None, width=None, max_sequence_length=None, **extra) -> dict:
+    """Prompts plus what text-to-image pipelines need to run reproducibly offline."""
+    kw = {"prompt": list(conditions)}
+    for key, value in (("height", height), ("width", width), ("max_sequence_length", max_sequence_length)):
+        if value is not None:
+            kw[key] = value
+    return kw
+
+
+def pixart_call_kwargs(pipe, conditions, **extra) -> dict:
+    return {**text_call_kwargs(pipe, conditions, **extra), "use_resolution_binning": False, "clean_caption": False}
+
+
+def dit_call_kwargs(pipe, conditions, **extra) -> dict:
+    return {"class_labels": [int(c) for c in conditions]}
+
+
+def flux_call_kwargs(pipe, conditions, guidance_scale: float | None = None, **extra) -> dict:
+    kw = text_call_kwargs(pipe, conditions, **extra)
+    if guidance_scale is not None and uses_true_cfg(pipe, guidance_scale):
+        kw.update(negative_prompt=[""] * len(kw["prompt"]), true_cfg_scale=guidance_scale)
+    return kw
+
+
+def sd3_call_kwargs(pipe, conditions, guidance_scale: float | None = None, **extra) -> dict:
+    """Prompts (the second and third encoders get the same ones, as the pipeline does by default)."""
+    return text_call_kwargs(pipe, conditions, **extra)
+
+
+def sana_call_kwargs(pipe, conditions, guidance_scale: float | None = None, **extra) -> dict:
+    return {**text_call_kwargs(pipe, conditions, **extra), "use_resolution_binning": False,
+            "complex_human_instruction": None}
+
+
+def wan_call_kwargs(pipe, conditions, guidance_scale: float | None = None, num_frames: int | None = None,
+                    **extra) -> dict:
+    kw = text_call_kwargs(pipe, conditions, **extra)
+    if num_frames is not None:
+        kw["num_frames"] = num_frames
+    return kw
+
+
+def qwenimage_call_kwargs(pipe, conditions, guidance_scale: float | None = None, **extra) -> dict:
+    kw = text_call_kwargs(pipe, conditions, **extra)
+    if guidance_scale is not None:
+        if uses_true_cfg(pipe, guidance_scale):
+            kw.update(negative_prompt=[NEGATIVE_PROMPT] * len(kw["prompt"]), true_cfg_scale=guidance_scale)
+        elif pipe.transformer.config.guidance_embeds:
+            kw["guidance_scale"] = guidance_scale
+    return kw
+
+
+CALL_KWARGS: dict[str, Callable] = {}
+
+
+def register_call_kwargs(family_name: str, fn: Callable) -> Callable:
+    """The harness calls pipelines of the family ``family_name`` with ``fn(pipe, conditions, ...)``; returns ``fn``."""
+    if not callable(fn):
+        raise ValueError(f"register_call_kwargs takes a function, got {type(fn).__name__}")
+    CALL_KWARGS[family_name] = fn
+    return fn
+
+
+def call_kwargs_for(pipe) -> Callable:
+    """The call-arguments function registered for the family serving ``pipe`` (raises if there is none)."""
+    family = family_for(pipe)
+    if family.name not in CALL_KWARGS:
+        raise ValueError(f"the evaluation harness has no call arguments for the {family.name!r} family; register a "
+                         "function with harmonica.evaluation.call_kwargs.register_call_kwargs")
+    return CALL_KWARGS[family.name]
+
+
+for _name, _fn in (("dit", dit_call_kwargs), ("pixart", pixart_call_kwargs), ("flux", flux_call_kwargs),
+                   ("sd3", sd3_call_kwargs), ("sana", sana_call_kwargs), ("wan", wan_call_kwargs),
+                   ("qwenimage", qwenimage_call_kwargs)):
+    register_call_kwargs(_name, _fn)
+del _name, _fn
