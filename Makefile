@@ -15,17 +15,17 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,triton]"
+	$(BIN)/python -m pip install -q -e ".[train,eval,test,triton]"
 	$(BIN)/python -m pip install -q --no-deps $(CACHEDIT)
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m harmonica.demo
+	$(BIN)/python -m harmonica_bench.demo
 
 demo-flux: $(STAMP)
-	$(BIN)/python -m harmonica.demo --model flux --out outputs/demo-flux
+	$(BIN)/python -m harmonica_bench.demo --model flux --out outputs/demo-flux
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

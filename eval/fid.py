@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def build_parser():
     from harmonica.cli import HelpFormatter
-    from harmonica.evaluation import add_error_bar_args, add_pipeline_args
+    from harmonica_bench.evaluation import add_error_bar_args, add_pipeline_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_pipeline_args(p)
@@ -61,7 +61,7 @@ def build_parser():
 
 
 def list_methods():
-    from harmonica import methods
+    from harmonica_bench import methods
 
     for name, spec in methods.METHODS.items():
         ok, why = methods.available(name)
@@ -77,7 +77,7 @@ def main(argv=None):
     import torch
     from accelerate import Accelerator
 
-    from harmonica import evaluation as ev
+    from harmonica_bench import evaluation as ev
 
     device = ev.resolve_device(args.device)
     accelerator = Accelerator(cpu=device == "cpu")

@@ -3,10 +3,10 @@
     python eval/flux_quality.py --per_class 100 --threads 1                  # 1,000 samples, shipped settings
     python eval/flux_quality.py --pipeline runs/flux/pipeline --shift 1 --shift 3 --cfg 2 --cfg 4
 
-Samples held-out captions (harmonica.embedded.flux_eval_set) with the stock FluxPipeline, true CFG,
+Samples held-out captions (harmonica_bench.embedded.flux_eval_set) with the stock FluxPipeline, true CFG,
 the shipped step count unless --steps is given; every (--shift, --cfg, --steps) combination uses the
 same seed. Class accuracy from pipelines/shapes-dit/judge; colour accuracy from
-harmonica.judge.colour_report ("both": shape and background colour right).
+harmonica_bench.judge.colour_report ("both": shape and background colour right).
 """
 
 import argparse
@@ -19,8 +19,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
 from harmonica.cli import HelpFormatter
-from harmonica.embedded import FLUX_PIPELINE, FLUX_STEPS, FLUX_TRUE_CFG, evaluate_flux, flux_scheduler_config
-from harmonica.judge import ShapesJudge
+from harmonica_bench.embedded import FLUX_PIPELINE, FLUX_STEPS, FLUX_TRUE_CFG, evaluate_flux, flux_scheduler_config
+from harmonica_bench.judge import ShapesJudge
 
 REPO = Path(__file__).resolve().parent.parent
 

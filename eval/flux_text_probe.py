@@ -1,6 +1,6 @@
 """Do the frozen random text encoders of the embedded Flux model separate the captions?
 
-    python eval/flux_text_probe.py            # the encoders harmonica.embedded.build_text_encoders() builds
+    python eval/flux_text_probe.py            # the encoders harmonica_bench.embedded.build_text_encoders() builds
     python eval/flux_text_probe.py --encoders runs/flux/text_encoders
 
 Linear probes (multinomial logistic regression, L-BFGS, trained on 80% of the distinct captions and
@@ -18,8 +18,8 @@ import torch
 from diffusers import FluxPipeline
 
 from harmonica.cli import HelpFormatter
-from harmonica.data import COLOUR_NAMES, COLOUR_PAIRS, NUM_CLASSES, SIZE_WORDS, make_caption, parse_caption
-from harmonica.embedded import FLUX_MAX_SEQUENCE_LENGTH, build_text_encoders
+from harmonica_bench.data import COLOUR_NAMES, COLOUR_PAIRS, NUM_CLASSES, SIZE_WORDS, make_caption, parse_caption
+from harmonica_bench.embedded import FLUX_MAX_SEQUENCE_LENGTH, build_text_encoders
 
 
 def probe(x, y, seed=0):

@@ -19,7 +19,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from diffusers.training_utils import EMAModel
 
 from harmonica.cli import HelpFormatter
-from harmonica.embedded import flux_transformer_config
+from harmonica_bench.embedded import flux_transformer_config
 
 
 def time_size(hidden, heads, double, single, batch, seq, steps, warmup, text_dim=64, grid=4):

@@ -13,9 +13,9 @@ import json
 import torch
 
 import harmonica
-from harmonica.benchmark import time_interleaved
+from harmonica_bench.benchmark import time_interleaved
 from harmonica.cli import HelpFormatter
-from harmonica.embedded import DEFAULT_STEPS, EMBEDDED_PIPELINE
+from harmonica_bench.embedded import DEFAULT_STEPS, EMBEDDED_PIPELINE
 
 
 def main():

@@ -144,7 +144,7 @@ def main(argv=None) -> None:
     if not on_gpu:
         print(f"GPU figures pending: this run used the {chosen} backend on the CPU; run on a CUDA device for "
               "the compiled Triton kernel and bandwidth as a fraction of peak.")
-    print(f"GB/s = bytes each version must move / time: 5 tensor passes per branch for torch code, K + 2 for "
+    print("GB/s = bytes each version must move / time: 5 tensor passes per branch for torch code, K + 2 for "
           "the fused kernel; the L2 cache is flushed before each timed call on CUDA.")
 
 

@@ -8,7 +8,7 @@ space, class accuracy, PSNR / SSIM against the uncached samples of the same seed
 interleaved in one process (median of --repeats) for the measured speedup.
 
 Every figure has its error bar (--seed_sets K disjoint seed sets and/or --bootstrap B paired resamples
-of the samples, see harmonica/evaluation/stats.py); every measured speedup the [min-max] of its
+of the samples, see harmonica_bench/evaluation/stats.py); every measured speedup the [min-max] of its
 per-round ratios, and one above its MACs speedup is flagged "(!> MACs ...)", never taken as a result.
 Then, for each speed level (--levels, default 1.5 2 2.5), one table with each method at its best
 setting at or above that speed (lowest FD, PSNR breaking ties) and its paired difference to the best
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def build_parser():
     from harmonica.cli import HelpFormatter
-    from harmonica.evaluation import DEFAULT_LEVELS, add_error_bar_args, add_pipeline_args
+    from harmonica_bench.evaluation import DEFAULT_LEVELS, add_error_bar_args, add_pipeline_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_pipeline_args(p)
@@ -84,8 +84,8 @@ def main(argv=None):
 
     from accelerate import Accelerator
 
-    from harmonica import evaluation as ev
-    from harmonica import methods
+    from harmonica_bench import evaluation as ev
+    from harmonica_bench import methods
 
     import numpy as np
     import torch
@@ -159,7 +159,7 @@ def write_table_and_plot(out: Path, data: dict, replicates: dict | None = None, 
     the points and the bootstrap replicates); returns (table, png path). ``key``: the speedup of the
     x axis and the level tables, by default the measured one when the sweep was timed; the MACs one
     asked of a timed sweep goes to pareto-macs.md / .png."""
-    from harmonica import evaluation as ev
+    from harmonica_bench import evaluation as ev
 
     points, setup = data["points"], data["setup"]
     default = "measured_speedup" if data.get("timing") else "macs_speedup"  # no timing: --speedup macs
@@ -184,7 +184,7 @@ def load_sweep(out: Path) -> tuple[dict, dict | None]:
 
     import numpy as np
 
-    from harmonica import evaluation as ev
+    from harmonica_bench import evaluation as ev
 
     data = json.loads((out / "pareto.json").read_text())
     replicates = None
@@ -196,7 +196,7 @@ def load_sweep(out: Path) -> tuple[dict, dict | None]:
 
 def compare(out: Path, pairs: list[list[str]]) -> list:
     """Paired differences A - B of named points of a finished sweep, printed one metric a line."""
-    from harmonica import evaluation as ev
+    from harmonica_bench import evaluation as ev
 
     data, replicates = load_sweep(out)
 
@@ -221,8 +221,6 @@ def compare(out: Path, pairs: list[list[str]]) -> list:
 
 
 def replot(out: Path, speedup: str = "measured"):
-    from harmonica import evaluation as ev
-
     data, replicates = load_sweep(out)
     key = "macs_speedup" if speedup == "macs" else None
     _, png = write_table_and_plot(out, data, replicates, key)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from harmonica.cli import HelpFormatter
-from harmonica.embedded import EMBEDDED_PIPELINE
+from harmonica_bench.embedded import EMBEDDED_PIPELINE
 
 REPO = Path(__file__).resolve().parent.parent
 

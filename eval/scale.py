@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import harmonica  # noqa: E402
 from harmonica import HarmoniCaRouter  # noqa: E402
-from harmonica.benchmark import time_interleaved_all  # noqa: E402
+from harmonica_bench.benchmark import time_interleaved_all  # noqa: E402
 from harmonica.cli import HelpFormatter  # noqa: E402
 from harmonica.training.objectives import threshold_for_usage  # noqa: E402
 
@@ -62,7 +62,7 @@ def build(arch: str, tiny: bool):
 
     torch.manual_seed(0)
     if arch == "shapes-dit":
-        from harmonica.embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS, EMBEDDED_PIPELINE
+        from harmonica_bench.embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS, EMBEDDED_PIPELINE
 
         pipe = DiTPipeline.from_pretrained(EMBEDDED_PIPELINE)
         return pipe, lambda b: dict(class_labels=[i % 10 for i in range(b)], guidance_scale=DEFAULT_GUIDANCE), \
@@ -128,7 +128,7 @@ def compile_transformer(pipe, mode: str) -> None:
 
 # ------------------------------------------------------------------------------- measuring
 def measure(arch: str, batch: int, mode: str, args) -> dict:
-    from harmonica.methods import clone_pipeline
+    from harmonica_bench.methods import clone_pipeline
 
     base, call, steps = build(arch, args.tiny)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]

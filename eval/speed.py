@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def build_parser():
     from harmonica.cli import HelpFormatter
-    from harmonica.evaluation import add_pipeline_args
+    from harmonica_bench.evaluation import add_pipeline_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_pipeline_args(p, default_batch=8)
@@ -44,7 +44,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     import torch
 
-    from harmonica import evaluation as ev
+    from harmonica_bench import evaluation as ev
 
     if args.threads:
         torch.set_num_threads(args.threads)

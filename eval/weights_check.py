@@ -17,7 +17,7 @@ import time
 import torch
 
 from harmonica.cli import HelpFormatter
-from harmonica.embedded import EMBEDDED_PIPELINE
+from harmonica_bench.embedded import EMBEDDED_PIPELINE
 from harmonica.router import weights_distance, weights_summary
 
 

@@ -1,4 +1,4 @@
-"""Command-line helpers shared by ``harmonica.demo`` and the scripts in ``train/`` and ``eval/``.
+"""Command-line helpers shared by ``harmonica_bench.demo`` and the scripts in ``train/`` and ``eval/``.
 
 * ``HelpFormatter``: ``--help`` keeps the description's layout and shows every option's default.
 * ``read_recipe``: a JSON settings file for a transformers ``HfArgumentParser``, refused with a message

@@ -51,3 +51,11 @@ def count_macs(fn: Callable[[], T]) -> tuple[T, int]:
     with MacCounter() as counter:
         out = fn()
     return out, counter.macs
+
+
+def count_macs_aside(fn: Callable[[], T]) -> tuple[T, int]:
+    """``count_macs`` for work done only to measure: enclosing counters (and other dispatch modes) do not see it."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        return count_macs(fn)

@@ -109,7 +109,7 @@ def test_missing_prompts_file_is_refused(train_router, tmp_path, capsys, no_pipe
 
 def test_shapes_prompts_are_the_flux_models_training_captions(train_router):
     """--prompts shapes: the embedded Flux model's own training captions (seed TRAIN_SEED), each once."""
-    from harmonica.data import TRAIN_SEED, parse_caption, render_captioned_shape
+    from harmonica_bench.data import TRAIN_SEED, parse_caption, render_captioned_shape
 
     _, config = train_router["parse_settings"](["--pipeline", "x", "--prompts", "shapes"])
     assert len(config.prompts) == len(set(config.prompts)) > 500
@@ -151,7 +151,7 @@ def test_every_router_training_setting_has_help(train_router):
 
 
 SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in [*REPO.glob("train/*.py"), *REPO.glob("eval/*.py")])
-SCRIPTS.append("harmonica/demo.py")
+SCRIPTS.append("harmonica_bench/demo.py")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

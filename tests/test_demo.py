@@ -1,6 +1,6 @@
-"""`make demo` (harmonica.demo) on a tiny pipeline saved locally."""
+"""`make demo` (harmonica_bench.demo) on a tiny pipeline saved locally."""
 
-from harmonica import demo
+from harmonica_bench import demo
 
 
 def test_demo_writes_grid_and_heatmap_and_reports(dit_path, tmp_path, capsys):

@@ -13,9 +13,9 @@ import torch
 from conftest import generator
 
 import harmonica
-from harmonica import evaluation as ev
-from harmonica import methods
-from harmonica.evaluation import (
+from harmonica_bench import evaluation as ev
+from harmonica_bench import methods
+from harmonica_bench.evaluation import (
     JUDGE_EXTRACTOR,
     CallMeter,
     Extractor,
@@ -55,7 +55,7 @@ def pixart(pixart_path):
 
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory):
-    from harmonica.judge import ShapesJudge
+    from harmonica_bench.judge import ShapesJudge
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("judge")
@@ -187,6 +187,39 @@ def test_fora_counts_match_harmonica_stats(dit):
     assert cost.peak_memory_bytes > 0
 
 
+ONE_COUNT_CASES = {  # the kinds of branch the meter must find as the cache does
+    "flux (whole-block single blocks)": ("tiny_flux_pipeline", {}, "flux_call_kwargs"),
+    "sana (convolution MLP)": ("tiny_sana_pipeline", {}, "sana_call_kwargs"),
+    "wan 2.2 (two experts)": ("tiny_wan_pipeline", {"two_experts": True, "boundary_ratio": 0.8}, "wan_call_kwargs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONE_COUNT_CASES))
+@pytest.mark.parametrize("fused", [True, False])
+def test_harness_meter_and_harmonica_stats_are_one_count(case, fused):
+    """The harness's per-call meter and harmonica.stats agree exactly on forwards, branch computations and MACs:
+    a rebuilt whole block still pays its gates, a Sana MLP is convolutions, Wan 2.2's second expert is metered."""
+    import tiny_models
+
+    from harmonica_bench.evaluation import CallMeter, check_one_count
+
+    build, options, call = ONE_COUNT_CASES[case]
+    pipe = getattr(tiny_models, build)(**options)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = getattr(tiny_models, call)(num_inference_steps=5)
+    harmonica.enable(pipe, harmonica.HarmoniCaRouter.static(harmonica.describe(pipe), 5, compute_every=2), fused=fused)
+    meter = CallMeter(pipe, track_memory=False)
+    with torch.no_grad(), meter.measure():
+        pipe(**kwargs, generator=generator(0))
+    meter.detach()
+    stats = check_one_count(pipe, meter.cost)
+    assert 0 < stats.macs_spent == meter.cost.macs < stats.macs_full
+    assert stats.reused > 0 and meter.cost.transformer_forwards == stats.forwards
+    meter.cost.macs += 1  # one count off: the harness refuses the figures
+    with pytest.raises(RuntimeError, match="MACs: meter .* harmonica.stats"):
+        check_one_count(pipe, meter.cost)
+
+
 def test_taylorseer_orders_and_cache_dit_calibrator_differ(dit):
     """Order 2 is a different forecast from order 1 on the same schedule; DBCache's TaylorSeer
     calibrator changes what DBCache's reused steps produce, not which steps are reused."""
@@ -306,7 +339,7 @@ def test_delta_dit_refuses_two_stream_blocks_by_name():
 
 
 def test_magcache_calibration_measures_one_ratio_per_step(dit):
-    from harmonica.methods.magcache import magnitude_ratios
+    from harmonica_bench.methods.magcache import magnitude_ratios
 
     setup = dit_setup(dit)
     ratios = magnitude_ratios(methods.clone_pipeline(dit), ev.calibration_call(setup), STEPS)
@@ -316,7 +349,7 @@ def test_magcache_calibration_measures_one_ratio_per_step(dit):
 def test_magcache_on_flux_with_true_cfg_calibrates_each_guidance_stream():
     """Flux with true CFG runs two forwards per step (cond, uncond): one ratio per step, each stream
     against its own previous step; the residual runs from the first double block to the last single one."""
-    from harmonica.methods.magcache import magnitude_ratios
+    from harmonica_bench.methods.magcache import magnitude_ratios
 
     from tiny_models import flux_call_kwargs, tiny_flux_pipeline
 
@@ -344,7 +377,7 @@ def test_generation_does_not_depend_on_batching(dit):
 
 
 def test_seed_sets_are_disjoint_and_kept_separately(dit, judge_dir, tmp_path, monkeypatch):
-    from harmonica.evaluation import quality
+    from harmonica_bench.evaluation import quality
 
     setup = dit_setup(dit)
     seeds = [ev.seed_set(setup, j).seed for j in range(3)]
@@ -405,7 +438,7 @@ def test_psnr_and_ssim_on_known_inputs():
     assert ssim(a, b).item() == pytest.approx(expected.item(), abs=1e-5)
     u8 = (x * 255).round().to(torch.uint8)
     assert ssim(u8, u8) == pytest.approx(torch.ones(2))
-    from harmonica.evaluation import similarity
+    from harmonica_bench.evaluation import similarity
 
     y = x.clone()
     y[1] += 0.1
@@ -444,7 +477,7 @@ def test_judge_is_a_torch_fidelity_extractor(judge_dir):
                                         feature_extractor_weights_path=str(judge_dir), verbose=False)(
         torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
     assert feats16.shape == (2, 128)
-    from harmonica.evaluation.metrics import _scale_images
+    from harmonica_bench.evaluation.metrics import _scale_images
 
     unit, = create_feature_extractor(JUDGE_EXTRACTOR, ["128"], cuda=False,
                                      feature_extractor_weights_path=str(judge_dir), verbose=False)(_scale_images())
@@ -491,7 +524,7 @@ def test_extractor_choice(judge_dir, tmp_path):
 
 
 def test_inception_is_preferred_whenever_it_loads(judge_dir, monkeypatch):
-    import harmonica.evaluation.metrics as hm
+    import harmonica_bench.evaluation.metrics as hm
 
     tried = []
     monkeypatch.setattr(hm, "inception_loadable", lambda path=None: (tried.append(path) or True, "stub"))
@@ -620,8 +653,8 @@ def test_fid_script_splits_work_across_two_processes(dit_path, judge_dir, tmp_pa
 
 
 def test_speed_kernel_switch_lists_fused_and_unfused(dit_path):
-    from harmonica import methods
-    from harmonica.evaluation import with_kernel_setting
+    from harmonica_bench import methods
+    from harmonica_bench.evaluation import with_kernel_setting
 
     entries = [(methods.parse_method("fora=2"), 2), (methods.parse_method("fewer-steps=4"), 4)]
     both = with_kernel_setting(entries, "both")
@@ -636,9 +669,12 @@ def test_one_mac_counter_for_the_cache_stats_and_the_harness(dit):
     same MacCounter, and both agree with torch's own FlopCounterMode on a transformer forward."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harmonica import cache, macs
+    import importlib
 
-    assert cache.count_macs is macs.count_macs
+    from harmonica import macs
+
+    for name in ("harmonica.cache.hooks", "harmonica.cache.controller"):
+        assert importlib.import_module(name).count_macs is macs.count_macs
     blocks = macs
     t = dit.transformer
     x = torch.randn(2, 4, 8, 8, generator=generator(0))

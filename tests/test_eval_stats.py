@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from harmonica import evaluation as ev
-from harmonica.evaluation.stats import Bootstrap, ReferenceStats, SampleData, fd_between, fd_from_stats
+from harmonica_bench import evaluation as ev
+from harmonica_bench.evaluation.stats import Bootstrap, ReferenceStats, SampleData, fd_between, fd_from_stats
 
 
 def gaussian_features(n, d=16, shift=0.0, scale=1.0, seed=0):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from harmonica import data
-from harmonica.data import (
+from harmonica_bench import data
+from harmonica_bench.data import (
     CLASS_NAMES,
     COLOUR_NAMES,
     COLOUR_RGB,
@@ -27,7 +27,7 @@ from harmonica.data import (
     render_captioned_shapes,
     render_shapes,
 )
-from harmonica.embedded import (
+from harmonica_bench.embedded import (
     FLUX_MAX_SEQUENCE_LENGTH,
     build_clip_tokenizer,
     build_t5_tokenizer,
@@ -37,7 +37,7 @@ from harmonica.embedded import (
     save_flux_pipeline,
     with_latent_stats,
 )
-from harmonica.judge import colour_accuracy, colour_predictions, colour_report
+from harmonica_bench.judge import colour_accuracy, colour_predictions, colour_report
 from tiny_models import randomize_zero_init
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,7 +227,7 @@ def test_shipped_flux_pipeline_loads_with_stock_diffusers_and_draws_the_caption(
     """pipelines/shapes-flux is a stock FluxPipeline folder: from_pretrained offline, true CFG, 32x32."""
     from diffusers import FluxPipeline
 
-    from harmonica.embedded import FLUX_PIPELINE
+    from harmonica_bench.embedded import FLUX_PIPELINE
 
     pipe = FluxPipeline.from_pretrained(FLUX_PIPELINE)
     pipe.set_progress_bar_config(disable=True)

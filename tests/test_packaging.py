@@ -26,19 +26,22 @@ def test_wheel_in_a_fresh_venv_finds_the_embedded_pipeline(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("harmonica", "pipelines"):
+    for name in ("harmonica", "harmonica_bench", "pipelines"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist",
          src])
     (wheel,) = (tmp_path / "dist").glob("harmonica_cache-*.whl")
 
     names = set(zipfile.ZipFile(wheel).namelist())
-    packages = sorted(p.parent.relative_to(REPO).as_posix() for p in (REPO / "harmonica").rglob("__init__.py"))
+    packages = sorted(p.parent.relative_to(REPO).as_posix() for top in ("harmonica", "harmonica_bench")
+                      for p in (REPO / top).rglob("__init__.py"))
     assert [p for p in packages if f"{p}/__init__.py" not in names] == [], "add them to pyproject's packages"
     data = sorted(p.relative_to(REPO / "pipelines").as_posix() for p in (REPO / "pipelines").rglob("*")
                   if p.is_file() and "__pycache__" not in p.parts)
     assert "shapes-dit/model_index.json" in data and "recipes/shapes-dit.json" in data
-    assert [f for f in data if f"harmonica/_pipelines/{f}" not in names] == []
+    lab_records = [f for f in data if f.endswith(("TRAINING.md", "training_log.jsonl"))]
+    assert lab_records and not [f for f in lab_records if f"harmonica_bench/_pipelines/{f}" in names]
+    assert [f for f in data if f not in lab_records and f"harmonica_bench/_pipelines/{f}" not in names] == []
 
     # a fresh venv that sees this environment's dependencies through a .pth line; .pth files inside that
     # folder (the editable install's finder) are not processed, so harmonica can only come from the wheel
@@ -57,7 +60,7 @@ def test_wheel_in_a_fresh_venv_finds_the_embedded_pipeline(tmp_path):
         from pathlib import Path
 
         import harmonica
-        from harmonica.embedded import EMBEDDED_PIPELINE, EMBEDDED_ROUTER, RECIPES_DIR
+        from harmonica_bench.embedded import EMBEDDED_PIPELINE, EMBEDDED_ROUTER, RECIPES_DIR
 
         venv = Path({str(venv)!r}).resolve()
         assert Path(harmonica.__file__).resolve().is_relative_to(venv), harmonica.__file__
@@ -75,5 +78,5 @@ def test_wheel_in_a_fresh_venv_finds_the_embedded_pipeline(tmp_path):
     """)
     out = run([python, "-c", check], cwd=work)
     assert "ok (1, 3, 32, 32)" in out.splitlines(), out  # one image, sampled with the shipped router
-    help_text = run([python, "-m", "harmonica.demo", "--help"], cwd=work)
+    help_text = run([python, "-m", "harmonica_bench.demo", "--help"], cwd=work)
     assert f"(default: {venv}/lib" in help_text and "_pipelines/shapes-dit)" in help_text  # in the venv

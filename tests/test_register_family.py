@@ -140,8 +140,8 @@ def test_refusals(registered):
 
 
 def test_training_and_evaluation_adapters_are_registered_by_name(registered, pipe):
-    from harmonica.evaluation.call_kwargs import CALL_KWARGS, call_kwargs_for, register_call_kwargs
-    from harmonica.evaluation.sampling import SamplingSetup
+    from harmonica_bench.evaluation.call_kwargs import CALL_KWARGS, call_kwargs_for, register_call_kwargs
+    from harmonica_bench.evaluation.sampling import SamplingSetup
     from harmonica.training.denoisers import DENOISERS, denoiser_for, register_denoiser
     from harmonica.training.denoisers.dit import DiTDenoiser
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from harmonica import HarmoniCaRouter, RouterError, RouterLayout
-from harmonica.embedded import PIPELINES_DIR as PIPELINES
+from harmonica_bench.embedded import PIPELINES_DIR as PIPELINES
 
 LAYOUT = RouterLayout.uniform(4, ("attn1", "ff"), "DiTPipeline", "DiTTransformer2DModel", "DDIMScheduler")
 MIXED = RouterLayout(  # Flux-like: double-stream blocks, then single-stream blocks with one branch
@@ -316,7 +316,7 @@ def test_router_in_the_first_file_format_is_refused_with_what_to_do(tmp_path):
 
 
 def test_shipped_router_loads():
-    from harmonica.embedded import EMBEDDED_ROUTER
+    from harmonica_bench.embedded import EMBEDDED_ROUTER
 
     router = HarmoniCaRouter.from_pretrained(EMBEDDED_ROUTER)
     assert router.layout.num_blocks == 12 and router.num_steps == 20

@@ -1,5 +1,5 @@
 """How far the judges of the text-to-image model can be trusted: class judge (pipelines/shapes-dit/judge)
-and colour judge (harmonica.judge.colour_report, a rule with no weights) on held-out captioned shapes,
+and colour judge (harmonica_bench.judge.colour_report, a rule with no weights) on held-out captioned shapes,
 clean and after a VAE round trip. Writes the figures to a JSON file beside the pipeline.
 
     python train/check_flux_judges.py --out pipelines/shapes-flux/judge_accuracy.json
@@ -13,8 +13,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from harmonica.cli import HelpFormatter
-from harmonica.data import HELDOUT_SEED, MIN_CAPTION_CONTRAST, render_captioned_shapes, to_model_range
-from harmonica.judge import ShapesJudge, colour_report
+from harmonica_bench.data import HELDOUT_SEED, MIN_CAPTION_CONTRAST, render_captioned_shapes, to_model_range
+from harmonica_bench.judge import ShapesJudge, colour_report
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,8 +21,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
 from tqdm.auto import tqdm
 
 from harmonica.cli import HelpFormatter
-from harmonica.data import NUM_CLASSES, TRAIN_SEED, render_shapes, to_model_range
-from harmonica.embedded import NULL_CLASS, dit_config, save_pipeline, scheduler_config
+from harmonica_bench.data import NUM_CLASSES, TRAIN_SEED, render_shapes, to_model_range
+from harmonica_bench.embedded import NULL_CLASS, dit_config, save_pipeline, scheduler_config
 from harmonica.training.checkpoints import batch_indices, prepare_model_training, save_checkpoint
 
 
@@ -41,8 +41,8 @@ def evaluate(transformer, vae, judge_path, out_png, per_class=20, seed=0):
     """Class accuracy of freshly sampled images (20 DDIM steps, CFG 1.5) and a sample grid."""
     from diffusers import DDIMScheduler, DiTPipeline
 
-    from harmonica.judge import ShapesJudge
-    from harmonica.viz import save_image_grid
+    from harmonica_bench.judge import ShapesJudge
+    from harmonica_bench.viz import save_image_grid
 
     pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(**scheduler_config()))
     pipe.set_progress_bar_config(disable=True)

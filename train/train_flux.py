@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
 from harmonica.cli import HelpFormatter
-from harmonica.data import TRAIN_SEED, render_captioned_shapes, to_model_range
-from harmonica.embedded import (
+from harmonica_bench.data import TRAIN_SEED, render_captioned_shapes, to_model_range
+from harmonica_bench.embedded import (
     FLUX_MAX_SEQUENCE_LENGTH,
     FLUX_NEGATIVE_PROMPT,
     FLUX_SHIFT,
@@ -260,7 +260,7 @@ def main(argv=None):
 
 @torch.no_grad()
 def check(args, model, ema, vae, clip, tok, t5, tok2, out_png) -> dict:
-    from harmonica.judge import ShapesJudge
+    from harmonica_bench.judge import ShapesJudge
 
     ema_model = copy.deepcopy(model)
     ema.copy_to(ema_model.parameters())

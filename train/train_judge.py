@@ -3,7 +3,7 @@
     accelerate launch train/train_judge.py --vae runs/vae/vae --output runs/judge
 
 Half of every batch is replaced by the images' VAE reconstructions, and every image is randomly
-noised, blurred and made blocky (harmonica.judge.perturb), so the judge is not fooled by the small
+noised, blurred and made blocky (harmonica_bench.judge.perturb), so the judge is not fooled by the small
 artefacts of generated images. Reports accuracy on held-out clean, perturbed and VAE-reconstructed
 images and writes the judge to <output>/judge.
 """
@@ -19,8 +19,8 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from harmonica.cli import HelpFormatter
-from harmonica.data import HELDOUT_SEED, TRAIN_SEED, render_shapes, to_model_range
-from harmonica.judge import ShapesJudge, perturb
+from harmonica_bench.data import HELDOUT_SEED, TRAIN_SEED, render_shapes, to_model_range
+from harmonica_bench.judge import ShapesJudge, perturb
 from harmonica.training.checkpoints import batch_indices, resume, save_checkpoint
 
 

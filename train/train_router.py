@@ -24,6 +24,7 @@ from transformers import HfArgumentParser
 
 from harmonica.cli import HelpFormatter, RecipeError, read_recipe
 from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+from harmonica_bench.shapes import SHAPES
 
 
 @dataclass
@@ -61,10 +62,8 @@ def load_prompts(spec):
     'shapes' (the captions the embedded Flux model was trained on)."""
     if spec is None:
         return []
-    if spec == "shapes":
-        from harmonica.embedded import flux_train_prompts
-
-        prompts = flux_train_prompts()
+    if SHAPES.matches(spec):
+        prompts = SHAPES.train_captions()
     elif spec.endswith(".txt"):
         prompts = [line.strip() for line in open(spec, encoding="utf-8") if line.strip()]
     elif spec.endswith(".json"):

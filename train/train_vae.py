@@ -15,8 +15,8 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from harmonica.cli import HelpFormatter
-from harmonica.data import TRAIN_SEED, render_shapes, to_model_range
-from harmonica.embedded import vae_config
+from harmonica_bench.data import TRAIN_SEED, render_shapes, to_model_range
+from harmonica_bench.embedded import vae_config
 from harmonica.training.checkpoints import batch_indices, resume, save_checkpoint
 
 

@@ -10,7 +10,7 @@ from diffusers.hooks.hooks import StateManager
 
 from ..families.spec import bind_call
 from ..kernels import TORCH, gather_apply
-from ..macs import count_macs
+from ..macs import count_macs, count_macs_aside
 from .plan import SKIP
 from .state import _ContextState
 
@@ -102,8 +102,11 @@ class BlockHook(ModelHook):
         if entry is None:
             if current is not None and current.counting is not None and self.info.kind.whole_block:
                 out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
-                # the whole block; its branch's BranchHook, nested inside, counted part of it already
-                current.counting[self.info.first_slot] = macs
+                # the whole block (its branch's BranchHook, nested inside, counted part of it already), less the
+                # gates that a rebuild of it still computes: what a reuse saves
+                kind, call = self.info.kind, bind_call(module, args, kwargs)
+                _, kept = count_macs_aside(lambda: kind.fused.gates(module, call))
+                current.counting[self.info.first_slot] = macs - kept
                 return out
             return self.fn_ref.original_forward(*args, **kwargs)
         fused = self.info.kind.fused

@@ -5,7 +5,7 @@ here at import. Adding a family needs no change to the package: build a ``Family
 for your pipeline class and call ``harmonica.register_family(family)``; ``describe``, ``enable``
 and the rest then serve that pipeline. Router training and the evaluation harness find their own
 adapters by the family's name (``harmonica.training.denoisers.register_denoiser``,
-``harmonica.evaluation.call_kwargs.register_call_kwargs``).
+``harmonica_bench.evaluation.call_kwargs.register_call_kwargs``).
 """
 
 from __future__ import annotations

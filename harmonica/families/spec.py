@@ -15,7 +15,7 @@ A *family* ties pipelines to their transformer's block lists and kinds, and says
 timestep is found in a transformer forward and how the pipeline is conditioned: all the cache needs.
 Router training and the evaluation harness register their own adapters under the family's name,
 outside this package: the denoiser (one step of the pipeline's loop, ``harmonica.training.denoisers``)
-and the pipeline-call arguments of a batch (``harmonica.evaluation.call_kwargs``).
+and the pipeline-call arguments of a batch (``harmonica_bench.evaluation.call_kwargs``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .. import methods
+from ..shapes import SHAPES
 from .sampling import SamplingSetup, setup_for
 
 
@@ -17,7 +18,7 @@ def add_pipeline_args(p, default_steps: int = 20, default_batch: int = 16) -> No
     g = p.add_argument_group("pipeline and sampling (a pipeline folder's harness.json gives its own defaults)")
     g.add_argument("--pipeline", default=str(EMBEDDED_PIPELINE),
                    help="diffusers pipeline folder or hub id of a supported family (default: the embedded shapes DiT; "
-                        "the embedded Flux-style model is harmonica.embedded.FLUX_PIPELINE)")
+                        "the embedded Flux-style model is harmonica_bench.embedded.FLUX_PIPELINE)")
     g.add_argument("--steps", type=int, default=None, help=f"reference number of sampling steps (else {default_steps})")
     g.add_argument("--guidance_scale", type=float, default=None,
                    help=f"classifier-free guidance (true CFG where the family runs it; else {DEFAULT_GUIDANCE})")
@@ -73,11 +74,8 @@ def harness_defaults(pipeline) -> dict:
 
 def load_prompts(spec: str) -> tuple[list[str], list[int] | None, list | None]:
     """Prompts (and, for 'shapes', the class and colours of each) from --prompts."""
-    if spec == "shapes":
-        from ..embedded import flux_eval_set
-
-        captions, labels, colours = flux_eval_set(per_class=100)
-        return captions, labels.tolist(), colours.tolist()
+    if SHAPES.matches(spec):
+        return SHAPES.heldout_captions(per_class=100)
     return [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()], None, None
 
 

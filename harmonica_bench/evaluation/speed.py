@@ -9,7 +9,7 @@ import torch
 
 from .. import methods
 from .cost import weights_bytes
-from .prepare import harmonica_stats, measure_cost, prepare
+from .prepare import measure_cost, prepare
 from .sampling import SamplingSetup
 
 
@@ -76,7 +76,6 @@ def speed_benchmark(pipe, entries: list[tuple[methods.MethodRequest, object]], s
     costs = {}
     for name, v in zip(names, variants):
         costs[name] = measure_cost(v.pipe, setup, indices, v.applied.call_overrides)
-        costs[name]["harmonica"] = harmonica_stats(v.pipe)
 
     def runner(v):
         kwargs = setup.call_kwargs(v.pipe, indices, v.applied.call_overrides)

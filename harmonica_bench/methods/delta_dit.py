@@ -77,7 +77,7 @@ def _refuse_unsupported(pipe, ctx: Context) -> None:
     """This Delta-DiT keeps one delta of one hidden-state stream: refuse what it cannot follow, by name."""
     from diffusers.hooks._helpers import TransformerBlockRegistry
 
-    from ..families import blocks_of
+    from harmonica.families import blocks_of
 
     blocks = blocks_of(pipe)
     lists = dict.fromkeys(b.list_name for b in blocks)

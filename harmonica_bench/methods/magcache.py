@@ -24,7 +24,7 @@ def magnitude_ratios(pipe, run, num_steps: int) -> list[float]:
     MagCache applies one list to every cache context. ``run(pipe)`` makes one pipeline call."""
     from diffusers.hooks._helpers import TransformerBlockRegistry
 
-    from ..families import blocks_of
+    from harmonica.families import blocks_of
 
     blocks = [b.module for b in blocks_of(pipe)]
     head, tail = blocks[0], blocks[-1]

@@ -56,7 +56,7 @@ from .metrics import (
     similarity,
     ssim,
 )
-from .prepare import Prepared, harmonica_stats, measure_cost, prepare
+from .prepare import Prepared, check_one_count, measure_cost, prepare
 from .quality import QualityRun, mean_metrics, quality_metrics, save_sample_grid
 from .references import default_judge, default_reference, load_judge, reference_images
 from .report import (
@@ -102,10 +102,10 @@ from .store import cached_samples, safe_name, save_samples, weights_fingerprint,
 __all__ = [
     "CALIBRATION_OFFSET", "DEFAULT_LEVELS", "INCEPTION_EXTRACTOR", "JUDGE_EXTRACTOR", "KERNEL_METHODS",
     "QUALITY_HEADER", "SEED_SET_OFFSET", "above_macs_bound", "add_error_bar_args", "add_pipeline_args", "append_markdown",
-    "best_settings", "Bootstrap", "cached_samples", "calibration_call", "CallCost", "CallMeter",
+    "best_settings", "Bootstrap", "cached_samples", "calibration_call", "CallCost", "CallMeter", "check_one_count",
     "centered_interval", "class_accuracies", "class_accuracy", "compare_points", "credible_speedup",
     "default_judge", "default_method_specs", "default_reference", "Difference", "Extractor", "feature_vectors",
-    "fidelity_metrics", "generate", "generate_distributed", "harmonica_stats", "inception_loadable", "interval_of",
+    "fidelity_metrics", "generate", "generate_distributed", "inception_loadable", "interval_of",
     "is_class_conditional", "judge_feature_scale", "judge_hits", "judge_input", "knob_text", "levels_markdown",
     "LiveTensorBytes", "load_judge", "load_pipeline", "mean_metrics", "measure_cost", "method_entries",
     "method_group", "over_sets", "paired_difference", "pareto_markdown", "pareto_plot", "point_errors", "prepare",

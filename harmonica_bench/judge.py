@@ -2,7 +2,7 @@
 
 It gives two measurements of generated images offline: class accuracy (does the image show the
 class it was asked for?) and a feature space for Frechet distance / KID through torch-fidelity
-(see ``harmonica.evaluation.metrics``). Trained with noise, blur, blockiness and VAE-reconstruction
+(see ``harmonica_bench.evaluation.metrics``). Trained with noise, blur, blockiness and VAE-reconstruction
 augmentation, so that its verdict holds on images that are close to, but not exactly, real renders.
 """
 

@@ -10,8 +10,8 @@ from .base import Applied, Context, MethodSpec
 
 
 def apply(pipe, knob, ctx: Context) -> Applied:
-    from ..cache import describe, enable
-    from ..router import HarmoniCaRouter
+    from harmonica.cache import describe, enable
+    from harmonica.router import HarmoniCaRouter
 
     n = int(knob)
     router = HarmoniCaRouter.static(describe(pipe), ctx.num_inference_steps, compute_every=n)

@@ -1,6 +1,6 @@
 """Caching methods of the evaluation harness, one small module each, behind one interface.
 
->>> from harmonica import methods
+>>> from harmonica_bench import methods
 >>> fast = methods.clone_pipeline(pipe)                  # shares weights, own modules and scheduler
 >>> applied = methods.apply_method(fast, "fora", 2, num_inference_steps=20)
 >>> fast(..., num_inference_steps=20, **applied.call_overrides)

@@ -6,7 +6,7 @@
   the captioned shapes, a stock ``FluxPipeline`` folder in ``pipelines/shapes-flux``.
 
 Their architectures live here so that the training scripts, the tests and the evaluation build the
-same models. An installed wheel carries ``pipelines/`` as ``harmonica/_pipelines``
+same models. An installed wheel carries ``pipelines/`` as ``harmonica_bench/_pipelines``
 (``PIPELINES_DIR`` is whichever is in use).
 """
 
@@ -22,13 +22,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent  # the source checkout, when 
 
 def pipelines_dir() -> Path:
     """The embedded pipelines and recipes: the checkout's top-level ``pipelines/`` when harmonica runs from a
-    source checkout (also an editable install), else the package data ``harmonica._pipelines`` that an
+    source checkout (also an editable install), else the package data ``harmonica_bench._pipelines`` that an
     installed wheel carries (the same folder, see pyproject.toml)."""
     if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "pipelines").is_dir():
         return REPO_ROOT / "pipelines"
     from importlib.resources import files
 
-    return Path(str(files("harmonica") / "_pipelines"))
+    return Path(str(files("harmonica_bench") / "_pipelines"))
 
 
 PIPELINES_DIR = pipelines_dir()
@@ -108,7 +108,7 @@ def save_pipeline(path: str | Path, transformer, vae) -> None:
 # ---------------------------------------------------------------------------------------------
 # The second embedded model: a small text-to-image Flux-style pipeline (stock diffusers
 # FluxPipeline, flow matching, double- and single-stream blocks) trained on the captioned shapes
-# (harmonica.data.captioned_shapes_dataset). Ships in pipelines/shapes-flux; see its TRAINING.md.
+# (harmonica_bench.data.captioned_shapes_dataset). Ships in pipelines/shapes-flux; see its TRAINING.md.
 
 # The reasons for these settings, with the measurements behind them: pipelines/shapes-flux/TRAINING.md.
 FLUX_PIPELINE = PIPELINES_DIR / "shapes-flux"

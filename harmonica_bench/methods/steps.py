@@ -25,9 +25,9 @@ from __future__ import annotations
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager, _set_cache_context
 
-from ..families import family_for
-from ..families.spec import bind_call
-from ..steps import StepLocator, calling_pipeline, timestep_value
+from harmonica.families import family_for
+from harmonica.families.spec import bind_call
+from harmonica.steps import StepLocator, calling_pipeline, timestep_value
 
 STEP_TRACKER = "harmonica_eval_step_tracker"
 

@@ -18,7 +18,7 @@ class PipeInfo:
 
     @classmethod
     def of(cls, pipe, num_inference_steps: int) -> "PipeInfo":
-        from ..cache import describe
+        from harmonica.cache import describe
 
         layout = describe(pipe)
         branches = tuple(dict.fromkeys(b for _, names in layout.blocks for b in names))  # every branch name, once

@@ -8,21 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def _is_embedded_flux(pipeline_path) -> bool:
-    from ..embedded import FLUX_PIPELINE
-
-    return pipeline_path is not None and Path(pipeline_path).resolve() == FLUX_PIPELINE.resolve()
+from ..shapes import SHAPES
 
 
 def default_judge(pipeline_path: str | Path | None) -> Path | None:
     """``<pipeline>/judge`` when the pipeline is a local folder that ships one (the embedded DiT); the
-    embedded Flux-style model is judged by the same judge."""
-    from ..embedded import EMBEDDED_JUDGE
-
-    if pipeline_path is not None and (Path(pipeline_path) / "judge" / "config.json").is_file():
-        return Path(pipeline_path) / "judge"
-    return EMBEDDED_JUDGE if _is_embedded_flux(pipeline_path) else None
+    embedded Flux-style model is judged by the same judge (``SHAPES.judge_for``)."""
+    return SHAPES.judge_for(pipeline_path)
 
 
 def load_judge(path: str | Path | None, device: str | torch.device = "cpu"):
@@ -37,11 +29,8 @@ def reference_images(reference: str, num: int) -> torch.Tensor:
     """uint8 ``[N, 3, H, W]`` reference images: ``"shapes"`` (the held-out split of the embedded model's
     data), a folder of png/jpg files (sorted, the first ``num``) or an ``.npz`` (key ``images`` or
     ``arr_0``, NHWC uint8, e.g. ADM's ImageNet reference batches)."""
-    if reference == "shapes":
-        from ..data import HELDOUT_SEED, render_shapes
-
-        images, _ = render_shapes(range(num), HELDOUT_SEED)
-        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    if SHAPES.matches(reference):
+        return SHAPES.reference_images(num)
     path = Path(reference)
     if path.is_dir():
         from PIL import Image
@@ -59,10 +48,4 @@ def reference_images(reference: str, num: int) -> torch.Tensor:
 
 
 def default_reference(pipeline_path) -> str | None:
-    from ..embedded import EMBEDDED_PIPELINE
-
-    if pipeline_path is not None and default_judge(pipeline_path) is not None:
-        return "shapes"
-    if pipeline_path is not None and Path(pipeline_path).resolve() == EMBEDDED_PIPELINE.resolve():
-        return "shapes"
-    return "shapes" if _is_embedded_flux(pipeline_path) else None
+    return SHAPES.name if SHAPES.serves(pipeline_path) else None

@@ -13,7 +13,7 @@ import torch
 from .. import methods
 from ..viz import save_image_grid
 from .metrics import class_accuracies, feature_vectors, fidelity_metrics, judge_hits, psnr, similarity, ssim
-from .prepare import harmonica_stats, measure_cost, prepare
+from .prepare import measure_cost, prepare
 from .sampling import SamplingSetup, generate_distributed, seed_set
 from .stats import Bootstrap, ReferenceStats, SampleData, fd_between, point_errors
 from .store import cached_samples, safe_name, save_samples, weights_fingerprint
@@ -207,7 +207,6 @@ class QualityRun:
             cost = measure_cost(prepared.pipe, self.setup, range(self.setup.batch_size), applied.call_overrides)
             stock = self.stock_cost()
             cost["macs_speedup"] = stock["macs"] / cost["macs"] if cost["macs"] else float("nan")
-            cost["harmonica"] = harmonica_stats(prepared.pipe)
             labels = self.setup.labels(range(self.num_samples)) if self.setup.has_labels else None
             colours = self.setup.colours(range(self.num_samples))
             per_set, data = [], []

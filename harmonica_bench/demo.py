@@ -6,7 +6,7 @@ side-by-side PNG grid and the router's heatmap, and prints latency, speedup and 
 flux`` (`make demo-flux`): the text-to-image Flux-style model (FluxPipeline, true CFG), one held-out
 caption per image.
 
-    python -m harmonica.demo [--model dit|flux] [--out outputs/demo] [--per_class 2] [--repeats 3]
+    python -m harmonica_bench.demo [--model dit|flux] [--out outputs/demo] [--per_class 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 import harmonica
-from harmonica.benchmark import time_interleaved
+from harmonica_bench.benchmark import time_interleaved
 from harmonica.cli import HelpFormatter
-from harmonica.embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS, EMBEDDED_PIPELINE, FLUX_PIPELINE, flux_call_kwargs
+from harmonica_bench.embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS, EMBEDDED_PIPELINE, FLUX_PIPELINE, flux_call_kwargs
 from harmonica.router import HarmoniCaRouter
-from harmonica.viz import save_image_grid, save_router_heatmap
+from harmonica_bench.viz import save_image_grid, save_router_heatmap
 
 
 def main(argv=None):
@@ -70,7 +70,7 @@ def main(argv=None):
                     num_inference_steps=args.steps)
         what = f"{args.steps} DDIM steps, CFG {call['guidance_scale']}"
     else:
-        from harmonica.embedded import flux_eval_set
+        from harmonica_bench.embedded import flux_eval_set
 
         conditions = flux_eval_set(args.per_class)[0]  # captions, class by class
         call = dict(prompt=conditions, **flux_call_kwargs(len(conditions), num_inference_steps=args.steps))

@@ -9,6 +9,7 @@ peak memory of tensors allocated during the call.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..macs import MacCounter
+from harmonica.macs import MacCounter
 
 
 @dataclass
@@ -47,16 +48,20 @@ class CallCost:
         return d
 
 
-def _first_linear(module: torch.nn.Module) -> torch.nn.Module:
+_WEIGHTED = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+
+
+def _first_weighted(module: torch.nn.Module) -> torch.nn.Module:
+    """The branch's first Linear or convolution (Sana's MLP is convolutions)."""
     for m in module.modules():
-        if isinstance(m, torch.nn.Linear):
+        if isinstance(m, _WEIGHTED):
             return m
-    raise ValueError(f"{type(module).__name__} has no Linear layer to count its computations by")
+    raise ValueError(f"{type(module).__name__} has no Linear or convolution layer to count its computations by")
 
 
 class _BranchCounter(TorchFunctionMode):
-    """Counts a branch as computed when its first ``Linear``'s weight goes into a linear op. A module
-    hook cannot tell: where the branch *is* that ``Linear`` (a Flux single-stream block's ``proj_out``),
+    """Counts a branch as computed when its first ``Linear``'s (or convolution's) weight goes into a linear (or
+    convolution) op. A module hook cannot tell: where the branch *is* that ``Linear`` (a Flux single-stream block's ``proj_out``),
     its hooks fire even when a cache's hook on it returns a forecast instead of running it."""
 
     def __init__(self, meter: "CallMeter"):
@@ -65,7 +70,7 @@ class _BranchCounter(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.nn.functional.linear:
+        if func in (torch.nn.functional.linear, torch.nn.functional.conv1d, torch.nn.functional.conv2d):
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
             if id(weight) in self.meter._branch_weights:
                 self.meter._bump()
@@ -104,20 +109,24 @@ class CallMeter:
     """
 
     def __init__(self, pipe, count_macs: bool = True, track_memory: bool = True):
-        from ..families import blocks_of
+        from harmonica.families import family_for, pipeline_transformers, transformer_blocks
 
         self.pipe = pipe
         self.count_macs = count_macs
         self.track_memory = track_memory
         self.cost = CallCost()
         self._handles = []
-        transformer = pipe.transformer
-        modules = [m for block in blocks_of(pipe) for m in block.modules]
-        self._slots_per_forward = len(modules)
-        self._branch_weights = {id(_first_linear(module).weight) for module in modules}
-        self._handles.append(transformer.register_forward_pre_hook(self._forward))
-        self._registry = HookRegistry.check_if_exists_or_initialize(transformer)
-        self._registry.register_hook(_MacHook(self), _MacHook.NAME)
+        self._registries = []
+        self._branch_weights = set()
+        family = family_for(pipe)
+        self.transformers = [t for _, t in pipeline_transformers(pipe, family)]  # Wan 2.2: both experts
+        for transformer in self.transformers:
+            modules = [m for block in transformer_blocks(family, transformer) for m in block.modules]
+            self._branch_weights.update(id(_first_weighted(module).weight) for module in modules)
+            self._handles.append(transformer.register_forward_pre_hook(functools.partial(self._forward, len(modules))))
+            registry = HookRegistry.check_if_exists_or_initialize(transformer)
+            registry.register_hook(_MacHook(self), _MacHook.NAME)
+            self._registries.append(registry)
         self._computed_this_forward = None
 
     def _bump(self, *_):
@@ -125,9 +134,9 @@ class CallMeter:
         if self._computed_this_forward is not None:
             self._computed_this_forward[-1] += 1
 
-    def _forward(self, *_):
+    def _forward(self, slots: int, *_):
         self.cost.transformer_forwards += 1
-        self.cost.branch_slots += self._slots_per_forward
+        self.cost.branch_slots += slots
         self.cost.per_forward_computed.append(0)
         self._computed_this_forward = self.cost.per_forward_computed
 
@@ -135,12 +144,14 @@ class CallMeter:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        self._registry.remove_hook(_MacHook.NAME, recurse=False)
+        for registry in self._registries:
+            registry.remove_hook(_MacHook.NAME, recurse=False)
+        self._registries.clear()
 
     @contextmanager
     def measure(self):
         """Measure one pipeline call (or several: counts add up, memory is the max)."""
-        device = self.pipe.transformer.device
+        device = self.transformers[0].device
         self.cost.calls += 1
         if not self.track_memory:
             yield self.cost

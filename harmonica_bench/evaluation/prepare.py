@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import methods
-from .cost import CallMeter
+from .cost import CallCost, CallMeter
 from .sampling import SamplingSetup, calibration_call
 
 
@@ -35,7 +35,8 @@ def prepare(pipe, request: methods.MethodRequest, knob, setup: SamplingSetup) ->
 
 
 def measure_cost(prepared_pipe, setup: SamplingSetup, indices, overrides: dict | None = None) -> dict:
-    """One measured (untimed) call: cache usage, transformer MACs, peak memory."""
+    """One measured (untimed) call: cache usage, transformer MACs, peak memory; under ``"harmonica"``, where
+    harmonica runs, its own statistics of the same call, checked against the meter's (``check_one_count``)."""
     meter = CallMeter(prepared_pipe)
     try:
         with torch.no_grad(), meter.measure():
@@ -45,15 +46,28 @@ def measure_cost(prepared_pipe, setup: SamplingSetup, indices, overrides: dict |
     cost = meter.cost.to_dict()
     cost.pop("per_forward_computed", None)
     cost["computed_per_step"] = meter.cost.per_forward_computed
+    stats = check_one_count(prepared_pipe, meter.cost)
+    cost["harmonica"] = None if stats is None else {"cache_usage": stats.cache_usage,
+                                                     "macs_speedup": stats.macs_speedup}
     return cost
 
 
-def harmonica_stats(pipe) -> dict | None:
-    from ..cache import controller
+def check_one_count(pipe, cost: CallCost):
+    """Where harmonica runs, ``harmonica.stats`` and the harness's meter count the same call with the same
+    ``MacCounter``: the forwards, branch computations and MACs must be equal, or the figures of one of them
+    are wrong. Returns the call's ``CacheStats`` (None where harmonica is not enabled)."""
+    from harmonica.cache import controller
 
     found = controller(pipe)
-    if found is None:
+    stats = None if found is None else found.stats_for(pipe)
+    if stats is None:
         return None
-    st = found.stats_for(pipe)
-    return None if st is None else {"cache_usage": st.cache_usage, "macs_speedup": st.macs_speedup}
-
+    pairs = {"transformer forwards": (cost.transformer_forwards, stats.forwards),
+             "branch computations": (cost.branches_computed, stats.branch_calls - stats.reused),
+             "branch slots": (cost.branch_slots, stats.branch_calls),
+             "MACs": (cost.macs, stats.macs_spent)}
+    differ = [f"{what}: meter {a}, harmonica.stats {b}" for what, (a, b) in pairs.items() if a != b]
+    if differ:
+        raise RuntimeError("the harness's meter and harmonica.stats disagree on one call (" + "; ".join(differ)
+                           + "): one of the two counts is wrong")
+    return stats

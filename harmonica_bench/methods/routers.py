@@ -32,8 +32,8 @@ def _title(router, default: str) -> str:
 
 def _apply(name: str, title: str):
     def apply(pipe, knob, ctx: Context) -> Applied:
-        from ..cache import enable
-        from ..pipeline import load_router
+        from harmonica.cache import enable
+        from harmonica.pipeline import load_router
 
         if ctx.router is None:
             raise ValueError(f"{name} needs a router folder: write the method as '{name}@ROUTER_DIR'")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..families import family_for
-from ..families.flux import uses_true_cfg
-from ..families.qwenimage import NEGATIVE_PROMPT
+from harmonica.families import family_for
+from harmonica.families.flux import uses_true_cfg
+from harmonica.families.qwenimage import NEGATIVE_PROMPT
 
 
 def text_call_kwargs(pipe, conditions, height=None, width=None, max_sequence_length=None, **extra) -> dict:
@@ -87,7 +87,7 @@ def call_kwargs_for(pipe) -> Callable:
     family = family_for(pipe)
     if family.name not in CALL_KWARGS:
         raise ValueError(f"the evaluation harness has no call arguments for the {family.name!r} family; register a "
-                         "function with harmonica.evaluation.call_kwargs.register_call_kwargs")
+                         "function with harmonica_bench.evaluation.call_kwargs.register_call_kwargs")
     return CALL_KWARGS[family.name]
 
 

@@ -29,7 +29,7 @@ def _apply(order: int):
     def apply_taylorseer(pipe, knob, ctx: Context) -> Applied:
         from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
 
-        from ..families import blocks_of
+        from harmonica.families import blocks_of
 
         interval = int(knob)
         if interval < 1:

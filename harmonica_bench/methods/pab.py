@@ -51,7 +51,7 @@ PAB_TIMESTEP_RANGE = (100, 800)  # diffusers' default: broadcast only in the mid
 def apply_pab(pipe, knob, ctx: Context) -> Applied:
     from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
 
-    from ..families import blocks_of
+    from harmonica.families import blocks_of
 
     skip = int(knob)
     if skip < 2:

@@ -27,14 +27,14 @@ SEED_SET_OFFSET = 10_000_000  # seed set j draws its noise seeds from SEED + j *
 # What the harness needs of a model family: whether it is conditioned on classes or prompts (its spec,
 # harmonica/families/) and the pipeline-call arguments of a batch (call_kwargs.py, by family name).
 def is_class_conditional(pipe) -> bool:
-    from ..families import family_for
+    from harmonica.families import family_for
 
     return family_for(pipe).conditioning == "class"
 
 
 def family_num_classes(pipe) -> int | None:
     """The class count of a class-conditional pipeline (None for text-to-image)."""
-    from ..families.dit import num_classes_of
+    from harmonica.families.dit import num_classes_of
 
     return num_classes_of(pipe) if is_class_conditional(pipe) else None
 
@@ -59,7 +59,7 @@ def load_pipeline(path: str | Path, device: str = "cpu", dtype: str = "float32")
     import diffusers
     from diffusers import DiffusionPipeline
 
-    from ..families import family_for
+    from harmonica.families import family_for
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
