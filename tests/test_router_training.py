@@ -15,6 +15,7 @@ from diffusers import DiTPipeline
 import harmonica
 from harmonica.training.objectives import image_error_proxy, normalise, threshold_for_usage
 from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+from harmonica.training.run_folder import check_same_run
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 5
@@ -240,7 +241,8 @@ def test_resume_in_another_dtype_is_the_same_run(dit_path, tmp_path):
     trainer = RouterTrainer(pipe, RouterTrainingConfig(num_steps=STEPS, trajectories=1, batch_size=2, lambda_every=4,
                                                        lambda_samples=2, checkpoint_every=1, output_dir=str(tmp_path),
                                                        beta=1e-4, seed=0), Accelerator(cpu=True))
-    trainer._check_same_run()  # no error
+    check_same_run(trainer.output, trainer.config, trainer.router, pipe.transformer, trainer.weights_summary,
+                   trainer.accelerator)  # no error
 
 
 @pytest.mark.parametrize("objective", ["sdt", "ltc"])

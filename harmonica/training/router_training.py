@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -39,146 +39,14 @@ from ..cache import controller as harmonica_controller
 from ..cache import describe
 from ..cache.drive import DrivenCache
 from ..families import family_for
-from ..router import MAX_HISTORY, HarmoniCaRouter, check_threshold, parse_init, weights_distance, weights_summary
+from ..router import HarmoniCaRouter, weights_summary
 from .checkpoints import resume, save_checkpoint
+from .config import OBJECTIVES, RouterTrainingConfig
 from .denoisers import denoiser_for
-from .objectives import LAMBDA_VARIANTS, image_error_proxy, normalise, threshold_for_usage
+from .objectives import image_error_proxy, normalise, threshold_for_usage
+from .run_folder import TrainState, check_same_run, truncate_log
 
-OBJECTIVES = ("harmonica", "sdt", "ltc")
-
-
-def _setting(default, help: str, **extra):
-    """A RouterTrainingConfig field with its help text (shown by train/train_router.py --help)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
-
-
-@dataclass
-class RouterTrainingConfig:
-    """Settings of one router training run (recipes in pipelines/recipes/*.json set these).
-
-    Every field's help text (``metadata["help"]``) is what ``train/train_router.py --help`` shows.
-    ``check()`` refuses values of the wrong type or out of range.
-    """
-
-    num_steps: int = _setting(20, "sampling steps the router is trained for (its num_inference_steps)")
-    objective: str = _setting("harmonica", "harmonica (SDT + IEPO), sdt (SDT, lambda = 1) or ltc (Learning-to-Cache)",
-                              choices=OBJECTIVES)
-    trajectories: int = _setting(200, "sampling trajectories in all (each gives num_steps - 1 optimizer steps)")
-    batch_size: int = _setting(16, "trajectories per batch and process (the CFG batch is twice this)")
-    lr: float = _setting(1e-2, "AdamW learning rate on the router logits (clamped to [-5, 5] after each update)")
-    weight_decay: float = _setting(0.0, "AdamW weight decay on the router logits")
-    beta: float = _setting(1e-4, "weight of the cache-use penalty (sum of the scores of the step)")
-    target_usage: float | None = _setting(
-        None, "cache usage (fraction of branch computations reused) the router is trained at and ends with: the "
-        "threshold follows the score at that rank at every iteration, so training builds and reads the cache as "
-        "inference at the target will; beta only pushes unneeded scores down. Unset: the fixed --threshold, and "
-        "beta alone sets the speed (as in the paper)")
-    threshold: float = _setting(0.1, "inference threshold in (0, 1) without a target usage (the cache is "
-                                "overwritten in training where score > threshold)")
-    guidance_scale: float = _setting(1.5, "classifier-free guidance of the training trajectories (<= 1: none)")
-    lambda_every: int = _setting(500, "iterations between IEPO lambda refreshes (C)")
-    lambda_samples: int = _setting(8, "fixed samples (over all processes) used to measure lambda")
-    lambda_floor: float = _setting(0.05, "lambda's floor, as a fraction of its mean, in [0, 1]")
-    init: str = _setting("random", "starting logits: random (randn, as the paper), uniform (all 0), compute, "
-                         "reuse, or static:N (FORA's compute-every-N schedule, logits +2 / -2)")
-    lambda_variant: str = _setting("stake", "IEPO lambda: stake or paper (see harmonica/training/objectives.py)",
-                                   choices=LAMBDA_VARIANTS)
-    history: int = _setting(1, "a skipped branch is forecast from its last HISTORY computed outputs with learned "
-                            f"coefficients (trained together with the scores), 1 to {MAX_HISTORY}; 1: plain reuse")
-    forecast_init: str = _setting("taylor", "the coefficients' start with --history > 1: taylor (polynomial "
-                                  "extrapolation through the steps where the branch is computed under the initial "
-                                  "schedule, TaylorSeer's forecast), taylor:N (order N) or reuse")
-    coefficient_lr: float = _setting(1e-3, "AdamW learning rate of the forecast coefficients")
-    seed: int = _setting(0, "seed of every random draw (trajectories, labels, lambda samples), >= 0")
-    checkpoint_every: int = _setting(10, "trajectories between checkpoints (accelerate state)")
-    output_dir: str = _setting("runs/router", "run folder: checkpoints, training_log.jsonl, summary.json, router/")
-    scheduler: str | None = _setting(None, "diffusers scheduler class to train with, e.g. DPMSolverMultistepScheduler "
-                                     "(unset: the pipeline's own)")
-    height: int | None = _setting(None, "image height of the training trajectories, for text-to-image families "
-                                  "that take it (unset: the pipeline's own)")
-    width: int | None = _setting(None, "image width of the training trajectories (unset: the pipeline's own)")
-    max_sequence_length: int | None = _setting(None, "prompt length in tokens, for text-to-image families that "
-                                               "take it (unset: the pipeline's own)")
-    num_frames: int | None = _setting(None, "video length of the training trajectories, for video families (Wan) "
-                                      "(unset: the pipeline's own)")
-    prompts: list[str] = _setting([], "text-to-image families: prompts the trajectories draw from")
-
-    def check(self) -> None:
-        """Raise ValueError naming the first setting of the wrong type or out of range."""
-        from ..cli import type_problems
-
-        problems = type_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.num_steps < 2:
-            raise ValueError(f"num_steps must be >= 2 (the first step always computes), got {self.num_steps}")
-        check_threshold(self.threshold)
-        if self.target_usage is not None and not 0 <= self.target_usage < 1:
-            raise ValueError(f"target_usage must be in [0, 1), got {self.target_usage}")
-        if not 1 <= self.history <= MAX_HISTORY:
-            raise ValueError(f"history must be from 1 to {MAX_HISTORY}, got {self.history}")
-        if self.objective == "ltc" and self.history != 1:
-            raise ValueError("the LTC objective trains reuse only (history 1)")
-        if self.lambda_variant not in LAMBDA_VARIANTS:
-            raise ValueError(f"lambda_variant must be one of {LAMBDA_VARIANTS}, got {self.lambda_variant!r}")
-        parse_init(self.init)
-        for name in ("trajectories", "batch_size", "lambda_every", "lambda_samples", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        for name in ("weight_decay", "beta", "guidance_scale"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.coefficient_lr) and self.coefficient_lr > 0):
-            raise ValueError(f"coefficient_lr must be a finite number > 0, got {self.coefficient_lr}")
-        kind, _, order = self.forecast_init.partition(":")
-        if not (kind == "reuse" and not order or kind == "taylor" and (not order or order.isdigit())):
-            raise ValueError(f"forecast_init must be 'reuse', 'taylor' or 'taylor:N', got {self.forecast_init!r}")
-        for name in ("height", "width", "max_sequence_length", "num_frames"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 when given, got {getattr(self, name)}")
-        if not 0 <= self.lambda_floor <= 1:
-            raise ValueError(f"lambda_floor must be in [0, 1], got {self.lambda_floor}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if not self.output_dir.strip():
-            raise ValueError("output_dir must not be empty")
-        if self.scheduler is not None:
-            import diffusers
-
-            klass = getattr(diffusers, self.scheduler, None)
-            if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
-                raise ValueError(f"scheduler must name a diffusers scheduler class (e.g. DDIMScheduler, "
-                                 f"DPMSolverMultistepScheduler), got {self.scheduler!r}")
-
-
-class TrainState:
-    """Counters and IEPO weights, checkpointed with the router."""
-
-    def __init__(self, num_steps: int, first_refresh: int = 0):
-        self.trajectory = 0
-        self.iteration = 0
-        self.lam = torch.ones(num_steps)
-        self.lam[0] = 0.0
-        self.next_refresh = first_refresh  # iteration at or after which lambda is refreshed
-        self.refreshes = 0
-
-    def state_dict(self) -> dict:
-        return {"trajectory": self.trajectory, "iteration": self.iteration, "lam": self.lam.clone(),
-                "next_refresh": self.next_refresh, "refreshes": self.refreshes}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.trajectory = int(state["trajectory"])
-        self.iteration = int(state["iteration"])
-        self.lam = state["lam"].clone()
-        self.next_refresh = int(state["next_refresh"])
-        self.refreshes = int(state["refreshes"])
-
+__all__ = ["OBJECTIVES", "RouterTrainer", "RouterTrainingConfig"]
 
 def _generator(*keys: int) -> torch.Generator:
     seed = 0
@@ -357,10 +225,10 @@ class RouterTrainer:
     def train(self) -> dict:
         cfg, acc = self.config, self.accelerator
         self.output.mkdir(parents=True, exist_ok=True)
-        self._check_same_run()
+        check_same_run(self.output, cfg, self.router, self.pipe.transformer, self.weights_summary, acc)
         start = resume(acc, self.output / "checkpoints")
         if acc.is_main_process:
-            self._truncate_log(self.state.iteration)
+            truncate_log(self.log_path, self.state.iteration)
         from tqdm.auto import tqdm
 
         per_traj = cfg.num_steps - 1
@@ -444,46 +312,3 @@ class RouterTrainer:
             "mean_abs_coefficient_change": round(delta[rebuilt].mean().item(), 4) if rebuilt.any() else 0.0,
             "max_abs_coefficient_change": round(delta[rebuilt].max().item(), 4) if rebuilt.any() else 0.0,
         }
-
-    # settings that may change between a run and its resumption
-    RESUMABLE_CHANGES = ("checkpoint_every", "output_dir")
-
-    def _check_same_run(self) -> None:
-        """A run folder belongs to one set of settings: resuming its checkpoints with others would mix
-        two trainings (or, with fewer trajectories, return the old router as if newly trained)."""
-        path = self.output / "run_config.json"
-        current = {k: v for k, v in asdict(self.config).items() if k not in self.RESUMABLE_CHANGES}
-        router = self.router
-        current["layout"] = [router.pipeline_class, router.transformer_class, router.layout.groups]
-        # a router is tied to the weights it was trained on: a retrained model at the same path is another run
-        # (compared with weights_distance, so that the same weights in another dtype are the same run)
-        current["transformer_weights"] = self.weights_summary
-        current = json.loads(json.dumps(current))
-        if path.exists():
-            saved = json.loads(path.read_text())
-            changed = sorted(k for k in set(saved) | set(current)
-                             if k != "transformer_weights" and saved.get(k) != current.get(k))
-            differ = [f"{k}={saved.get(k)!r} there, {current.get(k)!r} now" for k in changed]
-            distance, what = weights_distance(saved.get("transformer_weights"), self.pipe.transformer,
-                                              self.weights_summary)
-            if not distance <= 1:
-                changed.append("transformer_weights")
-                differ.append(f"transformer_weights: {what}")
-            if changed:
-                raise ValueError(
-                    f"{self.output} holds a router training run with other settings ({', '.join(changed)} "
-                    f"differ: {', '.join(differ)}). Give a new --output_dir, or delete that folder to start over."
-                )
-        elif self.accelerator.is_main_process:
-            if (self.output / "checkpoints").exists():
-                raise ValueError(f"{self.output}/checkpoints has no run_config.json; give a new --output_dir")
-            path.write_text(json.dumps(current, indent=2) + "\n")
-        self.accelerator.wait_for_everyone()
-
-    def _truncate_log(self, iteration: int) -> None:
-        """After a resume, drop log rows written after the checkpoint."""
-        if not self.log_path.exists():
-            return
-        rows = [line for line in self.log_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["iteration"] <= iteration]
-        self.log_path.write_text("".join(r + "\n" for r in rows))

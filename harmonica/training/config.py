@@ -1,0 +1,123 @@
+"""The settings of one router training run: ``RouterTrainingConfig``, a dataclass whose fields carry their help
+text (what ``train/train_router.py --help`` shows) and whose ``check()`` refuses a value of the wrong type or out of
+range before anything is loaded or written."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..router import MAX_HISTORY, check_threshold, parse_init
+from .objectives import LAMBDA_VARIANTS
+
+OBJECTIVES = ("harmonica", "sdt", "ltc")
+
+
+def _setting(default, help: str, **extra):
+    """A RouterTrainingConfig field with its help text (shown by train/train_router.py --help)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class RouterTrainingConfig:
+    """Settings of one router training run (recipes in pipelines/recipes/*.json set these).
+
+    Every field's help text (``metadata["help"]``) is what ``train/train_router.py --help`` shows.
+    ``check()`` refuses values of the wrong type or out of range.
+    """
+
+    num_steps: int = _setting(20, "sampling steps the router is trained for (its num_inference_steps)")
+    objective: str = _setting("harmonica", "harmonica (SDT + IEPO), sdt (SDT, lambda = 1) or ltc (Learning-to-Cache)",
+                              choices=OBJECTIVES)
+    trajectories: int = _setting(200, "sampling trajectories in all (each gives num_steps - 1 optimizer steps)")
+    batch_size: int = _setting(16, "trajectories per batch and process (the CFG batch is twice this)")
+    lr: float = _setting(1e-2, "AdamW learning rate on the router logits (clamped to [-5, 5] after each update)")
+    weight_decay: float = _setting(0.0, "AdamW weight decay on the router logits")
+    beta: float = _setting(1e-4, "weight of the cache-use penalty (sum of the scores of the step)")
+    target_usage: float | None = _setting(
+        None, "cache usage (fraction of branch computations reused) the router is trained at and ends with: the "
+        "threshold follows the score at that rank at every iteration, so training builds and reads the cache as "
+        "inference at the target will; beta only pushes unneeded scores down. Unset: the fixed --threshold, and "
+        "beta alone sets the speed (as in the paper)")
+    threshold: float = _setting(0.1, "inference threshold in (0, 1) without a target usage (the cache is "
+                                "overwritten in training where score > threshold)")
+    guidance_scale: float = _setting(1.5, "classifier-free guidance of the training trajectories (<= 1: none)")
+    lambda_every: int = _setting(500, "iterations between IEPO lambda refreshes (C)")
+    lambda_samples: int = _setting(8, "fixed samples (over all processes) used to measure lambda")
+    lambda_floor: float = _setting(0.05, "lambda's floor, as a fraction of its mean, in [0, 1]")
+    init: str = _setting("random", "starting logits: random (randn, as the paper), uniform (all 0), compute, "
+                         "reuse, or static:N (FORA's compute-every-N schedule, logits +2 / -2)")
+    lambda_variant: str = _setting("stake", "IEPO lambda: stake or paper (see harmonica/training/objectives.py)",
+                                   choices=LAMBDA_VARIANTS)
+    history: int = _setting(1, "a skipped branch is forecast from its last HISTORY computed outputs with learned "
+                            f"coefficients (trained together with the scores), 1 to {MAX_HISTORY}; 1: plain reuse")
+    forecast_init: str = _setting("taylor", "the coefficients' start with --history > 1: taylor (polynomial "
+                                  "extrapolation through the steps where the branch is computed under the initial "
+                                  "schedule, TaylorSeer's forecast), taylor:N (order N) or reuse")
+    coefficient_lr: float = _setting(1e-3, "AdamW learning rate of the forecast coefficients")
+    seed: int = _setting(0, "seed of every random draw (trajectories, labels, lambda samples), >= 0")
+    checkpoint_every: int = _setting(10, "trajectories between checkpoints (accelerate state)")
+    output_dir: str = _setting("runs/router", "run folder: checkpoints, training_log.jsonl, summary.json, router/")
+    scheduler: str | None = _setting(None, "diffusers scheduler class to train with, e.g. DPMSolverMultistepScheduler "
+                                     "(unset: the pipeline's own)")
+    height: int | None = _setting(None, "image height of the training trajectories, for text-to-image families "
+                                  "that take it (unset: the pipeline's own)")
+    width: int | None = _setting(None, "image width of the training trajectories (unset: the pipeline's own)")
+    max_sequence_length: int | None = _setting(None, "prompt length in tokens, for text-to-image families that "
+                                               "take it (unset: the pipeline's own)")
+    num_frames: int | None = _setting(None, "video length of the training trajectories, for video families (Wan) "
+                                      "(unset: the pipeline's own)")
+    prompts: list[str] = _setting([], "text-to-image families: prompts the trajectories draw from")
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting of the wrong type or out of range."""
+        from ..cli import type_problems
+
+        problems = type_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.num_steps < 2:
+            raise ValueError(f"num_steps must be >= 2 (the first step always computes), got {self.num_steps}")
+        check_threshold(self.threshold)
+        if self.target_usage is not None and not 0 <= self.target_usage < 1:
+            raise ValueError(f"target_usage must be in [0, 1), got {self.target_usage}")
+        if not 1 <= self.history <= MAX_HISTORY:
+            raise ValueError(f"history must be from 1 to {MAX_HISTORY}, got {self.history}")
+        if self.objective == "ltc" and self.history != 1:
+            raise ValueError("the LTC objective trains reuse only (history 1)")
+        if self.lambda_variant not in LAMBDA_VARIANTS:
+            raise ValueError(f"lambda_variant must be one of {LAMBDA_VARIANTS}, got {self.lambda_variant!r}")
+        parse_init(self.init)
+        for name in ("trajectories", "batch_size", "lambda_every", "lambda_samples", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "beta", "guidance_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.coefficient_lr) and self.coefficient_lr > 0):
+            raise ValueError(f"coefficient_lr must be a finite number > 0, got {self.coefficient_lr}")
+        kind, _, order = self.forecast_init.partition(":")
+        if not (kind == "reuse" and not order or kind == "taylor" and (not order or order.isdigit())):
+            raise ValueError(f"forecast_init must be 'reuse', 'taylor' or 'taylor:N', got {self.forecast_init!r}")
+        for name in ("height", "width", "max_sequence_length", "num_frames"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 when given, got {getattr(self, name)}")
+        if not 0 <= self.lambda_floor <= 1:
+            raise ValueError(f"lambda_floor must be in [0, 1], got {self.lambda_floor}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not self.output_dir.strip():
+            raise ValueError("output_dir must not be empty")
+        if self.scheduler is not None:
+            import diffusers
+
+            klass = getattr(diffusers, self.scheduler, None)
+            if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
+                raise ValueError(f"scheduler must name a diffusers scheduler class (e.g. DDIMScheduler, "
+                                 f"DPMSolverMultistepScheduler), got {self.scheduler!r}")

@@ -1,0 +1,79 @@
+"""A router training run's folder: its counters (``TrainState``, checkpointed with the router), the settings it
+belongs to (``run_config.json``, checked before a resume) and its log (``training_log.jsonl``, cut back to the
+checkpoint on a resume)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..router import weights_distance
+
+# settings that may change between a run and its resumption
+RESUMABLE_CHANGES = ("checkpoint_every", "output_dir")
+
+
+class TrainState:
+    """Counters and IEPO weights, checkpointed with the router."""
+
+    def __init__(self, num_steps: int, first_refresh: int = 0):
+        self.trajectory = 0
+        self.iteration = 0
+        self.lam = torch.ones(num_steps)
+        self.lam[0] = 0.0
+        self.next_refresh = first_refresh  # iteration at or after which lambda is refreshed
+        self.refreshes = 0
+
+    def state_dict(self) -> dict:
+        return {"trajectory": self.trajectory, "iteration": self.iteration, "lam": self.lam.clone(),
+                "next_refresh": self.next_refresh, "refreshes": self.refreshes}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trajectory = int(state["trajectory"])
+        self.iteration = int(state["iteration"])
+        self.lam = state["lam"].clone()
+        self.next_refresh = int(state["next_refresh"])
+        self.refreshes = int(state["refreshes"])
+
+
+def check_same_run(output: Path, config, router, transformer, weights_summary: dict, accelerator) -> None:
+    """A run folder belongs to one set of settings: resuming its checkpoints with others would mix
+    two trainings (or, with fewer trajectories, return the old router as if newly trained)."""
+    path = output / "run_config.json"
+    current = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    current["layout"] = [router.pipeline_class, router.transformer_class, router.layout.groups]
+    # a router is tied to the weights it was trained on: a retrained model at the same path is another run
+    # (compared with weights_distance, so that the same weights in another dtype are the same run)
+    current["transformer_weights"] = weights_summary
+    current = json.loads(json.dumps(current))
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in set(saved) | set(current)
+                         if k != "transformer_weights" and saved.get(k) != current.get(k))
+        differ = [f"{k}={saved.get(k)!r} there, {current.get(k)!r} now" for k in changed]
+        distance, what = weights_distance(saved.get("transformer_weights"), transformer, weights_summary)
+        if not distance <= 1:
+            changed.append("transformer_weights")
+            differ.append(f"transformer_weights: {what}")
+        if changed:
+            raise ValueError(
+                f"{output} holds a router training run with other settings ({', '.join(changed)} "
+                f"differ: {', '.join(differ)}). Give a new --output_dir, or delete that folder to start over."
+            )
+    elif accelerator.is_main_process:
+        if (output / "checkpoints").exists():
+            raise ValueError(f"{output}/checkpoints has no run_config.json; give a new --output_dir")
+        path.write_text(json.dumps(current, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+
+
+def truncate_log(log_path: Path, iteration: int) -> None:
+    """After a resume, drop log rows written after the checkpoint."""
+    if not log_path.exists():
+        return
+    rows = [line for line in log_path.read_text().splitlines()
+            if line.strip() and json.loads(line)["iteration"] <= iteration]
+    log_path.write_text("".join(r + "\n" for r in rows))
