@@ -15,7 +15,7 @@ setting at or above that speed (lowest FD, PSNR breaking ties) and its paired di
 row with a 95% interval: "tie" when it contains 0, else "win" / "loss".
 
 Writes <out>/pareto.png (speedup vs FD, error bars on both axes), <out>/pareto.md (all points, then
-the level tables), <out>/pareto.json (points, timing, levels), <out>/bootstrap.npz (the resampled
+the level tables; with --results_page PATH also a docs page of them with the command and the commit), <out>/pareto.json (points, timing, levels), <out>/bootstrap.npz (the resampled
 figures of every point, so --plot_only redraws the level tables) and one JSON per point. Samples are
 kept in <out>/samples (seed set j > 0 in samples/set<j>), so an interrupted sweep resumes without
 regenerating them.
@@ -31,6 +31,7 @@ Method strings: NAME (default sweep), NAME=K1,K2,... (these knob values), NAME[=
 """
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def build_parser():
     t.add_argument("--levels", type=float, nargs="+", default=list(DEFAULT_LEVELS),
                    help="speed levels of the best-setting tables (speedups, e.g. 1.5 2 2.5)")
     p.add_argument("--out", default="outputs/pareto")
+    p.add_argument("--results_page", default=None, metavar="PATH",
+                   help="also write a docs page (e.g. docs/results-mine.md): the command, the commit, the plot "
+                        "(copied beside it) and the tables")
     p.add_argument("--plot_only", action="store_true",
                    help="redraw <out>/pareto.png and .md from <out>/pareto.json; with --speedup macs on a timed "
                         "sweep: <out>/pareto-macs.png and .md, the level tables by MACs speedup")
@@ -79,7 +83,7 @@ def main(argv=None):
     if args.compare:
         return compare(Path(args.out), args.compare)
     if args.plot_only:
-        return replot(Path(args.out), args.speedup)
+        return replot(Path(args.out), args.speedup, args.results_page)
     import dataclasses
 
     from accelerate import Accelerator
@@ -141,7 +145,9 @@ def main(argv=None):
         data = {"pipeline": str(args.pipeline), "setup": setup.describe(), "num_samples": args.num_samples,
                 "seed_sets": args.seed_sets, "bootstrap": {"resamples": args.bootstrap, "seed": args.bootstrap_seed},
                 "reference": reference_name, "extractor": dataclasses.asdict(extractor), "timing": timing,
-                "levels_asked": args.levels, "points": points}
+                "levels_asked": args.levels, "points": points,
+                "command": shlex.join(["python", "eval/pareto.py", *(sys.argv[1:] if argv is None else argv)]),
+                "commit": ev.source_commit()}
         if run.replicates:
             np.savez(out / "bootstrap.npz", **ev.replicates_to_arrays(run.replicates))
         elif (out / "bootstrap.npz").exists():
@@ -150,6 +156,8 @@ def main(argv=None):
         ev.write_json(out / "pareto.json", data)
         log(table)
         log(f"wrote {png}, {out / 'pareto.md'}, {out / 'pareto.json'}")
+        if args.results_page:
+            log(f"wrote {ev.results_page(args.results_page, data, table, png)}")
     accelerator.wait_for_everyone()
     return points if accelerator.is_main_process else None
 
@@ -220,11 +228,15 @@ def compare(out: Path, pairs: list[list[str]]) -> list:
     return differences
 
 
-def replot(out: Path, speedup: str = "measured"):
+def replot(out: Path, speedup: str = "measured", results_page: str | None = None):
+    from harmonica_bench import evaluation as ev
+
     data, replicates = load_sweep(out)
     key = "macs_speedup" if speedup == "macs" else None
-    _, png = write_table_and_plot(out, data, replicates, key)
+    table, png = write_table_and_plot(out, data, replicates, key)
     print(f"wrote {png}, {png.with_suffix('.md')}")
+    if results_page:
+        print(f"wrote {ev.results_page(results_page, data, table, png)}")
     return data["points"]
 
 

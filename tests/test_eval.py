@@ -611,6 +611,12 @@ def test_speed_and_pareto_scripts_end_to_end(dit_path, judge_dir, tmp_path):
     by_macs = (out / "pareto-macs.md").read_text()
     assert "among its points at or above the level's MACs speedup" in by_macs and (out / "pareto-macs.png").is_file()
     assert (out / "pareto.md").read_text() == table  # the measured tables stay as they were
+    # a docs page of the sweep: the command that made it, the commit, the plot beside it, the tables
+    assert data["command"].startswith("python eval/pareto.py --pipeline") and "--method fora=2,3" in data["command"]
+    script("pareto")["main"](["--plot_only", "--out", str(out), "--results_page", str(tmp_path / "docs" / "r.md")])
+    page = (tmp_path / "docs" / "r.md").read_text()
+    assert f"`{data['command']}`" in page and f"`{data['commit']}`" in page and table.strip() in page
+    assert "![speedup against FD](r.png)" in page and (tmp_path / "docs" / "r.png").stat().st_size > 1000
     # --compare: paired differences of two points on the same resamples, in both directions
     there, back = (script("pareto")["main"](["--out", str(out), "--compare", *pair]) for pair in
                    (["fora-2", "fora-3"], ["fora-3", "fora-2"]))

@@ -61,6 +61,8 @@ from .quality import QualityRun, mean_metrics, quality_metrics, save_sample_grid
 from .references import default_judge, default_reference, load_judge, reference_images
 from .report import (
     QUALITY_HEADER,
+    results_page,
+    source_commit,
     append_markdown,
     interval_of,
     knob_text,
@@ -110,7 +112,7 @@ __all__ = [
     "LiveTensorBytes", "load_judge", "load_pipeline", "mean_metrics", "measure_cost", "method_entries",
     "method_group", "over_sets", "paired_difference", "pareto_markdown", "pareto_plot", "point_errors", "prepare",
     "Prepared", "psnr", "quality_metrics", "quality_row", "replicates_from_arrays", "replicates_to_arrays", "QualityRun", "reference_images", "ReferenceStats",
-    "register_judge_extractor", "resolve_device", "resolve_extractor", "safe_name", "SampleData", "SamplingSetup",
+    "register_judge_extractor", "resolve_device", "results_page", "source_commit", "resolve_extractor", "safe_name", "SampleData", "SamplingSetup",
     "save_sample_grid", "save_samples", "seed_set", "setup_for", "setup_from_args", "similarity", "speed_benchmark",
     "speed_markdown", "speed_spread", "SpeedRow", "speedup_text", "ssim", "to_uint8", "value_text", "verdict",
     "weights_bytes", "weights_fingerprint", "with_kernel_setting", "write_json",

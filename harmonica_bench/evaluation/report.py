@@ -241,3 +241,50 @@ def _error_bars(pts: list[dict], xs: list[float], ys: list[float], speedup_key: 
             yerr[0][i] = yerr[1][i] = errors["std"]
             have_y = True
     return (xerr if have_x else None), (yerr if have_y else None)
+
+
+def source_commit(repo: str | Path | None = None) -> str | None:
+    """The git commit the code runs from (``<hash> + uncommitted changes`` when the tree is dirty), None outside
+    a git checkout."""
+    import subprocess
+
+    repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + (" + uncommitted changes" if dirty else "")
+
+
+def results_page(path: str | Path, data: dict, table: str, png: Path) -> Path:
+    """A docs page of a sweep: what was measured, by which command at which commit, the plot and the tables.
+    The plot is copied beside the page."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = path.with_name(f"{path.stem}.png")
+    shutil.copyfile(png, image)
+    setup = data["setup"]
+    sets = data.get("seed_sets", 1) or 1
+    boot = (data.get("bootstrap") or {}).get("resamples")
+    lines = [
+        f"# Results: {Path(str(data['pipeline'])).name}",
+        "",
+        f"{data['num_samples']} samples per point" + (f" x {sets} seed sets" if sets > 1 else "")
+        + f", {setup['num_inference_steps']} steps, guidance {setup['guidance_scale']}"
+        + (f", {boot} paired bootstrap resamples" if boot else "") + ".",
+        "",
+        f"Measured by `{data.get('command') or 'eval/pareto.py (command not recorded)'}` at commit "
+        f"`{data.get('commit') or 'unknown'}`.",
+        "",
+        f"![speedup against FD]({image.name})",
+        "",
+        table.rstrip(),
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    return path
