@@ -50,11 +50,8 @@ from .metrics import (
     feature_vectors,
     judge_hits,
     judge_input,
-    psnr,
     register_judge_extractor,
     resolve_extractor,
-    similarity,
-    ssim,
 )
 from .prepare import Prepared, check_one_count, measure_cost, prepare
 from .quality import QualityRun, mean_metrics, quality_metrics, save_sample_grid
@@ -87,6 +84,7 @@ from .sampling import (
     setup_for,
     to_uint8,
 )
+from .similarity import psnr, similarity, ssim
 from .speed import SpeedRow, above_macs_bound, speed_benchmark, speed_spread
 from .stats import (
     Bootstrap,

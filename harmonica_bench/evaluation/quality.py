@@ -12,7 +12,8 @@ import torch
 
 from .. import methods
 from ..viz import save_image_grid
-from .metrics import class_accuracies, feature_vectors, fidelity_metrics, judge_hits, psnr, similarity, ssim
+from .metrics import class_accuracies, feature_vectors, fidelity_metrics, judge_hits
+from .similarity import psnr, similarity, ssim
 from .prepare import measure_cost, prepare
 from .sampling import SamplingSetup, generate_distributed, seed_set
 from .stats import Bootstrap, ReferenceStats, SampleData, fd_between, point_errors
