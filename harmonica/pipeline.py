@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from .families import SUPPORTED_PIPELINES, UnsupportedPipelineError, unsupported
-from .router import HarmoniCaRouter, RouterError
+from .router import ROUTERS, HarmoniCaRouter, RouterError
 
 ROUTER_SUBFOLDER = "router"
 
@@ -92,7 +92,7 @@ def load_router(router, model_path=None, **hub_kwargs) -> HarmoniCaRouter:
     offline (HF_HUB_OFFLINE=1) or cannot be reached, and the local cache does not have it, a RouterError
     says so at once instead of retrying.
     """
-    if isinstance(router, HarmoniCaRouter):
+    if isinstance(router, ROUTERS):
         return router.validate()
     if router is None:
         if model_path is not None and (Path(model_path) / ROUTER_SUBFOLDER / "config.json").is_file():

@@ -464,7 +464,7 @@ def test_apply_harmonica_config_is_enable_and_takes_a_router_folder(dit_path, tm
     assert harmonica.stats(pipe).cache_usage > 0.3
     with pytest.raises(RouterError, match="threshold must be"):
         harmonica.HarmoniCaConfig(router=rdir, threshold=1.5)
-    with pytest.raises(TypeError, match="router must be a HarmoniCaRouter, a router folder or a hub id"):
+    with pytest.raises(TypeError, match="router must be a HarmoniCaRouter, a NoiseLevelRouter, a router folder or a hub id"):
         harmonica.HarmoniCaConfig(router=3)
     with pytest.raises(RouterError, match="no router at"):
         harmonica.enable(pipe, tmp_path / "missing")

@@ -28,17 +28,21 @@ def controller(pipe) -> HarmoniCa | None:
     return None
 
 
-def enable(pipe, router, threshold: float | None = None, fused: bool = True):
-    """Attach ``router`` (a ``HarmoniCaRouter``, a router folder or a hub id) to ``pipe``'s transformer(s),
-    replacing a router already attached. Returns ``pipe``.
+def enable(pipe, router, threshold: float | None = None, fused: bool = True, speedup: float | None = None):
+    """Attach ``router`` (a ``HarmoniCaRouter`` or ``NoiseLevelRouter``, a router folder or a hub id) to
+    ``pipe``'s transformer(s), replacing a router already attached. Returns ``pipe``.
+
+    A noise-level router serves any step count and any scheduler it was trained for; with ``speedup``
+    (e.g. 2.0) every call computes the branches it scores highest until the call's transformer MACs are at
+    most ``1 / speedup`` of full computation (``harmonica.stats(pipe).macs_speedup`` says what was reached).
 
     The hooks live on the transformer: every pipeline sharing it (``from_pipe``, ``Pipeline(**components)``)
     runs with this router, each with its own scheduler. ``fused=False`` applies reused branches one by one
     (the torch reference wherever a block must be replaced as a whole), for measuring the kernel.
     Every check runs before anything is attached: on error the pipeline is left as it was. The same as
-    ``apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused))``.
+    ``apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup))``.
     """
-    return apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused))
+    return apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup))
 
 
 def disable(pipe):

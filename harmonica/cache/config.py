@@ -10,10 +10,12 @@ checked against the pipeline's classes and the step of each forward is found thr
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
-from ..router import HarmoniCaRouter, check_threshold
+from ..router import ROUTERS, HarmoniCaRouter, NoiseLevelRouter, check_threshold
 from .controller import HarmoniCa
 
 
@@ -27,16 +29,24 @@ class HarmoniCaConfig:
             None: the router's own.
         fused: replace runs of fully reused blocks by the fused gather-apply kernel; False applies reused
             branches one by one (for measuring the kernel).
+        speedup: with a noise-level router, the transformer-MACs speedup every call is planned for (instead of
+            the threshold); None: the threshold.
     """
 
-    router: HarmoniCaRouter | str | os.PathLike
+    router: HarmoniCaRouter | NoiseLevelRouter | str | os.PathLike
     threshold: float | None = None
     fused: bool = True
+    speedup: float | None = None
 
     def __post_init__(self):
-        if not isinstance(self.router, (HarmoniCaRouter, str, os.PathLike)):
-            raise TypeError(f"router must be a HarmoniCaRouter, a router folder or a hub id, got "
+        if not isinstance(self.router, (*ROUTERS, str, os.PathLike)):
+            raise TypeError(f"router must be a HarmoniCaRouter, a NoiseLevelRouter, a router folder or a hub id, got "
                             f"{type(self.router).__name__}")
+        if self.speedup is not None and not (isinstance(self.speedup, numbers.Real) and math.isfinite(self.speedup)
+                                             and self.speedup >= 1):
+            raise ValueError(f"speedup must be a number >= 1 (the transformer-MACs speedup), got {self.speedup!r}")
+        if self.speedup is not None and self.threshold is not None:
+            raise ValueError("give a threshold or a speedup, not both")
         if self.threshold is not None:
             self.threshold = check_threshold(self.threshold)
         if not isinstance(self.fused, bool):
@@ -54,7 +64,7 @@ def apply_harmonica(pipe, config: HarmoniCaConfig):
     if not isinstance(config, HarmoniCaConfig):
         raise TypeError(f"config must be a HarmoniCaConfig, got {type(config).__name__}")
     router = load_router(config.router)
-    new = HarmoniCa(pipe, router, config.threshold, fused=config.fused)
+    new = HarmoniCa(pipe, router, config.threshold, fused=config.fused, speedup=config.speedup)
     disable(pipe)
     new.attach()
     return pipe

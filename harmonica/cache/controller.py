@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import warnings
 import weakref
 from typing import TYPE_CHECKING
 
@@ -12,7 +14,7 @@ from diffusers.hooks import HookRegistry
 from ..families import family_for, pipeline_transformers, transformer_blocks
 from ..families.spec import bind_call
 from ..macs import count_macs
-from ..router import HarmoniCaRouter, check_threshold
+from ..router import HarmoniCaRouter, NoiseLevelRouter, RouterError, check_threshold
 from ..steps import StepLocator, calling_pipeline
 from .hooks import BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, BlockHook, BranchHook, StepHook
 from .layout import describe
@@ -27,13 +29,19 @@ if TYPE_CHECKING:
 class HarmoniCa:
     """The controller behind the hooks of one pipeline's transformer(s): router, plan and call states."""
 
-    def __init__(self, pipe, router: HarmoniCaRouter, threshold: float | None, fused: bool = True,
-                 keep: int | None = None):
+    def __init__(self, pipe, router: HarmoniCaRouter | NoiseLevelRouter, threshold: float | None, fused: bool = True,
+                 keep: int | None = None, speedup: float | None = None):
         """``keep``: keep every branch's last ``keep`` outputs and run the forwards router training drives
-        (``harmonica.cache.drive``) instead of following the router's schedule."""
+        (``harmonica.cache.drive``) instead of following the router's schedule. ``speedup``: a noise-level
+        router's transformer-MACs target for every call (instead of its threshold)."""
         self.family = family_for(pipe)
         self.keep = keep
         self.router = router.validate()
+        self.per_call = isinstance(router, NoiseLevelRouter)  # its schedule is resolved at each call's timesteps
+        if speedup is not None and not self.per_call:
+            raise RouterError("a speedup target needs a noise-level router (NoiseLevelRouter); a step router's speed "
+                              "is set by its threshold")
+        self.speedup = speedup
         self.fused = bool(fused)
         self.threshold = router.threshold if threshold is None else check_threshold(threshold)
         self.layout = describe(pipe)
@@ -43,7 +51,15 @@ class HarmoniCa:
             router.check_weights(transformer)
         self.blocks = [transformer_blocks(self.family, t) for t in self.transformers]
         self.locators = [StepLocator(self.family, t) for t in self.transformers]
-        self.set_schedule(router.schedule(self.threshold))
+        self.block_level = [Plan.block_levels(blocks, self.fused) for blocks in self.blocks]
+        self.call_plans: dict[tuple, Plan] = {}
+        self.warned: set[int] = set()
+        if not self.per_call:
+            self.set_schedule(router.schedule(self.threshold))
+        elif keep is not None:  # driven by router training: the plan keeps every branch, whatever the schedule
+            one = [[True] * self.layout.num_slots]
+            self.plans = [Plan(blocks, one, [[[1.0]] * self.layout.num_slots], self.fused, keep)
+                          for blocks in self.blocks]
         self.active = True
         self.drive: Drive | None = None  # set by router training for the forwards it drives
         self.driven_states: dict[tuple[int, str], CacheState] = {}
@@ -76,13 +92,14 @@ class HarmoniCa:
             modules.extend(m for b in blocks for m in b.modules)
         for m in modules:
             self._restore.append((m, "_diffusers_hook" in m.__dict__, "forward" in m.__dict__))
-        for t_index, (transformer, blocks, plan) in enumerate(zip(self.transformers, self.blocks, self.plans)):
+        for t_index, (transformer, blocks, block_level) in enumerate(zip(self.transformers, self.blocks,
+                                                                         self.block_level)):
             for block in blocks:
                 for slot, branch, module in zip(block.slots, block.branches, block.modules):
                     name = f"{block.list_name}[{block.index}].{branch.name}"
                     hook = BranchHook(self, slot, name, branch.elements)
                     HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, BRANCH_HOOK)
-                if plan.block_level[block.index]:
+                if block_level[block.index]:
                     registry = HookRegistry.check_if_exists_or_initialize(block.module)
                     registry.register_hook(BlockHook(self, block), BLOCK_HOOK)
             registry = HookRegistry.check_if_exists_or_initialize(transformer)
@@ -145,25 +162,68 @@ class HarmoniCa:
         new_call = (record is None or not record.belongs_to(position.pipeline) or key in record.finished
                     or (state is not None and position.step <= state.step))
         if new_call:
-            self.router.check_compatible(self.layout, position.num_steps)
-            if position.timesteps is not None:
-                self.router.check_timesteps(position.timesteps)
+            self.check_call(position)
             record = self.records[thread] = CallRecord(position.pipeline)
             state = None
+        shape = self.shape_key(t_index, args, kwargs)
         if state is None:
             for other in [k for k in record.states if k[1] == key[1] and k[0] != t_index]:
                 record.states.pop(other)  # the pipeline switched experts (Wan 2.2): the other cache is done
-            state = record.states[key] = CacheState(self.plans[t_index])
+            state = record.states[key] = CacheState(self.plan_for(t_index, position, shape))
         fill = state.step is None  # a state's first forward computes everything and fills the cache
         state.step = position.step
         plan = state.plan
         compute = [True] * plan.num_slots if fill else plan.schedule[position.step]
-        shape = self.shape_key(t_index, args, kwargs)
         counting = [0] * plan.num_slots if shape not in self.macs_table and fill else None
         values = None if fill else plan.coefficients[position.step]
         table = None if fill else plan.step_coefficients(position.step, self._device(t_index))
         return Forward(state, compute, None if fill else plan.fused[position.step], counting, values, table, position,
                        key, record, shape)
+
+    def check_call(self, position) -> None:
+        """At a call's first forward: the router against the call's scheduler (swapped after enable too), its
+        step count and timesteps."""
+        scheduler = getattr(position.pipeline, "scheduler", None)
+        if self.per_call:
+            if scheduler is not None:
+                warning = self.router.check_call(scheduler, position.num_steps)
+                if warning and position.num_steps not in self.warned:
+                    self.warned.add(position.num_steps)
+                    warnings.warn(warning, stacklevel=2)
+            return
+        self.router.check_compatible(self.layout, position.num_steps)
+        if scheduler is not None and self.router.scheduler_class:
+            self.router.check_compatible(dataclasses.replace(self.layout, scheduler_class=type(scheduler).__name__))
+        if position.timesteps is not None:
+            self.router.check_timesteps(position.timesteps)
+
+    def plan_for(self, t_index: int, position, shape: tuple) -> Plan:
+        """The plan of a new call's cache state: the enable-time plan of a step router; a noise-level router's
+        schedule resolved at the call's timesteps (and, with a speedup, the branches' MACs at this input
+        shape: the first call of a shape keeps one output of every branch until its first forward has
+        measured them, see ``replan``)."""
+        if not self.per_call:
+            return self.plans[t_index]
+        timesteps = position.timesteps
+        if timesteps is None:  # the step came from the pipeline's cache context (Wan)
+            timesteps = tuple(float(t) for t in position.pipeline.scheduler.timesteps)
+        macs = None
+        if self.speedup is not None:
+            macs = self.macs_table.get(shape)
+            if macs is None:
+                slots = self.layout.num_slots
+                return Plan(self.blocks[t_index], [[True] * slots], [[[1.0]] * slots], self.fused, keep=1,
+                            pending=timesteps)
+        key = (t_index, timesteps, None if macs is None else shape)
+        if key not in self.call_plans:
+            total, per_slot = macs if macs is not None else (0, None)
+            resolution = self.router.resolve(timesteps, self.threshold, self.speedup, per_slot,
+                                             total - sum(per_slot or ()))
+            if len(self.call_plans) >= 64:
+                self.call_plans.clear()
+            self.call_plans[key] = Plan(self.blocks[t_index], resolution.schedule, resolution.coefficients,
+                                        self.fused)
+        return self.call_plans[key]
 
     def driven_forward(self, hook: StepHook) -> Forward:
         """A forward router training drives: its step and mode are given; one cache per cache context."""
@@ -179,6 +239,10 @@ class HarmoniCa:
     @torch.compiler.disable
     def end_forward(self, forward: Forward) -> None:
         record, position = forward.record, forward.position
+        pending = forward.state.plan.pending
+        if pending is not None:  # the first call of this shape: its branches' MACs are measured now
+            forward.state.replan(self.plan_for(forward.key[0], dataclasses.replace(position, timesteps=pending),
+                                               forward.shape))
         total, per_slot = self.macs_table.get(forward.shape, (0, [0] * len(forward.compute)))
         reused = [s for s, c in enumerate(forward.compute) if not c]
         st = record.stats

@@ -29,8 +29,9 @@ class Plan:
     """
 
     def __init__(self, blocks: list[BlockInfo], schedule: list[list[bool]], coefficients, fused: bool,
-                 keep: int | None = None):
+                 keep: int | None = None, pending: tuple | None = None):
         self.blocks = blocks
+        self.pending = pending  # a provisional plan: the call's timesteps, its schedule resolved after step 0
         self.schedule = schedule
         self.coefficients = coefficients
         self.num_slots = sum(len(b.branches) for b in blocks)
@@ -51,8 +52,13 @@ class Plan:
                     first = self.capacity.get(stream, 0)
                     self.entries[slot, element] = (stream, first, depth[slot])
                     self.capacity[stream] = first + depth[slot]
-        self.block_level = [b.kind.whole_block or (fused and b.kind.fusable(b.module)) for b in blocks]
+        self.block_level = self.block_levels(blocks, fused)
         self.fused = [self._runs(row) if step > 0 else None for step, row in enumerate(schedule)]
+
+    @staticmethod
+    def block_levels(blocks: list[BlockInfo], fused: bool) -> list[bool]:
+        """Per block: whether a block-level hook serves it (a whole-block branch, or fused runs)."""
+        return [b.kind.whole_block or (fused and b.kind.fusable(b.module)) for b in blocks]
 
     @staticmethod
     def _depths(schedule, coefficients) -> dict[int, int]:

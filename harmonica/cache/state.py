@@ -64,6 +64,14 @@ class CacheState:
             outputs = [o.clone() for o in outputs]          # the pool overwrites in place before the backward
         return forecast(outputs, coefs)
 
+    def replan(self, plan: Plan) -> None:
+        """Follow ``plan`` from now on, moving the kept outputs it needs out of the provisional pools."""
+        old_plan, old_pools, old_kept = self.plan, self.pools, self.kept
+        self.plan, self.pools, self.kept = plan, {}, {}
+        for (slot, element), (stream, first, _) in old_plan.entries.items():
+            for i in reversed(range(old_kept.get((slot, element), 0))):  # oldest first
+                self.store(slot, element, old_pools[stream].read(first + i))
+
     @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.pools.values())

@@ -13,7 +13,11 @@ from .layout import RouterError
 
 
 class RouterFiles:
-    """Saving and loading for ``HarmoniCaRouter`` (which provides ``validate`` and ``config_dict``)."""
+    """Saving and loading for ``HarmoniCaRouter`` and ``NoiseLevelRouter`` (which provide ``validate``,
+    ``config_dict`` and ``kind``). ``HarmoniCaRouter.from_pretrained`` loads either kind, by the ``kind`` its
+    config.json records (absent: a step-indexed router)."""
+
+    kind = "step"
 
     @property
     def config_dict(self) -> dict:
@@ -45,7 +49,17 @@ class RouterFiles:
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, config: dict | None = None, **kwargs):
-        check_config(config, model_id)
+        kind = (config or {}).get("kind", "step") if isinstance(config, dict) else "step"
+        if kind != cls.kind:
+            other = ROUTER_KINDS.get(kind)
+            if other is None or cls.kind != "step":
+                raise RouterError(f"the router at {model_id} is a {kind!r} router, not a {cls.kind!r} one; load it with "
+                                  "HarmoniCaRouter.from_pretrained or harmonica.enable, which take every kind")
+            own = set(cls._hub_mixin_init_parameters)  # the config values the hub mixin added for this class
+            hub = {k: v for k, v in kwargs.items() if k not in own}
+            params = {k: config[k] for k in other._hub_mixin_init_parameters if k in config}
+            return other._from_pretrained(model_id=model_id, config=config, **hub, **params)
+        check_config(config, model_id, cls.CONFIG_KEYS)
         return super()._from_pretrained(model_id=model_id, **kwargs)
 
     @classmethod
@@ -77,9 +91,10 @@ CONFIG_KEYS = ("num_steps", "blocks", "pipeline_class", "transformer_class", "sc
                "timesteps", "history", "training")
 OLD_FORMAT_KEYS = ("num_blocks", "branches")  # harmonica 0.1's first format: one block list
 CLASS_KEYS = ("pipeline_class", "transformer_class", "scheduler_class")
+ROUTER_KINDS: dict[str, type] = {}  # kind -> class, filled by the router classes (harmonica.router)
 
 
-def check_config(config: dict | None, where) -> None:
+def check_config(config: dict | None, where, keys=CONFIG_KEYS) -> None:
     """Refuse a router config.json with unknown keys or without the classes it was made for (an empty
     class name would switch that compatibility check off)."""
     if config is None:
@@ -92,13 +107,13 @@ def check_config(config: dict | None, where) -> None:
             "this version no longer reads: load and save it again with harmonica 0.1.0 "
             "(HarmoniCaRouter.from_pretrained(path).save_pretrained(path)), or retrain it"
         )
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    unknown = sorted(set(config) - set(keys))
     if unknown:
         raise RouterError(
-            f"the config.json of the router at {where} has unknown keys {unknown} (known: {', '.join(CONFIG_KEYS)}); "
+            f"the config.json of the router at {where} has unknown keys {unknown} (known: {', '.join(keys)}); "
             "it was not written by this version of harmonica or was edited by hand"
         )
-    empty = [k for k in CLASS_KEYS if not isinstance(config.get(k), str) or not config.get(k)]
+    empty = [k for k in CLASS_KEYS if k in keys and (not isinstance(config.get(k), str) or not config.get(k))]
     if empty:
         raise RouterError(
             f"the config.json of the router at {where} does not name the {', '.join(empty)} it was made for; "

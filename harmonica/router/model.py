@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import numbers
-import warnings
 from typing import Sequence
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .files import RouterFiles
+from .files import CONFIG_KEYS, RouterFiles
 from .layout import RouterError, RouterLayout
 from .schedule import (DEFAULT_THRESHOLD, LOGIT_BOUND, MAX_HISTORY, STATIC_INIT_LOGIT, check_threshold, parse_init,
                        static_steps, taylor_coefficients)
-from .weights import weights_distance
+from .weights import warn_if_other_weights
 
 TIMESTEP_TOLERANCE = 1e-3  # relative; a router's recorded timesteps vs a call's
 
@@ -40,6 +39,8 @@ class HarmoniCaRouter(
         history: how many of a branch's last computed outputs a forecast combines (1: reuse).
         training: free-form record of how the router was made (objective, command, ...).
     """
+
+    CONFIG_KEYS = CONFIG_KEYS
 
     def __init__(
         self,
@@ -273,19 +274,9 @@ class HarmoniCaRouter(
                 )
 
     def check_weights(self, transformer: nn.Module) -> None:
-        """Warn when the router was trained on other weights of the same architecture (a retrained or
-        fine-tuned model): it still runs, but its schedule was not learned for these weights. The same
-        weights cast to fp16 / bf16 do not warn (see ``weights_distance``)."""
-        trained_on = self.training_info.get("transformer_weights")
-        if trained_on is None:
-            return
-        distance, what = weights_distance(trained_on, transformer)
-        if not distance <= 1:
-            warnings.warn(
-                f"this router was trained on other transformer weights ({what}): its cache schedule may not fit "
-                "this model and images may degrade; retrain the router for these weights (train/train_router.py)",
-                stacklevel=3,
-            )
+        """Warn when the router was trained on other weights of the same architecture (see
+        ``weights.warn_if_other_weights``)."""
+        warn_if_other_weights(self.training_info, transformer)
 
 
 def _short(values: Sequence[float], n: int = 4) -> str:

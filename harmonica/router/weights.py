@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -97,3 +98,19 @@ def weights_distance(recorded, module: nn.Module, summary: dict | None = None) -
     name = names[i] if i < len(names) else f"tensor {i}"
     return worst / WEIGHTS_SUMMARY_TOLERANCE, (f"{name}: {stat} moved by {move:.3g} bf16 rounding errors of the "
                                                f"tensor, the tolerance for a cast is {WEIGHTS_SUMMARY_TOLERANCE:g}")
+
+
+def warn_if_other_weights(training_info: dict, transformer: nn.Module) -> None:
+    """Warn when a router was trained on other weights of the same architecture (a retrained or fine-tuned
+    model): it still runs, but its schedule was not learned for these weights. The same weights cast to
+    fp16 / bf16 do not warn (see ``weights_distance``)."""
+    trained_on = training_info.get("transformer_weights")
+    if trained_on is None:
+        return
+    distance, what = weights_distance(trained_on, transformer)
+    if not distance <= 1:
+        warnings.warn(
+            f"this router was trained on other transformer weights ({what}): its cache schedule may not fit "
+            "this model and images may degrade; retrain the router for these weights (train/train_router.py)",
+            stacklevel=4,
+        )

@@ -1,0 +1,168 @@
+"""The noise-level router: one router for every step count, scheduler it was trained for, and speed."""
+
+import warnings
+
+import pytest
+import torch
+from conftest import generator
+from diffusers import DDIMScheduler, DiTPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+import harmonica
+from harmonica import HarmoniCaRouter, RouterError
+from harmonica.router import NoiseLevelRouter, newton_coefficients, noise_levels, taylor_coefficients
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def images(pipe, steps, labels=(1, 2), seed=0):
+    return pipe(list(labels), guidance_scale=1.5, num_inference_steps=steps, generator=generator(seed),
+                output_type="pt").images
+
+
+def static_noise_router(pipe, every=2, history=2, **kwargs) -> NoiseLevelRouter:
+    """A noise-level router made from a static step router at 20 DDIM steps (FORA's every-other-step)."""
+    step = HarmoniCaRouter.static(harmonica.describe(pipe), 20, compute_every=every, history=history,
+                                  threshold=0.5)
+    pipe.scheduler.set_timesteps(20)
+    step.timesteps = [float(t) for t in pipe.scheduler.timesteps]
+    return NoiseLevelRouter.from_step_router(step, **kwargs)
+
+
+# ------------------------------------------------------------------------------ the forecast
+def test_newton_forecast_is_lagrange_with_unit_gains_and_reuse_with_zero_gains():
+    points = [0.5, 0.55, 0.7]  # uneven spacing
+    weights = newton_coefficients(0.4, points, [1.0, 1.0])
+    poly = lambda s: 3 * s**2 - 2 * s + 1  # a quadratic is extrapolated exactly
+    assert sum(w * poly(p) for w, p in zip(weights, points)) == pytest.approx(poly(0.4))
+    assert newton_coefficients(0.4, points, [0.0, 0.0]) == [1.0, 0.0, 0.0]
+    gains = torch.tensor([0.5, 0.25], requires_grad=True)  # differentiable in the gains (router training)
+    sum(newton_coefficients(0.4, points, gains)).backward()
+    assert gains.grad is not None
+
+
+def test_even_spacing_gives_the_step_routers_taylor_coefficients(dit_path):
+    """At evenly spaced timesteps the forecast in the noise level is TaylorSeer's in step units."""
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    router = static_noise_router(pipe, every=3, history=3, taylor_order=2)
+    pipe.scheduler.set_timesteps(10)
+    resolution = router.resolve([float(t) for t in pipe.scheduler.timesteps])
+    expected = taylor_coefficients(resolution.schedule, 3, 2)
+    for got_step, want_step in zip(resolution.coefficients, expected):
+        for got, want in zip(got_step, want_step):
+            assert got == pytest.approx(want, abs=1e-9)
+    assert any(len([c for c in row if c]) == 3 for step in resolution.coefficients for row in step)
+
+
+def test_noise_levels_are_t_over_T_and_flow_matching_sigmas():
+    assert noise_levels([999, 500, 0], 1000) == [0.999, 0.5, 0.0]
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(8)
+    levels = noise_levels(scheduler.timesteps.tolist(), scheduler.config.num_train_timesteps)
+    assert levels == pytest.approx(scheduler.sigmas[:-1].tolist(), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ every step count, one speed
+@pytest.mark.parametrize("steps", [12, 20, 31])
+def test_speedup_is_met_within_two_percent_at_every_step_count(dit_path, steps):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    pipe.set_progress_bar_config(disable=True)
+    stock = images(pipe, steps)
+    harmonica.enable(pipe, static_noise_router(pipe), speedup=2.0)
+    first = images(pipe, steps)  # a new input shape: the schedule is resolved after the first forward
+    reached = harmonica.stats(pipe).macs_speedup
+    second = images(pipe, steps)  # the shape is known: resolved at the call's start
+    assert reached == pytest.approx(2.0, rel=0.02) and harmonica.stats(pipe).macs_speedup == reached
+    assert torch.equal(first, second)
+    assert 0 < (first - stock).abs().max() < 0.5 and harmonica.stats(pipe).cache_usage > 0.3
+
+
+def test_one_router_serves_every_trained_scheduler_and_refuses_others(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    pipe.set_progress_bar_config(disable=True)
+    router = static_noise_router(pipe, schedulers=["DDIMScheduler", "DPMSolverMultistepScheduler"])
+    harmonica.enable(pipe, router, speedup=1.5)
+    images(pipe, 10)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # swapped after enable
+    images(pipe, 14)
+    assert harmonica.stats(pipe).macs_speedup == pytest.approx(1.5, rel=0.02)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(RouterError, match="DDIMScheduler, DPMSolverMultistepScheduler scheduler.*EulerDiscrete"):
+        images(pipe, 10)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    images(pipe, 10)  # the refused call left nothing behind
+
+
+def test_step_count_outside_the_trained_range_warns_naming_it(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    pipe.set_progress_bar_config(disable=True)
+    harmonica.enable(pipe, static_noise_router(pipe, step_range=(10, 30)))
+    with pytest.warns(UserWarning, match="trained on 10 to 30 steps and the call runs 6"):
+        images(pipe, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images(pipe, 12)
+
+
+def test_unreachable_speedup_names_the_range_and_the_pipeline_still_works(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    pipe.set_progress_bar_config(disable=True)
+    router = static_noise_router(pipe)
+    harmonica.enable(pipe, router, speedup=50.0)
+    with pytest.raises(RouterError, match=r"speedup must be from 1 to [\d.]+ at 8 steps"):
+        images(pipe, 8)
+    harmonica.enable(pipe, router, speedup=2.0)
+    images(pipe, 8)
+    assert harmonica.stats(pipe).macs_speedup == pytest.approx(2.0, rel=0.05)
+    with pytest.raises(ValueError, match="speedup must be a number >= 1"):
+        harmonica.enable(pipe, router, speedup=0.5)
+    with pytest.raises(ValueError, match="a threshold or a speedup, not both"):
+        harmonica.enable(pipe, router, speedup=2.0, threshold=0.5)
+    assert harmonica.controller(pipe).speedup == 2.0  # refused enables changed nothing
+    step_router = HarmoniCaRouter.static(harmonica.describe(pipe), 8)
+    with pytest.raises(RouterError, match="speedup target needs a noise-level router"):
+        harmonica.enable(pipe, step_router, speedup=2.0)
+
+
+def test_threshold_rule_follows_the_interpolated_scores(dit_path):
+    """Without a speedup, the branches computed are those scored above the threshold at the call's levels:
+    the static every-other-step schedule at 20 steps comes back at 20 steps."""
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    router = static_noise_router(pipe)
+    pipe.scheduler.set_timesteps(20)
+    schedule = torch.tensor(router.resolve([float(t) for t in pipe.scheduler.timesteps]).schedule)
+    assert schedule[::2].all() and not schedule[1::2].any()
+
+
+# ------------------------------------------------------------------------------ files
+def test_saved_noise_level_router_loads_through_every_entry_point(dit_path, tmp_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    pipe.set_progress_bar_config(disable=True)
+    router = static_noise_router(pipe)
+    router.save_pretrained(tmp_path / "nl")
+    loaded = HarmoniCaRouter.from_pretrained(tmp_path / "nl")  # takes every kind
+    assert isinstance(loaded, NoiseLevelRouter) and torch.equal(loaded.logits, router.logits)
+    assert loaded.schedulers == ["DDIMScheduler"] and loaded.step_range == [2, 1000]
+    harmonica.enable(pipe, tmp_path / "nl", speedup=2.0)
+    images(pipe, 9)
+    assert harmonica.stats(pipe).macs_speedup == pytest.approx(2.0, rel=0.05)
+    HarmoniCaRouter.static(harmonica.describe(pipe), 4).save_pretrained(tmp_path / "step")
+    with pytest.raises(RouterError, match="is a 'step' router, not a 'noise-level' one"):
+        NoiseLevelRouter.from_pretrained(tmp_path / "step")
+
+
+def test_step_router_refuses_a_scheduler_swapped_after_enable(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    pipe.set_progress_bar_config(disable=True)
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), 6))
+    images(pipe, 6)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(RouterError, match="made for a DDIMScheduler scheduler, this one is a DPMSolverMultistep"):
+        images(pipe, 6)
