@@ -83,7 +83,8 @@ def main(argv=None):
     accelerator = Accelerator(cpu=device == "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = ev.load_pipeline(args.pipeline, accelerator.device if device != "cpu" else "cpu", args.dtype)
+    pipe = ev.load_pipeline(args.pipeline, accelerator.device if device != "cpu" else "cpu", args.dtype,
+                            args.scheduler)
     setup = ev.setup_from_args(args, pipe)
     log = accelerator.print
     entries = ev.method_entries(args.method or ["none"], pipe, setup, pipeline_path=args.pipeline, log=log)

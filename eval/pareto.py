@@ -98,7 +98,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = ev.resolve_device(args.device)
     accelerator = Accelerator(cpu=device == "cpu")
-    pipe = ev.load_pipeline(args.pipeline, accelerator.device if device != "cpu" else "cpu", args.dtype)
+    pipe = ev.load_pipeline(args.pipeline, accelerator.device if device != "cpu" else "cpu", args.dtype,
+                            args.scheduler)
     setup = ev.setup_from_args(args, pipe)
     log = accelerator.print
     specs = args.method or ev.default_method_specs(args.pipeline)

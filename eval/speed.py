@@ -49,7 +49,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = ev.resolve_device(args.device)
-    pipe = ev.load_pipeline(args.pipeline, device, args.dtype)
+    pipe = ev.load_pipeline(args.pipeline, device, args.dtype, args.scheduler)
     setup = ev.setup_from_args(args, pipe)
     specs = args.method or ev.default_method_specs(args.pipeline)
     entries = ev.method_entries(specs, pipe, setup, pipeline_path=args.pipeline)

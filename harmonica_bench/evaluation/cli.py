@@ -32,6 +32,9 @@ def add_pipeline_args(p, default_steps: int = 20, default_batch: int = 16) -> No
     g.add_argument("--height", type=int, default=None, help="text-to-image: image height")
     g.add_argument("--width", type=int, default=None, help="text-to-image: image width")
     g.add_argument("--max_sequence_length", type=int, default=None, help="text-to-image: prompt token budget")
+    g.add_argument("--scheduler", default=None,
+                   help="a diffusers scheduler class to sample with, built from the pipeline's scheduler config "
+                        "(e.g. DPMSolverMultistepScheduler; default: the pipeline's own)")
     g.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 

@@ -54,8 +54,9 @@ def family_call_kwargs(pipe, setup: "SamplingSetup", indices: list) -> dict:
 
 
 # ================================================================================ loading
-def load_pipeline(path: str | Path, device: str = "cpu", dtype: str = "float32"):
-    """A stock diffusers pipeline of a supported family on ``device``, progress bars off."""
+def load_pipeline(path: str | Path, device: str = "cpu", dtype: str = "float32", scheduler: str | None = None):
+    """A stock diffusers pipeline of a supported family on ``device``, progress bars off; ``scheduler``: a
+    diffusers scheduler class name, built from the pipeline's scheduler config."""
     import diffusers
     from diffusers import DiffusionPipeline
 
@@ -66,6 +67,12 @@ def load_pipeline(path: str | Path, device: str = "cpu", dtype: str = "float32")
     kwargs = {} if dtype == "float32" else {"torch_dtype": getattr(torch, dtype)}
     pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
     family_for(pipe)  # raises, naming the supported pipelines
+    if scheduler:
+        klass = getattr(diffusers, scheduler, None)
+        if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
+            raise SystemExit(f"--scheduler must name a diffusers scheduler class (e.g. DDIMScheduler, "
+                             f"DPMSolverMultistepScheduler), got {scheduler!r}")
+        pipe.scheduler = klass.from_config(pipe.scheduler.config)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

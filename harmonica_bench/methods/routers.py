@@ -2,7 +2,9 @@
 
 Both are harmonica router folders (``HarmoniCaRouter.save_pretrained``); they differ only in how
 they were trained (HarmoniCa: SDT + IEPO; LTC: the LTC objective). The knob is the inference
-threshold tau (a branch is computed when its score exceeds it); by default the router's own.
+threshold tau in (0, 1) (a branch is computed when its score exceeds it); by default the router's own. For
+a noise-level router a knob >= 1 is the transformer-MACs speedup every call is planned for
+(``harmonica=1.5,2,2.5@DIR``).
 """
 
 from __future__ import annotations
@@ -37,10 +39,20 @@ def _apply(name: str, title: str):
 
         if ctx.router is None:
             raise ValueError(f"{name} needs a router folder: write the method as '{name}@ROUTER_DIR'")
+        from harmonica.router import NoiseLevelRouter
+
         router = load_router(ctx.router)
+        digest = hashlib.sha1(router.logits.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+        if isinstance(router, NoiseLevelRouter):
+            speedup = None if knob is None or float(knob) < 1 else float(knob)
+            threshold = None if speedup is not None else router.threshold if knob is None else float(knob)
+            enable(pipe, router, threshold=threshold, speedup=speedup, fused=ctx.fused)
+            label = f"{_title(router, title)} noise-level " + (f"{speedup:g}x" if speedup else f"tau={threshold:.3g}")
+            return Applied(name, speedup or threshold, label,
+                           info={"router": str(ctx.router), "router_logits_sha1": digest, "speedup": speedup,
+                                 "threshold": threshold, "training": router.training_info})
         threshold = router.threshold if knob is None else float(knob)
         enable(pipe, router, threshold=threshold, fused=ctx.fused)
-        digest = hashlib.sha1(router.logits.detach().cpu().numpy().tobytes()).hexdigest()[:16]
         return Applied(name, threshold, f"{_title(router, title)} {router.cache_usage(threshold):.0%} tau={threshold:.3g}",
                        info={"router": str(ctx.router), "router_logits_sha1": digest, "threshold": threshold,
                              "router_cache_usage": router.cache_usage(threshold),
