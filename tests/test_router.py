@@ -111,6 +111,28 @@ def test_compatibility_names_every_problem():
     router.check_compatible(LAYOUT, num_steps=5)  # no error
 
 
+def test_threshold_error_says_what_the_threshold_is_and_offers_no_reference_value():
+    with pytest.raises(RouterError) as err:
+        HarmoniCaRouter.for_layout(LAYOUT, 5, threshold=1.5)
+    text = str(err.value)
+    assert "strictly between 0 and 1" in text and "1.5" in text
+    assert "score exceeds the threshold" in text and "router.threshold" in text  # what it means, where it comes from
+    assert "reference" not in text and "0.1" not in text
+
+
+def test_mismatched_classes_are_named_in_plain_words():
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5)
+    other = RouterLayout(LAYOUT.blocks, "PixArtAlphaPipeline", "PixArtTransformer2DModel", "DPMSolverMultistepScheduler")
+    with pytest.raises(RouterError) as err:
+        router.check_compatible(other)
+    text = str(err.value)
+    assert "it was made for a DiTPipeline, this pipeline is a PixArtAlphaPipeline" in text
+    assert ("it was made for the transformer class DiTTransformer2DModel, this pipeline's transformer is a "
+            "PixArtTransformer2DModel") in text
+    assert "it was made for the scheduler DDIMScheduler, this pipeline's scheduler is a DPMSolverMultistepScheduler" in text
+    assert "DDIMScheduler scheduler" not in text and "this one is" not in text
+
+
 def test_load_router_accepts_a_training_run_folder(tmp_path):
     from harmonica.pipeline import load_router
 

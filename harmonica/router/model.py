@@ -240,13 +240,15 @@ class HarmoniCaRouter(
                 mine.num_blocks == layout.num_blocks and mine.blocks != layout.blocks):
             problems.append(f"its blocks and branches are [{mine.describe_blocks()}], the transformer's are "
                             f"[{layout.describe_blocks()}]")
-        for what, ours, theirs in (
-            ("pipeline", mine.pipeline_class, layout.pipeline_class),
-            ("transformer", mine.transformer_class, layout.transformer_class),
-            ("scheduler", mine.scheduler_class, layout.scheduler_class),
+        for ours, theirs, message in (
+            (mine.pipeline_class, layout.pipeline_class, "it was made for a {}, this pipeline is a {}"),
+            (mine.transformer_class, layout.transformer_class,
+             "it was made for the transformer class {}, this pipeline's transformer is a {}"),
+            (mine.scheduler_class, layout.scheduler_class,
+             "it was made for the scheduler {}, this pipeline's scheduler is a {}"),
         ):
             if ours and theirs and ours != theirs:
-                problems.append(f"it was made for a {ours} {what}, this one is a {theirs}")
+                problems.append(message.format(ours, theirs))
         if num_steps is not None and num_steps != self.num_steps:
             problems.append(
                 f"it was made for {self.num_steps} sampling steps, the pipeline runs {num_steps} "
