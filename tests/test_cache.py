@@ -283,6 +283,21 @@ def test_disable_restores_the_model_exactly(dit_path):
     assert torch.equal(dit_images(pipe), expected)
 
 
+def test_controller_repr_shows_family_router_threshold_and_fusion(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    router = HarmoniCaRouter.static(harmonica.describe(pipe), STEPS, history=2, threshold=0.3)
+    harmonica.enable(pipe, router)
+    text = repr(harmonica.controller(pipe))
+    assert " at 0x" not in text
+    assert text.startswith("HarmoniCa(family='dit', router=<5 steps, blocks [3 x transformer_blocks ['attn1', 'ff']], "
+                           "history 2>, threshold=0.3 (the router's), cache usage 40.0%, fused=on")
+    harmonica.enable(pipe, router, threshold=0.95, fused=False)
+    text = repr(harmonica.controller(pipe))
+    assert "threshold=0.95 (the router's is 0.3)" in text and "fused=off" in text
+    with harmonica.paused(pipe):
+        assert repr(harmonica.controller(pipe)).endswith("fused=off, paused)")
+
+
 def test_enable_twice_replaces_the_router(dit_path):
     pipe = DiTPipeline.from_pretrained(dit_path)
     expected = dit_images(pipe)

@@ -61,6 +61,14 @@ class HarmoniCa:
         coefficients = self.router.forecast_table()
         self.plans = [Plan(blocks, schedule, coefficients, self.fused, self.keep) for blocks in self.blocks]
 
+    def __repr__(self) -> str:
+        router = self.router
+        own = "the router's" if self.threshold == router.threshold else f"the router's is {router.threshold:.4g}"
+        return (f"HarmoniCa(family={self.family.name!r}, router=<{router.num_steps} steps, "
+                f"blocks [{router.layout.describe_blocks()}], history {router.history}>, "
+                f"threshold={self.threshold:.4g} ({own}), cache usage {router.cache_usage(self.threshold):.1%}, "
+                f"fused={'on' if self.fused else 'off'}{'' if self.active else ', paused'})")
+
     def __deepcopy__(self, memo):
         raise RuntimeError(
             "harmonica: cannot deep-copy a pipeline or transformer with harmonica enabled (its hooks hold the cache "
