@@ -150,6 +150,21 @@ def test_every_router_training_setting_has_help(train_router):
     assert f"(default: {RouterTrainingConfig().trajectories})" in text
 
 
+def test_init_help_lists_every_form_parse_init_accepts(train_router):
+    from harmonica.router import INIT_FORMS, RouterError, parse_init
+
+    for form in INIT_FORMS:
+        parse_init(form.replace("N", "3").replace("W", "2"))  # each form is accepted...
+    for other in ("static", "static:0", "static:3:2:1", "static:x", "taylor", "random:3"):
+        with pytest.raises(RouterError):  # ...and no other shape
+            parse_init(other)
+    text = " ".join(train_router["build_parser"]().format_help().split())
+    start = text.index("--init INIT starting logits")
+    init_help = text[start:text.index("--lambda_variant", start)]
+    for form in INIT_FORMS:
+        assert form in init_help, form
+
+
 SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in [*REPO.glob("train/*.py"), *REPO.glob("eval/*.py")])
 SCRIPTS.append("harmonica_bench/demo.py")
 

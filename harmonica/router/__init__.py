@@ -18,13 +18,13 @@ records what the router was trained for, and ``check_compatible`` compares it wi
 from .layout import RouterError, RouterLayout
 from .files import CONFIG_KEYS, check_config
 from .model import TIMESTEP_TOLERANCE, HarmoniCaRouter
-from .schedule import (DEFAULT_THRESHOLD, INIT_KINDS, LOGIT_BOUND, MAX_HISTORY, STATIC_INIT_LOGIT, check_threshold,
-                       computed_before, parse_init, static_steps, taylor_coefficients)
+from .schedule import (DEFAULT_THRESHOLD, INIT_FORMS, INIT_KINDS, LOGIT_BOUND, MAX_HISTORY, STATIC_INIT_LOGIT,
+                       check_threshold, computed_before, parse_init, static_steps, taylor_coefficients)
 from .weights import WEIGHTS_SUMMARY_FORMAT, weights_distance, weights_summary
 
 __all__ = [
-    "CONFIG_KEYS", "DEFAULT_THRESHOLD", "INIT_KINDS", "LOGIT_BOUND", "MAX_HISTORY", "STATIC_INIT_LOGIT", "TIMESTEP_TOLERANCE",
-    "WEIGHTS_SUMMARY_FORMAT", "HarmoniCaRouter", "RouterError", "RouterLayout", "check_config", "check_threshold",
+    "CONFIG_KEYS", "DEFAULT_THRESHOLD", "INIT_FORMS", "INIT_KINDS", "LOGIT_BOUND", "MAX_HISTORY", "STATIC_INIT_LOGIT",
+    "TIMESTEP_TOLERANCE", "WEIGHTS_SUMMARY_FORMAT", "HarmoniCaRouter", "RouterError", "RouterLayout", "check_config", "check_threshold",
     "computed_before", "parse_init", "static_steps", "taylor_coefficients", "weights_distance",
     "weights_summary",
 ]

@@ -16,6 +16,7 @@ DEFAULT_THRESHOLD = 0.1
 STATIC_INIT_LOGIT = 2.0  # init "static:N": scores 0.88 / 0.12, far enough from 0.5 yet free to move
 MAX_HISTORY = 4
 INIT_KINDS = ("random", "compute", "reuse", "uniform")
+INIT_FORMS = INIT_KINDS + ("static:N", "static:N:W")  # every form parse_init accepts (N, W: integers)
 
 
 def parse_init(init: str) -> tuple[str, int, int]:
@@ -27,8 +28,7 @@ def parse_init(init: str) -> tuple[str, int, int]:
         return kind, 0, 0
     if kind == "static" and 1 <= len(numbers) <= 2 and all(n.isdigit() for n in numbers) and int(numbers[0]) >= 1:
         return kind, int(numbers[0]), int(numbers[1]) if len(numbers) == 2 else 0
-    raise RouterError(f"init must be one of {', '.join(map(repr, INIT_KINDS))}, 'static:N' or 'static:N:W' (N >= 1, "
-                      f"W >= 0), got {init!r}")
+    raise RouterError(f"init must be one of {', '.join(map(repr, INIT_FORMS))} (N >= 1, W >= 0), got {init!r}")
 
 
 def static_steps(num_steps: int, every: int, warmup: int = 0) -> list[int]:
