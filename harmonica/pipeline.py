@@ -3,11 +3,16 @@
 What comes back *is* the diffusers pipeline (``DiTPipeline``, ``FluxPipeline``, ...; see
 ``harmonica.families``), with the same call signature, ``to()``, ``save_pretrained()`` and so on;
 harmonica lives in the hooks on its transformer (``harmonica.controller(pipe)``: router, threshold).
+``save_pretrained`` of a pipeline harmonica is enabled on also writes the router into ``<folder>/router``
+(``keep_router_on_save``), so that ``HarmoniCaPipeline.from_pretrained(folder)`` loads it back; diffusers
+itself ignores that folder.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import weakref
 from pathlib import Path
 
 from .families import SUPPORTED_PIPELINES, UnsupportedPipelineError, unsupported
@@ -15,7 +20,7 @@ from .router import HarmoniCaRouter, RouterError
 
 ROUTER_SUBFOLDER = "router"
 
-__all__ = ["SUPPORTED_PIPELINES", "HarmoniCaPipeline", "UnsupportedPipelineError", "load_router"]
+__all__ = ["SUPPORTED_PIPELINES", "HarmoniCaPipeline", "UnsupportedPipelineError", "keep_router_on_save", "load_router"]
 
 
 def _local_reason(spec) -> str | None:
@@ -114,6 +119,50 @@ def load_router(router, model_path=None, **hub_kwargs) -> HarmoniCaRouter:
             folder = folder / ROUTER_SUBFOLDER  # a training run's output folder holds the router in router/
         return HarmoniCaRouter.from_pretrained(folder, **hub_kwargs)
     raise TypeError(f"router must be a HarmoniCaRouter, a folder or a hub id, got {type(router).__name__}")
+
+
+def keep_router_on_save(pipe) -> None:
+    """Make ``pipe.save_pretrained(folder, ...)`` also save the router harmonica runs on ``pipe`` into
+    ``folder/router``, with the threshold in use (so that ``HarmoniCaPipeline.from_pretrained(folder)`` runs
+    as ``pipe`` does). The router is written first, so that ``push_to_hub=True`` uploads it too. Nothing else
+    in the folder changes: ``model_index.json`` does not list ``router/`` and diffusers' own ``from_pretrained``
+    ignores it. Installed on the pipeline instance by ``harmonica.enable`` and removed by ``harmonica.disable``
+    (``forget_router_on_save``); a pipeline made later from the same components (``from_pipe``) saves as stock
+    diffusers does."""
+    if getattr(pipe.__dict__.get("save_pretrained"), "_harmonica_replaced", None) is not None:
+        return
+    replaced = pipe.__dict__.get("save_pretrained")  # an instance-level save_pretrained someone else installed
+    stock = type(pipe).save_pretrained
+    pipe_ref = weakref.ref(pipe)  # the pipeline holds this function: no reference cycle
+
+    def save_pretrained(save_directory, *args, **kwargs):
+        from .cache import controller
+
+        pipe = pipe_ref()
+        found = controller(pipe)
+        if found is not None:
+            router = copy.deepcopy(found.router)
+            router.threshold = found.threshold
+            router.save_pretrained(Path(save_directory) / ROUTER_SUBFOLDER)
+        save = replaced if replaced is not None else stock.__get__(pipe)
+        return save(save_directory, *args, **kwargs)
+
+    save_pretrained.__doc__ = (f"{type(pipe).__name__}.save_pretrained, which also saves harmonica's router into "
+                               f"<save_directory>/{ROUTER_SUBFOLDER} (harmonica.pipeline.keep_router_on_save).")
+    save_pretrained._harmonica_replaced = replaced or False
+    pipe.__dict__["save_pretrained"] = save_pretrained
+
+
+def forget_router_on_save(pipe) -> None:
+    """Undo ``keep_router_on_save``: ``pipe.save_pretrained`` is again what it was."""
+    installed = pipe.__dict__.get("save_pretrained")
+    replaced = getattr(installed, "_harmonica_replaced", None)
+    if replaced is None:
+        return
+    if replaced:
+        pipe.__dict__["save_pretrained"] = replaced
+    else:
+        del pipe.__dict__["save_pretrained"]
 
 
 class HarmoniCaPipeline:

@@ -401,6 +401,39 @@ def test_router_shipped_in_pipeline_folder_is_the_default(dit_path, tmp_path):
         HarmoniCaPipeline.from_pretrained(dit_path)
 
 
+def test_save_pretrained_keeps_the_router_and_still_loads_with_plain_diffusers(dit_path, tmp_path):
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    stock = DiTPipeline.from_pretrained(dit_path)
+    expected_stock = dit_images(stock)
+    stock.save_pretrained(tmp_path / "stock")
+    router = router_dir(tmp_path, stock, kind="static", compute_every=2)
+    pipe = HarmoniCaPipeline.from_pretrained(dit_path, router=router, threshold=0.7)
+    expected = dit_images(pipe)
+    assert not torch.equal(expected, expected_stock)
+    pipe.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "router" / "model.safetensors").is_file()
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index == json.loads((tmp_path / "stock" / "model_index.json").read_text()) and "router" not in index
+
+    reloaded = HarmoniCaPipeline.from_pretrained(tmp_path / "saved")  # finds saved/router
+    ctl = harmonica.controller(reloaded)
+    assert ctl.threshold == 0.7 and ctl.router.threshold == 0.7  # saved with the threshold in use
+    assert torch.equal(ctl.router.logits, HarmoniCaRouter.from_pretrained(router).logits)
+    assert torch.equal(dit_images(reloaded), expected)
+
+    plain = DiffusionPipeline.from_pretrained(tmp_path / "saved")  # diffusers ignores router/
+    assert type(plain) is DiTPipeline and harmonica.controller(plain) is None
+    assert torch.equal(dit_images(plain), expected_stock)
+
+    harmonica.disable(pipe)
+    assert "save_pretrained" not in pipe.__dict__
+    pipe.save_pretrained(tmp_path / "disabled")
+    assert (tmp_path / "disabled" / "model_index.json").is_file() and not (tmp_path / "disabled" / "router").exists()
+
+
 # --------------------------------------------------------------------- cache pool and fusion
 def test_fused_blocks_equal_branch_by_branch_and_skip_the_block(dit_path):
     """Fully reused blocks are replaced by one gather-apply: same images, norms not run."""
