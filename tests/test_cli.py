@@ -150,6 +150,21 @@ def test_every_router_training_setting_has_help(train_router):
     assert f"(default: {RouterTrainingConfig().trajectories})" in text
 
 
+def test_prompts_the_embedded_flux_model_cannot_draw_are_named(train_router, tmp_path):
+    import warnings
+
+    from harmonica_bench.embedded import FLUX_PIPELINE
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a small red star on a blue background\na white ring on a black background\n")
+    with pytest.warns(UserWarning, match="1 of 2 captions.*red on blue was never trained.*--vocabulary"):
+        train_router["parse_settings"](["--pipeline", str(FLUX_PIPELINE), "--prompts", str(prompts)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its own captions, and any prompts for another pipeline, pass quietly
+        train_router["parse_settings"](["--pipeline", str(FLUX_PIPELINE), "--prompts", "shapes"])
+        train_router["parse_settings"](["--pipeline", "some/other-flux", "--prompts", str(prompts)])
+
+
 def test_init_help_lists_every_form_parse_init_accepts(train_router):
     from harmonica.router import INIT_FORMS, RouterError, parse_init
 

@@ -740,3 +740,25 @@ def test_fid_script_on_a_flux_pipeline_with_its_harness_defaults(judge_dir, tmp_
         assert r["setup"]["guidance_scale"] == 4.0 and r["setup"]["max_sequence_length"] == 8
     forecast = next(r for r in results if r["method"] == "harmonica")
     assert forecast["cost"]["cache_usage"] == pytest.approx(0.5)
+
+
+def test_harness_names_prompts_the_embedded_flux_model_cannot_draw(tmp_path):
+    import warnings
+    from types import SimpleNamespace
+
+    from diffusers import FluxPipeline
+
+    from harmonica_bench.embedded import FLUX_PIPELINE
+    from harmonica_bench.evaluation.cli import setup_from_args
+
+    pipe = FluxPipeline.from_pretrained(FLUX_PIPELINE)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox in the snow\na white ring on a black background\n")
+    args = SimpleNamespace(pipeline=str(FLUX_PIPELINE), prompts=str(prompts), steps=None, guidance_scale=None,
+                           height=None, width=None, max_sequence_length=None, seed=0, batch_size=2, num_classes=None)
+    with pytest.warns(UserWarning, match=r"1 of 2 captions.*unknown words \['fox', 'in', 'the', 'snow'\]"):
+        setup = setup_from_args(args, pipe)
+    assert setup.prompts == ["a red fox in the snow", "a white ring on a black background"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup_from_args(SimpleNamespace(**{**vars(args), "prompts": None}), pipe)  # its harness.json: 'shapes'

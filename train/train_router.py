@@ -16,6 +16,7 @@ import difflib
 import json
 import sys
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -24,6 +25,7 @@ from transformers import HfArgumentParser
 
 from harmonica.cli import HelpFormatter, RecipeError, read_recipe
 from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+from harmonica_bench.embedded import check_flux_captions, is_embedded_flux
 from harmonica_bench.shapes import SHAPES
 
 
@@ -65,9 +67,9 @@ def load_prompts(spec):
     if SHAPES.matches(spec):
         prompts = SHAPES.train_captions()
     elif spec.endswith(".txt"):
-        prompts = [line.strip() for line in open(spec, encoding="utf-8") if line.strip()]
+        prompts = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
     elif spec.endswith(".json"):
-        prompts = json.load(open(spec, encoding="utf-8"))
+        prompts = json.loads(Path(spec).read_text(encoding="utf-8"))
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise ValueError("a .json prompts file must hold a list of strings")
     else:
@@ -115,6 +117,8 @@ def parse_settings(argv=None) -> tuple[ScriptOptions, RouterTrainingConfig]:
         config.prompts = load_prompts(options.prompts_file)
     except (OSError, ValueError, KeyError) as err:
         parser.error(f"cannot read the prompts in {options.prompts_file}: {err}")
+    if is_embedded_flux(options.pipeline) and not SHAPES.matches(options.prompts_file):
+        check_flux_captions(config.prompts)  # a caption it cannot draw trains the router on noise
     return options, config
 
 
