@@ -20,7 +20,20 @@ from .router import HarmoniCaRouter, RouterError
 
 ROUTER_SUBFOLDER = "router"
 
-__all__ = ["SUPPORTED_PIPELINES", "HarmoniCaPipeline", "UnsupportedPipelineError", "keep_router_on_save", "load_router"]
+__all__ = ["SUPPORTED_PIPELINES", "HarmoniCaPipeline", "UnsupportedPipelineError", "dtype_kwargs", "keep_router_on_save",
+           "load_router"]
+
+
+def dtype_kwargs(dtype) -> dict:
+    """The ``from_pretrained`` keyword that loads diffusers weights in ``dtype``: ``dtype`` from diffusers 0.40 on
+    (where ``torch_dtype`` is deprecated and warns a FutureWarning), ``torch_dtype`` before (which has no
+    ``dtype`` and would ignore it). ``{}`` for None."""
+    if dtype is None:
+        return {}
+    import diffusers
+    from packaging.version import Version
+
+    return {"dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype": dtype}
 
 
 def _local_reason(spec) -> str | None:
@@ -190,7 +203,8 @@ class HarmoniCaPipeline:
             router: a ``HarmoniCaRouter``, a router folder or hub id; ``None`` uses ``<model>/router``.
             threshold: inference threshold in (0, 1); defaults to the router's own.
             fused: replace runs of fully reused blocks by the fused gather-apply kernel (default).
-            **kwargs: passed to ``DiffusionPipeline.from_pretrained`` (``torch_dtype``, ``variant``, ...).
+            **kwargs: passed to ``DiffusionPipeline.from_pretrained`` (``dtype``, ``variant``, ...); ``dtype`` is
+                passed as ``torch_dtype`` to a diffusers older than 0.40 (``dtype_kwargs``).
         """
         from diffusers import DiffusionPipeline
 
@@ -205,5 +219,6 @@ class HarmoniCaPipeline:
             raise unsupported(name)
         local = Path(pretrained_model_name_or_path) if Path(pretrained_model_name_or_path).is_dir() else None
         router = load_router(router, local)
+        kwargs.update(dtype_kwargs(kwargs.pop("dtype", None)))
         pipe = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return enable(pipe, router, threshold, fused=fused)

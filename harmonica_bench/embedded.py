@@ -13,6 +13,7 @@ same models. An installed wheel carries ``pipelines/`` as ``harmonica_bench/_pip
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from .data import CLASS_NAMES
@@ -43,6 +44,28 @@ NULL_CLASS = 1000
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 1.5
+
+
+class _StringKeyedId2Label(logging.Filter):
+    """Drops diffusers' "Expected types for id2label: (dict[int, str], ...), got typing.Dict[str, str]" warning,
+    and only that one. A DiTPipeline folder's class names (``id2label`` in ``model_index.json``) can only have
+    string keys, as JSON has no others, and DiTPipeline turns them into ints itself; diffusers' type check of the
+    loaded arguments flags them anyway, on every load of the embedded DiT (and of facebook/DiT-XL-2-256)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Expected types for id2label:") and message.endswith("[str, str]."))
+
+
+def quiet_id2label_warning() -> None:
+    """Install ``_StringKeyedId2Label`` on diffusers' pipeline loader (once; done when this module is imported, as
+    everything that finds the embedded DiT does)."""
+    loader = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    if not any(isinstance(f, _StringKeyedId2Label) for f in loader.filters):
+        loader.addFilter(_StringKeyedId2Label())
+
+
+quiet_id2label_warning()
 
 
 def vae_config() -> dict:

@@ -483,9 +483,16 @@ def test_pool_keeps_only_reused_branches(dit_path):
 def test_half_precision_pipeline(dit_path, tmp_path):
     """bf16 weights (as users run DiT-XL/2 on GPUs): the cache keeps the model's dtype and an
     all-compute router still reproduces the stock pipeline exactly."""
-    stock = DiTPipeline.from_pretrained(dit_path, torch_dtype=torch.bfloat16)
+    import warnings
+
+    from harmonica.pipeline import dtype_kwargs
+
+    stock = DiTPipeline.from_pretrained(dit_path, **dtype_kwargs(torch.bfloat16))
     expected = dit_images(stock)
-    pipe = HarmoniCaPipeline.from_pretrained(dit_path, router=router_dir(tmp_path, stock), torch_dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # diffusers 0.40 renamed torch_dtype to dtype (the old warns)
+        pipe = HarmoniCaPipeline.from_pretrained(dit_path, router=router_dir(tmp_path, stock), dtype=torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16
     assert torch.equal(dit_images(pipe), expected)
     harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS, compute_every=2))
     pools = []

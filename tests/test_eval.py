@@ -762,3 +762,53 @@ def test_harness_names_prompts_the_embedded_flux_model_cannot_draw(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         setup_from_args(SimpleNamespace(**{**vars(args), "prompts": None}), pipe)  # its harness.json: 'shapes'
+
+
+def test_loading_the_embedded_dit_prints_no_warning():
+    """The id2label of a DiT folder has string keys (JSON has no others); diffusers' type check flagged them on
+    every load (a logged warning, not a Python one). harmonica_bench.embedded drops that message, and only it."""
+    import logging
+    import warnings
+
+    import diffusers
+    from diffusers import DiTPipeline
+
+    from harmonica_bench.embedded import EMBEDDED_PIPELINE
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library = logging.getLogger("diffusers")
+    before = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_warning()  # the default (the harness and the demo lower it)
+    library.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe = DiTPipeline.from_pretrained(EMBEDDED_PIPELINE)
+        loader = logging.getLogger("diffusers.pipelines.pipeline_utils")
+        loader.warning("Expected types for transformer: (A,), got B.")  # any other type warning still shows
+    finally:
+        library.removeHandler(handler)
+        diffusers.utils.logging.set_verbosity(before)
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in records] == ["Expected types for transformer: (A,), got B."]
+    assert pipe.labels["star"] == 5  # the class names still load
+
+
+def test_loading_in_half_precision_uses_diffusers_dtype_keyword(dit_path, monkeypatch):
+    import warnings
+
+    import diffusers
+
+    from harmonica.pipeline import dtype_kwargs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # torch_dtype is deprecated from diffusers 0.40 on
+        pipe = ev.load_pipeline(dit_path, dtype="bfloat16")
+    assert pipe.transformer.dtype == torch.bfloat16
+    assert dtype_kwargs(None) == {}
+    monkeypatch.setattr(diffusers, "__version__", "0.40.0")
+    assert dtype_kwargs(torch.float16) == {"dtype": torch.float16}
+    monkeypatch.setattr(diffusers, "__version__", "0.39.2")  # before the rename: no dtype keyword there
+    assert dtype_kwargs(torch.float16) == {"torch_dtype": torch.float16}

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from transformers import HfArgumentParser
 
 from harmonica.cli import HelpFormatter, RecipeError, read_recipe
+from harmonica.pipeline import dtype_kwargs
 from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
 from harmonica_bench.embedded import check_flux_captions, is_embedded_flux
 from harmonica_bench.shapes import SHAPES
@@ -128,7 +129,7 @@ def main(argv=None):
     from diffusers import DiffusionPipeline
 
     dtype = getattr(torch, options.torch_dtype)
-    pipe = DiffusionPipeline.from_pretrained(options.pipeline, torch_dtype=dtype).to(accelerator.device)
+    pipe = DiffusionPipeline.from_pretrained(options.pipeline, **dtype_kwargs(dtype)).to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
     summary = RouterTrainer(pipe, config, accelerator).train()
     accelerator.print(
