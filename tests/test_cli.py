@@ -180,6 +180,50 @@ def test_init_help_lists_every_form_parse_init_accepts(train_router):
         assert form in init_help, form
 
 
+def documented_launches():
+    """Every `accelerate launch` command in the scripts' docstrings and the TRAINING.md files: (where, environment
+    prefix, launch options, script)."""
+    import ast
+    import re
+
+    for path in sorted([*REPO.glob("train/*.py"), *REPO.glob("eval/*.py"), *REPO.glob("pipelines/**/TRAINING.md")]):
+        text = path.read_text()
+        if path.suffix == ".py":
+            text = ast.get_docstring(ast.parse(text)) or ""
+        flat = " ".join(text.replace("\\\n", " ").split())
+        for m in re.finditer(r"((?:[A-Z_]+=\S+ )*)accelerate launch (.*?)(\S+\.py)\b", flat):
+            env = dict(pair.split("=", 1) for pair in m.group(1).split())
+            yield pytest.param(env, m.group(2).split(), m.group(3), id=f"{path.relative_to(REPO)}:{m.start()}")
+
+
+@pytest.mark.parametrize("env, options, script", list(documented_launches()))
+def test_documented_accelerate_launches_leave_accelerate_nothing_to_default(env, options, script, monkeypatch,
+                                                                             tmp_path):
+    """accelerate launch warns about every value it had to default ("The following values were not passed to
+    `accelerate launch` ..."); the documented commands pass them all, checked with accelerate's own launcher
+    logic, without a config file. Its --cpu flag starts one process whatever --num_processes says."""
+    import logging
+
+    from accelerate.commands import launch
+
+    monkeypatch.setattr(launch, "default_config_file", str(tmp_path / "no-accelerate-config.yaml"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = launch.launch_command_parser().parse_args([*options, script, "--help"])
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    launcher_log = logging.getLogger(launch.__name__)
+    launcher_log.addHandler(handler)
+    try:
+        args, _, _ = launch._validate_launch_command(args)
+    finally:
+        launcher_log.removeHandler(handler)
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    assert not (args.cpu and args.num_processes > 1), "accelerate launch --cpu starts a single process"
+
+
 SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in [*REPO.glob("train/*.py"), *REPO.glob("eval/*.py")])
 SCRIPTS.append("harmonica_bench/demo.py")
 

@@ -1,14 +1,20 @@
 """Train a HarmoniCa router for a pipeline (Step-Wise Denoising Training + image-error-proxy objective).
 
-    accelerate launch train/train_router.py --recipe pipelines/recipes/shapes-dit.json
-    accelerate launch train/train_router.py --pipeline facebook/DiT-XL-2-256 --num_steps 20 --target_usage 0.35
+    accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        train/train_router.py --recipe pipelines/recipes/shapes-dit.json
+    accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        train/train_router.py --pipeline facebook/DiT-XL-2-256 --num_steps 20 --target_usage 0.35
 
-Options given on the command line override the recipe's. A recipe or option that cannot be used
-(unknown key, wrong type, out of range, malformed JSON) is refused before anything is loaded or
-written. --objective ltc / sdt train the ablations from the same script. On 2 CPU processes:
-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no
---dynamo_backend no train/train_router.py --cpu ... Resumes from <output_dir>/checkpoints; writes
-<output_dir>/router (save_pretrained), training_log.jsonl and summary.json.
+    # 2 CPU processes (gloo; accelerate's own --cpu would start a single process):
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        train/train_router.py --cpu --recipe pipelines/recipes/shapes-dit.json
+
+The launch values are given so that accelerate does not warn that it chose defaults (on N GPUs:
+--multi_gpu --num_processes N). Options given on the command line override the recipe's. A recipe or
+option that cannot be used (unknown key, wrong type, out of range, malformed JSON) is refused before
+anything is loaded or written. --objective ltc / sdt train the ablations from the same script.
+Resumes from <output_dir>/checkpoints; writes <output_dir>/router (save_pretrained),
+training_log.jsonl and summary.json.
 """
 
 import argparse
