@@ -3,7 +3,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# torch 2.14.1 + torchvision 0.29.1 is the pair that imports together here (see shared/ENVIRONMENT.md).
+# torch 2.14.1 + torchvision 0.29.1: torch-fidelity imports torchvision when loaded, and no PyPI torchvision
+# imports with the CPU-only torch 2.13.0 wheel ("operator torchvision::nms does not exist"); this pair does.
+# torch goes in first: installing torch-fidelity without a torchvision present pulls one in and may replace torch.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 # cache-dit (DBCache baselines of the harness) without its dependencies: they would replace our torch /
 # diffusers; 1.5.3 runs with the versions above (tested in tests/test_eval.py).

@@ -18,7 +18,9 @@ method), e.g. "2.282 ±0.041 [2.210, 2.356]". Writes <out>/<method>-<knob>.json 
     python eval/fid.py --method fora=2 --num_samples 1000
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
         --dynamo_backend no eval/fid.py --device cpu --method harmonica@runs/router
-    (on GPUs: accelerate launch --num_processes 8 eval/fid.py --method ... --reference imagenet.npz)
+    # on 8 GPUs:
+    accelerate launch --multi_gpu --num_processes 8 --num_machines 1 --mixed_precision no \\
+        --dynamo_backend no eval/fid.py --method ... --reference imagenet.npz
 
 Method strings: NAME, NAME=KNOB, NAME=K1,K2 (several points) and NAME[=KNOB]@ROUTER_DIR for the
 learned routers (ltc, harmonica; the knob is the threshold). Methods: see --list_methods.

@@ -3,11 +3,16 @@
 What comes back *is* the diffusers pipeline (``DiTPipeline``, ``FluxPipeline``, ...; see
 ``harmonica.families``), with the same call signature, ``to()``, ``save_pretrained()`` and so on;
 harmonica lives in the hooks on its transformer (``harmonica.controller(pipe)``: router, threshold).
+``save_pretrained`` of a pipeline harmonica is enabled on also writes the router into ``<folder>/router``
+(``keep_router_on_save``), so that ``HarmoniCaPipeline.from_pretrained(folder)`` loads it back; diffusers
+itself ignores that folder.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import weakref
 from pathlib import Path
 
 from .families import SUPPORTED_PIPELINES, UnsupportedPipelineError, unsupported
@@ -15,7 +20,20 @@ from .router import ROUTERS, HarmoniCaRouter, RouterError
 
 ROUTER_SUBFOLDER = "router"
 
-__all__ = ["SUPPORTED_PIPELINES", "HarmoniCaPipeline", "UnsupportedPipelineError", "load_router"]
+__all__ = ["SUPPORTED_PIPELINES", "HarmoniCaPipeline", "UnsupportedPipelineError", "dtype_kwargs", "keep_router_on_save",
+           "load_router"]
+
+
+def dtype_kwargs(dtype) -> dict:
+    """The ``from_pretrained`` keyword that loads diffusers weights in ``dtype``: ``dtype`` from diffusers 0.40 on
+    (where ``torch_dtype`` is deprecated and warns a FutureWarning), ``torch_dtype`` before (which has no
+    ``dtype`` and would ignore it). ``{}`` for None."""
+    if dtype is None:
+        return {}
+    import diffusers
+    from packaging.version import Version
+
+    return {"dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype": dtype}
 
 
 def _local_reason(spec) -> str | None:
@@ -116,6 +134,50 @@ def load_router(router, model_path=None, **hub_kwargs) -> HarmoniCaRouter:
     raise TypeError(f"router must be a HarmoniCaRouter, a folder or a hub id, got {type(router).__name__}")
 
 
+def keep_router_on_save(pipe) -> None:
+    """Make ``pipe.save_pretrained(folder, ...)`` also save the router harmonica runs on ``pipe`` into
+    ``folder/router``, with the threshold in use (so that ``HarmoniCaPipeline.from_pretrained(folder)`` runs
+    as ``pipe`` does). The router is written first, so that ``push_to_hub=True`` uploads it too. Nothing else
+    in the folder changes: ``model_index.json`` does not list ``router/`` and diffusers' own ``from_pretrained``
+    ignores it. Installed on the pipeline instance by ``harmonica.enable`` and removed by ``harmonica.disable``
+    (``forget_router_on_save``); a pipeline made later from the same components (``from_pipe``) saves as stock
+    diffusers does."""
+    if getattr(pipe.__dict__.get("save_pretrained"), "_harmonica_replaced", None) is not None:
+        return
+    replaced = pipe.__dict__.get("save_pretrained")  # an instance-level save_pretrained someone else installed
+    stock = type(pipe).save_pretrained
+    pipe_ref = weakref.ref(pipe)  # the pipeline holds this function: no reference cycle
+
+    def save_pretrained(save_directory, *args, **kwargs):
+        from .cache import controller
+
+        pipe = pipe_ref()
+        found = controller(pipe)
+        if found is not None:
+            router = copy.deepcopy(found.router)
+            router.threshold = found.threshold
+            router.save_pretrained(Path(save_directory) / ROUTER_SUBFOLDER)
+        save = replaced if replaced is not None else stock.__get__(pipe)
+        return save(save_directory, *args, **kwargs)
+
+    save_pretrained.__doc__ = (f"{type(pipe).__name__}.save_pretrained, which also saves harmonica's router into "
+                               f"<save_directory>/{ROUTER_SUBFOLDER} (harmonica.pipeline.keep_router_on_save).")
+    save_pretrained._harmonica_replaced = replaced or False
+    pipe.__dict__["save_pretrained"] = save_pretrained
+
+
+def forget_router_on_save(pipe) -> None:
+    """Undo ``keep_router_on_save``: ``pipe.save_pretrained`` is again what it was."""
+    installed = pipe.__dict__.get("save_pretrained")
+    replaced = getattr(installed, "_harmonica_replaced", None)
+    if replaced is None:
+        return
+    if replaced:
+        pipe.__dict__["save_pretrained"] = replaced
+    else:
+        del pipe.__dict__["save_pretrained"]
+
+
 class HarmoniCaPipeline:
     """Loads a supported diffusers pipeline with a learned feature cache attached.
 
@@ -141,7 +203,8 @@ class HarmoniCaPipeline:
             router: a ``HarmoniCaRouter``, a router folder or hub id; ``None`` uses ``<model>/router``.
             threshold: inference threshold in (0, 1); defaults to the router's own.
             fused: replace runs of fully reused blocks by the fused gather-apply kernel (default).
-            **kwargs: passed to ``DiffusionPipeline.from_pretrained`` (``torch_dtype``, ``variant``, ...).
+            **kwargs: passed to ``DiffusionPipeline.from_pretrained`` (``dtype``, ``variant``, ...); ``dtype`` is
+                passed as ``torch_dtype`` to a diffusers older than 0.40 (``dtype_kwargs``).
         """
         from diffusers import DiffusionPipeline
 
@@ -156,5 +219,6 @@ class HarmoniCaPipeline:
             raise unsupported(name)
         local = Path(pretrained_model_name_or_path) if Path(pretrained_model_name_or_path).is_dir() else None
         router = load_router(router, local)
+        kwargs.update(dtype_kwargs(kwargs.pop("dtype", None)))
         pipe = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return enable(pipe, router, threshold, fused=fused)

@@ -8,7 +8,7 @@ the same seed gives the same images on every machine, in any order, in any numbe
 >>> images, labels = render_shapes(range(64), seed=0)   # the same pixels as uint8 numpy arrays
 
 A captioned variant (for the text-to-image model, ``pipelines/shapes-flux``) draws the same shapes in
-named palette colours with a caption ("a small red star on a blue background"):
+named palette colours with a caption ("a small red star on a white background"):
 
 >>> ds = captioned_shapes_dataset(1000, seed=0)   # image, label, caption, foreground, background, size
 >>> images, labels, colours, captions = render_captioned_shapes(range(64), seed=0)
@@ -171,7 +171,7 @@ def shapes_dataset(num_images: int, seed: int = TRAIN_SEED, start: int = 0):
 
 # ---------------------------------------------------------------------------------------------
 # Captioned variant (text-to-image): the same ten shapes, drawn in named palette colours, each with
-# a caption such as "a small red star on a blue background". A separate random stream (tag
+# a caption such as "a small red star on a white background". A separate random stream (tag
 # _CAPTION_STREAM in the seed), so the images above are untouched.
 
 PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -219,7 +219,7 @@ def size_word(radius_frac: float) -> str:
 
 
 def make_caption(label: int, fg: int, bg: int, size: str = "") -> str:
-    """'a small red star on a blue background' ('an' before a vowel; no size word for mid sizes)."""
+    """'a small red star on a white background' ('an' before a vowel; no size word for mid sizes)."""
     words = [w for w in (size, COLOUR_NAMES[fg], CLASS_NAMES[label]) if w]
     article = "an" if words[0][0] in "aeiou" else "a"
     bg_name = COLOUR_NAMES[bg]

@@ -4,9 +4,12 @@ Generates the same conditions and seeds with the stock pipeline and with harmoni
 side-by-side PNG grid and the router's heatmap, and prints latency, speedup and cache usage.
 ``--model dit`` (default, `make demo`): the class-conditional shapes DiT (DiTPipeline); ``--model
 flux`` (`make demo-flux`): the text-to-image Flux-style model (FluxPipeline, true CFG), one held-out
-caption per image.
+caption per image, or your own captions (``--prompt``, repeatable). That model knows only a small
+vocabulary (shapes, colours, trained colour pairs): ``--vocabulary`` prints it, and a caption outside
+it is named in a warning.
 
     python -m harmonica_bench.demo [--model dit|flux] [--out outputs/demo] [--per_class 2] [--repeats 3]
+    python -m harmonica_bench.demo --model flux --prompt "a small red star on a white background"
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 import harmonica
 from harmonica_bench.benchmark import time_interleaved
 from harmonica.cli import HelpFormatter
-from harmonica_bench.embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS, EMBEDDED_PIPELINE, FLUX_PIPELINE, flux_call_kwargs
+from harmonica_bench.embedded import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EMBEDDED_PIPELINE, FLUX_PIPELINE,
+                                      check_flux_captions, flux_call_kwargs, format_flux_vocabulary, is_embedded_flux)
 from harmonica.router import HarmoniCaRouter
 from harmonica_bench.viz import save_image_grid, save_router_heatmap
 
@@ -32,13 +36,24 @@ def main(argv=None):
     p.add_argument("--router", default=None, help="router folder or hub id (default: the one shipped beside the pipeline)")
     p.add_argument("--threshold", type=float, default=None, help="inference threshold (default: the router's)")
     p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--per_class", type=int, default=2, help="images per class")
+    p.add_argument("--per_class", type=int, default=2, help="images per class (per caption with --prompt)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="with --model flux: a caption to draw instead of the held-out ones (repeatable) (default: one "
+                        "held-out caption per class)")
+    p.add_argument("--vocabulary", action="store_true",
+                   help="print the captions the embedded Flux model knows (shapes, colours, trained colour pairs) "
+                        "and exit")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance_scale", type=float, default=None,
                    help=f"CFG (dit, default {DEFAULT_GUIDANCE}) or true CFG (flux, default: its shipped scale)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of each pipeline (after one warm-up)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.vocabulary:
+        print(format_flux_vocabulary())
+        return None
+    if args.prompt and args.model != "flux":
+        p.error("--prompt needs --model flux (the DiT draws class labels)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     import diffusers
@@ -63,16 +78,21 @@ def main(argv=None):
         source = "static every-other-step router (no trained router shipped yet)"
     harmonica.enable(fast, router, threshold=args.threshold)
 
-    num_classes = 10
+    num_rows = len(args.prompt) if args.prompt else 10  # one row per class, or per caption
     if args.model == "dit":
-        conditions = [c for c in range(num_classes) for _ in range(args.per_class)]
+        conditions = [c for c in range(num_rows) for _ in range(args.per_class)]
         call = dict(class_labels=conditions, guidance_scale=args.guidance_scale or DEFAULT_GUIDANCE,
                     num_inference_steps=args.steps)
         what = f"{args.steps} DDIM steps, CFG {call['guidance_scale']}"
     else:
         from harmonica_bench.embedded import flux_eval_set
 
-        conditions = flux_eval_set(args.per_class)[0]  # captions, class by class
+        if args.prompt:
+            conditions = [caption for caption in args.prompt for _ in range(args.per_class)]
+            if is_embedded_flux(pipeline):
+                check_flux_captions(args.prompt)
+        else:
+            conditions = flux_eval_set(args.per_class)[0]  # captions, class by class
         call = dict(prompt=conditions, **flux_call_kwargs(len(conditions), num_inference_steps=args.steps))
         if args.guidance_scale is not None:
             call["true_cfg_scale"] = args.guidance_scale
@@ -89,7 +109,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for c in range(num_classes):
+    for c in range(num_rows):
         rows.append(torch.cat([images["stock"][c * args.per_class:(c + 1) * args.per_class],
                                torch.ones_like(images["stock"][:1]),
                                images["harmonica"][c * args.per_class:(c + 1) * args.per_class]]))

@@ -13,6 +13,7 @@ same models. An installed wheel carries ``pipelines/`` as ``harmonica_bench/_pip
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from .data import CLASS_NAMES
@@ -43,6 +44,28 @@ NULL_CLASS = 1000
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 1.5
+
+
+class _StringKeyedId2Label(logging.Filter):
+    """Drops diffusers' "Expected types for id2label: (dict[int, str], ...), got typing.Dict[str, str]" warning,
+    and only that one. A DiTPipeline folder's class names (``id2label`` in ``model_index.json``) can only have
+    string keys, as JSON has no others, and DiTPipeline turns them into ints itself; diffusers' type check of the
+    loaded arguments flags them anyway, on every load of the embedded DiT (and of facebook/DiT-XL-2-256)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Expected types for id2label:") and message.endswith("[str, str]."))
+
+
+def quiet_id2label_warning() -> None:
+    """Install ``_StringKeyedId2Label`` on diffusers' pipeline loader (once; done when this module is imported, as
+    everything that finds the embedded DiT does)."""
+    loader = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    if not any(isinstance(f, _StringKeyedId2Label) for f in loader.filters):
+        loader.addFilter(_StringKeyedId2Label())
+
+
+quiet_id2label_warning()
 
 
 def vae_config() -> dict:
@@ -289,6 +312,76 @@ def flux_train_prompts(num_images: int = 2000) -> list[str]:
     from .data import TRAIN_SEED, render_captioned_shape
 
     return sorted({render_captioned_shape(i, TRAIN_SEED)["caption"] for i in range(num_images)})
+
+
+FLUX_CAPTION_FORM = "a [small|large] <colour> <shape> on a <colour> background"
+FLUX_VOCABULARY_HELP = ("python -m harmonica_bench.demo --vocabulary, or harmonica_bench.embedded.flux_vocabulary() "
+                        "in Python")
+
+
+def flux_vocabulary() -> dict:
+    """What the embedded Flux model knows: the caption form, its words, shapes, colours and size words, and
+    which background colours each shape colour was trained on (``colour_pairs``: a pair whose luminances are
+    too close was never drawn, so the model never learned it). ``format_flux_vocabulary()`` prints it."""
+    from .data import CLASS_NAMES, COLOUR_NAMES, COLOUR_PAIRS, SIZE_WORDS, caption_vocabulary
+
+    return {
+        "form": FLUX_CAPTION_FORM,
+        "words": caption_vocabulary(),
+        "shapes": list(CLASS_NAMES),
+        "colours": list(COLOUR_NAMES),
+        "sizes": [w for w in SIZE_WORDS if w],
+        "colour_pairs": {COLOUR_NAMES[f]: [COLOUR_NAMES[b] for g, b in COLOUR_PAIRS if g == f]
+                         for f in range(len(COLOUR_NAMES))},
+    }
+
+
+def format_flux_vocabulary() -> str:
+    vocabulary = flux_vocabulary()
+    lines = [f"The embedded Flux model ({FLUX_PIPELINE}) draws captions of the form", f"    {vocabulary['form']}",
+             "(the size word is optional), e.g. 'a small red star on a white background'.",
+             f"shapes:  {', '.join(vocabulary['shapes'])}", f"colours: {', '.join(vocabulary['colours'])}",
+             "trained colour pairs (shape colour: background colours):"]
+    lines += [f"    {fg:<7} on {', '.join(bgs)}" for fg, bgs in vocabulary["colour_pairs"].items()]
+    return "\n".join(lines)
+
+
+def flux_caption_problem(caption: str) -> str | None:
+    """Why the embedded Flux model cannot draw ``caption`` (unknown words, another sentence form, a colour pair
+    it was never trained on), or None when it is one of its captions."""
+    from .data import COLOUR_NAMES, COLOUR_PAIRS, caption_vocabulary, parse_caption
+
+    unknown = [w for w in caption.lower().split() if w not in caption_vocabulary()]
+    if unknown:
+        return f"{caption!r}: unknown words {unknown}"
+    try:
+        _, fg, bg = parse_caption(caption)
+    except ValueError:
+        return f"{caption!r}: not of the form {FLUX_CAPTION_FORM!r}"
+    if (fg, bg) not in COLOUR_PAIRS:
+        trained = [COLOUR_NAMES[b] for f, b in COLOUR_PAIRS if f == fg]
+        return (f"{caption!r}: {COLOUR_NAMES[fg]} on {COLOUR_NAMES[bg]} was never trained (too little contrast); "
+                f"{COLOUR_NAMES[fg]} shapes were trained on {', '.join(trained)}")
+    return None
+
+
+def check_flux_captions(captions) -> list[str]:
+    """Warn (UserWarning) about the captions the embedded Flux model was not trained to draw: it only knows a
+    small vocabulary, and such a caption gives no recognisable shape. Returns the problems (empty: all known)."""
+    import warnings
+
+    problems = [p for p in map(flux_caption_problem, captions) if p is not None]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        warnings.warn(f"{len(problems)} of {len(captions)} captions fall outside what the embedded Flux model was "
+                      f"trained on and will not give the shape asked for: {shown}. Its vocabulary: "
+                      f"{FLUX_VOCABULARY_HELP}.", UserWarning, stacklevel=2)
+    return problems
+
+
+def is_embedded_flux(pipeline) -> bool:
+    """Whether ``pipeline`` (a folder, or None) is the embedded Flux model's folder."""
+    return pipeline is not None and Path(pipeline).resolve() == FLUX_PIPELINE.resolve()
 
 
 def flux_eval_set(per_class: int, seed: int | None = None):

@@ -283,6 +283,21 @@ def test_disable_restores_the_model_exactly(dit_path):
     assert torch.equal(dit_images(pipe), expected)
 
 
+def test_controller_repr_shows_family_router_threshold_and_fusion(dit_path):
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    router = HarmoniCaRouter.static(harmonica.describe(pipe), STEPS, history=2, threshold=0.3)
+    harmonica.enable(pipe, router)
+    text = repr(harmonica.controller(pipe))
+    assert " at 0x" not in text
+    assert text.startswith("HarmoniCa(family='dit', router=<5 steps, blocks [3 x transformer_blocks ['attn1', 'ff']], "
+                           "history 2>, threshold=0.3 (the router's), cache usage 40.0%, fused=on")
+    harmonica.enable(pipe, router, threshold=0.95, fused=False)
+    text = repr(harmonica.controller(pipe))
+    assert "threshold=0.95 (the router's is 0.3)" in text and "fused=off" in text
+    with harmonica.paused(pipe):
+        assert repr(harmonica.controller(pipe)).endswith("fused=off, paused)")
+
+
 def test_enable_twice_replaces_the_router(dit_path):
     pipe = DiTPipeline.from_pretrained(dit_path)
     expected = dit_images(pipe)
@@ -386,6 +401,39 @@ def test_router_shipped_in_pipeline_folder_is_the_default(dit_path, tmp_path):
         HarmoniCaPipeline.from_pretrained(dit_path)
 
 
+def test_save_pretrained_keeps_the_router_and_still_loads_with_plain_diffusers(dit_path, tmp_path):
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    stock = DiTPipeline.from_pretrained(dit_path)
+    expected_stock = dit_images(stock)
+    stock.save_pretrained(tmp_path / "stock")
+    router = router_dir(tmp_path, stock, kind="static", compute_every=2)
+    pipe = HarmoniCaPipeline.from_pretrained(dit_path, router=router, threshold=0.7)
+    expected = dit_images(pipe)
+    assert not torch.equal(expected, expected_stock)
+    pipe.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "router" / "model.safetensors").is_file()
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index == json.loads((tmp_path / "stock" / "model_index.json").read_text()) and "router" not in index
+
+    reloaded = HarmoniCaPipeline.from_pretrained(tmp_path / "saved")  # finds saved/router
+    ctl = harmonica.controller(reloaded)
+    assert ctl.threshold == 0.7 and ctl.router.threshold == 0.7  # saved with the threshold in use
+    assert torch.equal(ctl.router.logits, HarmoniCaRouter.from_pretrained(router).logits)
+    assert torch.equal(dit_images(reloaded), expected)
+
+    plain = DiffusionPipeline.from_pretrained(tmp_path / "saved")  # diffusers ignores router/
+    assert type(plain) is DiTPipeline and harmonica.controller(plain) is None
+    assert torch.equal(dit_images(plain), expected_stock)
+
+    harmonica.disable(pipe)
+    assert "save_pretrained" not in pipe.__dict__
+    pipe.save_pretrained(tmp_path / "disabled")
+    assert (tmp_path / "disabled" / "model_index.json").is_file() and not (tmp_path / "disabled" / "router").exists()
+
+
 # --------------------------------------------------------------------- cache pool and fusion
 def test_fused_blocks_equal_branch_by_branch_and_skip_the_block(dit_path):
     """Fully reused blocks are replaced by one gather-apply: same images, norms not run."""
@@ -435,9 +483,16 @@ def test_pool_keeps_only_reused_branches(dit_path):
 def test_half_precision_pipeline(dit_path, tmp_path):
     """bf16 weights (as users run DiT-XL/2 on GPUs): the cache keeps the model's dtype and an
     all-compute router still reproduces the stock pipeline exactly."""
-    stock = DiTPipeline.from_pretrained(dit_path, torch_dtype=torch.bfloat16)
+    import warnings
+
+    from harmonica.pipeline import dtype_kwargs
+
+    stock = DiTPipeline.from_pretrained(dit_path, **dtype_kwargs(torch.bfloat16))
     expected = dit_images(stock)
-    pipe = HarmoniCaPipeline.from_pretrained(dit_path, router=router_dir(tmp_path, stock), torch_dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # diffusers 0.40 renamed torch_dtype to dtype (the old warns)
+        pipe = HarmoniCaPipeline.from_pretrained(dit_path, router=router_dir(tmp_path, stock), dtype=torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16
     assert torch.equal(dit_images(pipe), expected)
     harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), STEPS, compute_every=2))
     pools = []

@@ -150,6 +150,80 @@ def test_every_router_training_setting_has_help(train_router):
     assert f"(default: {RouterTrainingConfig().trajectories})" in text
 
 
+def test_prompts_the_embedded_flux_model_cannot_draw_are_named(train_router, tmp_path):
+    import warnings
+
+    from harmonica_bench.embedded import FLUX_PIPELINE
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a small red star on a blue background\na white ring on a black background\n")
+    with pytest.warns(UserWarning, match="1 of 2 captions.*red on blue was never trained.*--vocabulary"):
+        train_router["parse_settings"](["--pipeline", str(FLUX_PIPELINE), "--prompts", str(prompts)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its own captions, and any prompts for another pipeline, pass quietly
+        train_router["parse_settings"](["--pipeline", str(FLUX_PIPELINE), "--prompts", "shapes"])
+        train_router["parse_settings"](["--pipeline", "some/other-flux", "--prompts", str(prompts)])
+
+
+def test_init_help_lists_every_form_parse_init_accepts(train_router):
+    from harmonica.router import INIT_FORMS, RouterError, parse_init
+
+    for form in INIT_FORMS:
+        parse_init(form.replace("N", "3").replace("W", "2"))  # each form is accepted...
+    for other in ("static", "static:0", "static:3:2:1", "static:x", "taylor", "random:3"):
+        with pytest.raises(RouterError):  # ...and no other shape
+            parse_init(other)
+    text = " ".join(train_router["build_parser"]().format_help().split())
+    start = text.index("--init INIT starting logits")
+    init_help = text[start:text.index("--lambda_variant", start)]
+    for form in INIT_FORMS:
+        assert form in init_help, form
+
+
+def documented_launches():
+    """Every `accelerate launch` command in the scripts' docstrings and the TRAINING.md files: (where, environment
+    prefix, launch options, script)."""
+    import ast
+    import re
+
+    for path in sorted([*REPO.glob("train/*.py"), *REPO.glob("eval/*.py"), *REPO.glob("pipelines/**/TRAINING.md")]):
+        text = path.read_text()
+        if path.suffix == ".py":
+            text = ast.get_docstring(ast.parse(text)) or ""
+        flat = " ".join(text.replace("\\\n", " ").split())
+        for m in re.finditer(r"((?:[A-Z_]+=\S+ )*)accelerate launch (.*?)(\S+\.py)\b", flat):
+            env = dict(pair.split("=", 1) for pair in m.group(1).split())
+            yield pytest.param(env, m.group(2).split(), m.group(3), id=f"{path.relative_to(REPO)}:{m.start()}")
+
+
+@pytest.mark.parametrize("env, options, script", list(documented_launches()))
+def test_documented_accelerate_launches_leave_accelerate_nothing_to_default(env, options, script, monkeypatch,
+                                                                             tmp_path):
+    """accelerate launch warns about every value it had to default ("The following values were not passed to
+    `accelerate launch` ..."); the documented commands pass them all, checked with accelerate's own launcher
+    logic, without a config file. Its --cpu flag starts one process whatever --num_processes says."""
+    import logging
+
+    from accelerate.commands import launch
+
+    monkeypatch.setattr(launch, "default_config_file", str(tmp_path / "no-accelerate-config.yaml"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = launch.launch_command_parser().parse_args([*options, script, "--help"])
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    launcher_log = logging.getLogger(launch.__name__)
+    launcher_log.addHandler(handler)
+    try:
+        args, _, _ = launch._validate_launch_command(args)
+    finally:
+        launcher_log.removeHandler(handler)
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    assert not (args.cpu and args.num_processes > 1), "accelerate launch --cpu starts a single process"
+
+
 SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in [*REPO.glob("train/*.py"), *REPO.glob("eval/*.py")])
 SCRIPTS.append("harmonica_bench/demo.py")
 

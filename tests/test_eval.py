@@ -746,3 +746,75 @@ def test_fid_script_on_a_flux_pipeline_with_its_harness_defaults(judge_dir, tmp_
         assert r["setup"]["guidance_scale"] == 4.0 and r["setup"]["max_sequence_length"] == 8
     forecast = next(r for r in results if r["method"] == "harmonica")
     assert forecast["cost"]["cache_usage"] == pytest.approx(0.5)
+
+
+def test_harness_names_prompts_the_embedded_flux_model_cannot_draw(tmp_path):
+    import warnings
+    from types import SimpleNamespace
+
+    from diffusers import FluxPipeline
+
+    from harmonica_bench.embedded import FLUX_PIPELINE
+    from harmonica_bench.evaluation.cli import setup_from_args
+
+    pipe = FluxPipeline.from_pretrained(FLUX_PIPELINE)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox in the snow\na white ring on a black background\n")
+    args = SimpleNamespace(pipeline=str(FLUX_PIPELINE), prompts=str(prompts), steps=None, guidance_scale=None,
+                           height=None, width=None, max_sequence_length=None, seed=0, batch_size=2, num_classes=None)
+    with pytest.warns(UserWarning, match=r"1 of 2 captions.*unknown words \['fox', 'in', 'the', 'snow'\]"):
+        setup = setup_from_args(args, pipe)
+    assert setup.prompts == ["a red fox in the snow", "a white ring on a black background"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup_from_args(SimpleNamespace(**{**vars(args), "prompts": None}), pipe)  # its harness.json: 'shapes'
+
+
+def test_loading_the_embedded_dit_prints_no_warning():
+    """The id2label of a DiT folder has string keys (JSON has no others); diffusers' type check flagged them on
+    every load (a logged warning, not a Python one). harmonica_bench.embedded drops that message, and only it."""
+    import logging
+    import warnings
+
+    import diffusers
+    from diffusers import DiTPipeline
+
+    from harmonica_bench.embedded import EMBEDDED_PIPELINE
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library = logging.getLogger("diffusers")
+    before = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_warning()  # the default (the harness and the demo lower it)
+    library.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe = DiTPipeline.from_pretrained(EMBEDDED_PIPELINE)
+        loader = logging.getLogger("diffusers.pipelines.pipeline_utils")
+        loader.warning("Expected types for transformer: (A,), got B.")  # any other type warning still shows
+    finally:
+        library.removeHandler(handler)
+        diffusers.utils.logging.set_verbosity(before)
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in records] == ["Expected types for transformer: (A,), got B."]
+    assert pipe.labels["star"] == 5  # the class names still load
+
+
+def test_loading_in_half_precision_uses_diffusers_dtype_keyword(dit_path, monkeypatch):
+    import warnings
+
+    import diffusers
+
+    from harmonica.pipeline import dtype_kwargs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # torch_dtype is deprecated from diffusers 0.40 on
+        pipe = ev.load_pipeline(dit_path, dtype="bfloat16")
+    assert pipe.transformer.dtype == torch.bfloat16
+    assert dtype_kwargs(None) == {}
+    monkeypatch.setattr(diffusers, "__version__", "0.40.0")
+    assert dtype_kwargs(torch.float16) == {"dtype": torch.float16}
+    monkeypatch.setattr(diffusers, "__version__", "0.39.2")  # before the rename: no dtype keyword there
+    assert dtype_kwargs(torch.float16) == {"torch_dtype": torch.float16}

@@ -238,3 +238,22 @@ def test_shipped_flux_pipeline_loads_with_stock_diffusers_and_draws_the_caption(
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     # the trained model draws the asked colours (99.5% colour accuracy at full computation)
     assert colour_accuracy((images * 255).round().to(torch.uint8), prompts) == 1.0
+
+
+def test_flux_caption_check_knows_every_training_caption_and_names_what_it_does_not():
+    import warnings
+
+    from harmonica_bench.embedded import check_flux_captions, flux_caption_problem, flux_train_prompts, flux_vocabulary
+
+    assert [c for c in flux_train_prompts() if flux_caption_problem(c) is not None] == []
+    vocabulary = flux_vocabulary()
+    assert "blue" not in vocabulary["colour_pairs"]["red"] and "white" in vocabulary["colour_pairs"]["red"]
+    assert "star" in vocabulary["shapes"] and "dot pair" in vocabulary["shapes"] and "fox" not in vocabulary["words"]
+    assert "never trained" in flux_caption_problem("a small red star on a blue background")
+    assert "['fox', 'in', 'the', 'snow']" in flux_caption_problem("a red fox in the snow")
+    assert "not of the form" in flux_caption_problem("a red star")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert check_flux_captions(["a small red star on a white background", "a white ring on a black background"]) == []
+        assert len(check_flux_captions(["a red fox in the snow"])) == 1
+    assert len(caught) == 1 and caught[0].category is UserWarning and "fox" in str(caught[0].message)

@@ -164,5 +164,5 @@ def test_step_router_refuses_a_scheduler_swapped_after_enable(dit_path):
     harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), 6))
     images(pipe, 6)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(RouterError, match="made for a DDIMScheduler scheduler, this one is a DPMSolverMultistep"):
+    with pytest.raises(RouterError, match="made for the scheduler DDIMScheduler, this pipeline.s scheduler is a DPMSolverMultistep"):
         images(pipe, 6)

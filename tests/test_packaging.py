@@ -80,3 +80,16 @@ def test_wheel_in_a_fresh_venv_finds_the_embedded_pipeline(tmp_path):
     assert "ok (1, 3, 32, 32)" in out.splitlines(), out  # one image, sampled with the shipped router
     help_text = run([python, "-m", "harmonica_bench.demo", "--help"], cwd=work)
     assert f"(default: {venv}/lib" in help_text and "_pipelines/shapes-dit)" in help_text  # in the venv
+
+
+def test_no_file_sends_the_reader_to_notes_outside_the_repository():
+    """What a user needs (why a pin, why a setting) is said where it is used, not in a notes folder that only
+    the project's own machines have (shared/*.md next to the checkout)."""
+    import re
+
+    cited = re.compile(r"\bshared/[A-Za-z_-]+\.md")
+    files = [REPO / "Makefile", REPO / "pyproject.toml", REPO / "README.md",
+             *(p for folder in ("harmonica", "harmonica_bench", "train", "eval", "pipelines", "docs")
+               for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".md", ".json", ".sh"))]
+    found = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in files for m in cited.finditer(p.read_text())]
+    assert found == []

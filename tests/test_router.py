@@ -49,6 +49,35 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.threshold == 0.3 and loaded.layout == router.layout
 
 
+def test_saved_model_card_describes_the_router(tmp_path):
+    from huggingface_hub import ModelCard
+
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5, init="static:2", history=2, threshold=0.3)
+    router.training_info = {"objective": "harmonica", "iterations": 8,
+                            "config": {"trajectories": 2, "batch_size": 4, "guidance_scale": 1.5, "target_usage": 0.4,
+                                       "init": "static:2", "forecast_init": "taylor"},
+                            "moved": {"decisions": 32, "decisions_changed": 3}}
+    router.save_pretrained(tmp_path)
+    card = ModelCard.load(tmp_path / "README.md")
+    text = card.text
+    assert card.data.library_name == "harmonica" and "More Information Needed" not in text
+    for fact in ("`DiTPipeline` (harmonica family `dit`)", "`DiTTransformer2DModel`: 4 x transformer_blocks",
+                 "`DDIMScheduler`, 5 steps", "num_inference_steps=5", "| threshold | 0.3 ",
+                 f"{router.cache_usage():.1%} of the branch computations", "| history | 2: ",
+                 "HarmoniCaPipeline.from_pretrained(", "objective: harmonica", "2 trajectories (8 iterations)",
+                 "target cache usage of 40%", "initial schedule: static:2", "3 of 32 compute/rebuild decisions"):
+        assert fact in text, fact
+
+    router.threshold = 0.9  # saving again describes the router now in the folder...
+    router.training_info = {}
+    router.save_pretrained(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "| threshold | 0.9 " in text and "## Training" not in text
+    (tmp_path / "README.md").write_text("my own notes\n")  # ...but a card written by hand is kept
+    router.save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").read_text() == "my own notes\n"
+
+
 def test_truncated_router_file_is_a_clear_error(tmp_path):
     HarmoniCaRouter.for_layout(LAYOUT, 5).save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
@@ -109,6 +138,28 @@ def test_compatibility_names_every_problem():
     assert "attn2" in text
     assert "20" in text and "num_inference_steps=5" in text
     router.check_compatible(LAYOUT, num_steps=5)  # no error
+
+
+def test_threshold_error_says_what_the_threshold_is_and_offers_no_reference_value():
+    with pytest.raises(RouterError) as err:
+        HarmoniCaRouter.for_layout(LAYOUT, 5, threshold=1.5)
+    text = str(err.value)
+    assert "strictly between 0 and 1" in text and "1.5" in text
+    assert "score exceeds the threshold" in text and "router.threshold" in text  # what it means, where it comes from
+    assert "reference" not in text and "0.1" not in text
+
+
+def test_mismatched_classes_are_named_in_plain_words():
+    router = HarmoniCaRouter.for_layout(LAYOUT, 5)
+    other = RouterLayout(LAYOUT.blocks, "PixArtAlphaPipeline", "PixArtTransformer2DModel", "DPMSolverMultistepScheduler")
+    with pytest.raises(RouterError) as err:
+        router.check_compatible(other)
+    text = str(err.value)
+    assert "it was made for a DiTPipeline, this pipeline is a PixArtAlphaPipeline" in text
+    assert ("it was made for the transformer class DiTTransformer2DModel, this pipeline's transformer is a "
+            "PixArtTransformer2DModel") in text
+    assert "it was made for the scheduler DDIMScheduler, this pipeline's scheduler is a DPMSolverMultistepScheduler" in text
+    assert "DDIMScheduler scheduler" not in text and "this one is" not in text
 
 
 def test_load_router_accepts_a_training_run_folder(tmp_path):

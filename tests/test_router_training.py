@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from diffusers import DiTPipeline
 
 import harmonica
+from harmonica.pipeline import dtype_kwargs
 from harmonica.training.objectives import image_error_proxy, normalise, threshold_for_usage
 from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
 from harmonica.training.run_folder import check_same_run
@@ -216,7 +217,7 @@ def test_router_warns_when_enabled_on_other_weights(dit_path, tmp_path):
     router = harmonica.HarmoniCaRouter.from_pretrained(tmp_path / "router")
     assert router.training_info["transformer_weights"]["format"] == harmonica.router.WEIGHTS_SUMMARY_FORMAT
     for dtype in (torch.float32, torch.float16, torch.bfloat16):  # the weights it was trained on, also cast: silent
-        pipe = DiTPipeline.from_pretrained(dit_path, torch_dtype=dtype)
+        pipe = DiTPipeline.from_pretrained(dit_path, **dtype_kwargs(dtype))
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             harmonica.enable(pipe, router)
@@ -237,7 +238,7 @@ def test_router_warns_when_enabled_on_other_weights(dit_path, tmp_path):
 def test_resume_in_another_dtype_is_the_same_run(dit_path, tmp_path):
     """The run folder's record of the weights is compared like the router's: a cast is the same weights."""
     make_trainer(dit_path, tmp_path, trajectories=1).train()
-    pipe = DiTPipeline.from_pretrained(dit_path, torch_dtype=torch.bfloat16)
+    pipe = DiTPipeline.from_pretrained(dit_path, **dtype_kwargs(torch.bfloat16))
     trainer = RouterTrainer(pipe, RouterTrainingConfig(num_steps=STEPS, trajectories=1, batch_size=2, lambda_every=4,
                                                        lambda_samples=2, checkpoint_every=1, output_dir=str(tmp_path),
                                                        beta=1e-4, seed=0), Accelerator(cpu=True))

@@ -1,6 +1,7 @@
 """Train the embedded model's DiT on VAE latents of the shapes data.
 
-    accelerate launch train/train_dit.py --vae runs/vae/vae --judge runs/judge/judge --output runs/dit
+    accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        train/train_dit.py --vae runs/vae/vae --judge runs/judge/judge --output runs/dit
 
 v-prediction on a cosine noise schedule with Min-SNR loss weighting, AdamW with a
 warm-up / stable / decay learning rate (constant after warm-up, cosine to 0 over the last

@@ -1,6 +1,6 @@
 """Train the text-to-image Flux-style model (pipelines/shapes-flux) on the captioned shapes.
 
-    accelerate launch train/train_flux.py --output runs/flux
+    accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train/train_flux.py --output runs/flux
     # 2 CPU processes (gloo); --batch_size is the global batch, split across processes:
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
         --dynamo_backend no train/train_flux.py --cpu --output runs/flux

@@ -1,6 +1,7 @@
 """Train the judge (shapes classifier) used for class accuracy and Frechet distance.
 
-    accelerate launch train/train_judge.py --vae runs/vae/vae --output runs/judge
+    accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        train/train_judge.py --vae runs/vae/vae --output runs/judge
 
 Half of every batch is replaced by the images' VAE reconstructions, and every image is randomly
 noised, blurred and made blocky (harmonica_bench.judge.perturb), so the judge is not fooled by the small

@@ -1,14 +1,20 @@
 """Train a HarmoniCa router for a pipeline (Step-Wise Denoising Training + image-error-proxy objective).
 
-    accelerate launch train/train_router.py --recipe pipelines/recipes/shapes-dit.json
-    accelerate launch train/train_router.py --pipeline facebook/DiT-XL-2-256 --num_steps 20 --target_usage 0.35
+    accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        train/train_router.py --recipe pipelines/recipes/shapes-dit.json
+    accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        train/train_router.py --pipeline facebook/DiT-XL-2-256 --num_steps 20 --target_usage 0.35
 
-Options given on the command line override the recipe's. A recipe or option that cannot be used
-(unknown key, wrong type, out of range, malformed JSON) is refused before anything is loaded or
-written. --objective ltc / sdt train the ablations from the same script. On 2 CPU processes:
-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no
---dynamo_backend no train/train_router.py --cpu ... Resumes from <output_dir>/checkpoints; writes
-<output_dir>/router (save_pretrained), training_log.jsonl and summary.json.
+    # 2 CPU processes (gloo; accelerate's own --cpu would start a single process):
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        train/train_router.py --cpu --recipe pipelines/recipes/shapes-dit.json
+
+The launch values are given so that accelerate does not warn that it chose defaults (on N GPUs:
+--multi_gpu --num_processes N). Options given on the command line override the recipe's. A recipe or
+option that cannot be used (unknown key, wrong type, out of range, malformed JSON) is refused before
+anything is loaded or written. --objective ltc / sdt train the ablations from the same script.
+Resumes from <output_dir>/checkpoints; writes <output_dir>/router (save_pretrained),
+training_log.jsonl and summary.json.
 """
 
 import argparse
@@ -16,6 +22,7 @@ import difflib
 import json
 import sys
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -23,7 +30,9 @@ from accelerate import Accelerator
 from transformers import HfArgumentParser
 
 from harmonica.cli import HelpFormatter, RecipeError, read_recipe
+from harmonica.pipeline import dtype_kwargs
 from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+from harmonica_bench.embedded import check_flux_captions, is_embedded_flux
 from harmonica_bench.shapes import SHAPES
 
 
@@ -65,9 +74,9 @@ def load_prompts(spec):
     if SHAPES.matches(spec):
         prompts = SHAPES.train_captions()
     elif spec.endswith(".txt"):
-        prompts = [line.strip() for line in open(spec, encoding="utf-8") if line.strip()]
+        prompts = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
     elif spec.endswith(".json"):
-        prompts = json.load(open(spec, encoding="utf-8"))
+        prompts = json.loads(Path(spec).read_text(encoding="utf-8"))
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise ValueError("a .json prompts file must hold a list of strings")
     else:
@@ -115,6 +124,8 @@ def parse_settings(argv=None) -> tuple[ScriptOptions, RouterTrainingConfig]:
         config.prompts = load_prompts(options.prompts_file)
     except (OSError, ValueError, KeyError) as err:
         parser.error(f"cannot read the prompts in {options.prompts_file}: {err}")
+    if is_embedded_flux(options.pipeline) and not SHAPES.matches(options.prompts_file):
+        check_flux_captions(config.prompts)  # a caption it cannot draw trains the router on noise
     return options, config
 
 
@@ -124,7 +135,7 @@ def main(argv=None):
     from diffusers import DiffusionPipeline
 
     dtype = getattr(torch, options.torch_dtype)
-    pipe = DiffusionPipeline.from_pretrained(options.pipeline, torch_dtype=dtype).to(accelerator.device)
+    pipe = DiffusionPipeline.from_pretrained(options.pipeline, **dtype_kwargs(dtype)).to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
     summary = RouterTrainer(pipe, config, accelerator).train()
     accelerator.print(

@@ -1,6 +1,6 @@
 """Train the embedded model's VAE (32x32x3 -> 8x8x4) on the shapes data.
 
-    accelerate launch train/train_vae.py --output runs/vae
+    accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train/train_vae.py --output runs/vae
 
 Resumes from the newest checkpoint in --output. Writes the trained VAE (diffusers folder, with its
 latent scaling factor measured on the data) to <output>/vae.

@@ -46,10 +46,14 @@ def enable(pipe, router, threshold: float | None = None, fused: bool = True, spe
 
 
 def disable(pipe):
-    """Remove harmonica from ``pipe``'s transformer(s): every module is left exactly as before ``enable``."""
+    """Remove harmonica from ``pipe``'s transformer(s): every module is left exactly as before ``enable``, and
+    ``pipe.save_pretrained`` no longer saves a router."""
+    from ..pipeline import forget_router_on_save
+
     found = controller(pipe)
     if found is not None:
         found.detach()
+    forget_router_on_save(pipe)
     return pipe
 
 

@@ -58,7 +58,7 @@ def apply_harmonica(pipe, config: HarmoniCaConfig):
 
     The router is loaded (a folder or hub id) and checked against the pipeline before anything is attached:
     on error the pipeline is left as it was. Returns ``pipe``."""
-    from ..pipeline import load_router
+    from ..pipeline import keep_router_on_save, load_router
     from .api import disable
 
     if not isinstance(config, HarmoniCaConfig):
@@ -67,4 +67,5 @@ def apply_harmonica(pipe, config: HarmoniCaConfig):
     new = HarmoniCa(pipe, router, config.threshold, fused=config.fused, speedup=config.speedup)
     disable(pipe)
     new.attach()
+    keep_router_on_save(pipe)
     return pipe

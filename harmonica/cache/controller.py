@@ -77,6 +77,22 @@ class HarmoniCa:
         coefficients = self.router.forecast_table()
         self.plans = [Plan(blocks, schedule, coefficients, self.fused, self.keep) for blocks in self.blocks]
 
+    def __repr__(self) -> str:
+        router = self.router
+        own = "the router's" if self.threshold == router.threshold else f"the router's is {router.threshold:.4g}"
+        if self.per_call:
+            lo, hi = router.step_range
+            serves = f"noise-level, {lo}-{hi} steps, {', '.join(router.schedulers) or 'any scheduler'}"
+            speed = (f"speedup={self.speedup:g}x per call" if self.speedup is not None else
+                     f"threshold={self.threshold:.4g} ({own})")
+        else:
+            serves = f"{router.num_steps} steps"
+            speed = (f"threshold={self.threshold:.4g} ({own}), cache usage "
+                     f"{router.cache_usage(self.threshold):.1%}")
+        return (f"HarmoniCa(family={self.family.name!r}, router=<{serves}, blocks [{router.layout.describe_blocks()}], "
+                f"history {router.history}>, {speed}, fused={'on' if self.fused else 'off'}"
+                f"{'' if self.active else ', paused'})")
+
     def __deepcopy__(self, memo):
         raise RuntimeError(
             "harmonica: cannot deep-copy a pipeline or transformer with harmonica enabled (its hooks hold the cache "

@@ -37,10 +37,24 @@ class RouterFiles:
         return config
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Write ``model.safetensors`` and ``config.json`` (see huggingface_hub's ModelHubMixin)."""
+        """Write ``model.safetensors``, ``config.json`` and the model card ``README.md`` (see huggingface_hub's
+        ModelHubMixin). A card written by an earlier save (this one's or the stock mixin card) is replaced, so that
+        it describes the router now in the folder; a card written by hand is kept, as the mixin does."""
+        from pathlib import Path
+
         self.validate()
         kwargs.setdefault("config", self.config_dict)
+        card = Path(save_directory) / "README.md"
+        if card.is_file() and any(mark in card.read_text(errors="replace") for mark in GENERATED_CARD_MARKS):
+            card.unlink()
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def generate_model_card(self, *args, **kwargs):
+        """The router's model card: what it serves, its schedule at its threshold, how to use it and, for a
+        trained router, how it was trained (the hub mixin's card would say "More Information Needed")."""
+        from huggingface_hub import ModelCard
+
+        return ModelCard(f"---\n{self._hub_mixin_info.model_card_data.to_yaml()}\n---\n\n{model_card_text(self)}")
 
     def push_to_hub(self, repo_id: str, *args, **kwargs):
         self.validate()
@@ -85,6 +99,93 @@ class RouterFiles:
                 f"the weights of the router at {pretrained_model_name_or_path} do not match its config.json: {err}"
             ) from err
         return router.validate()
+
+
+CARD_MARK = "<!-- harmonica router card: written by HarmoniCaRouter.save_pretrained from config.json -->"
+GENERATED_CARD_MARKS = (CARD_MARK, "This model has been pushed to the Hub using the [PytorchModelHubMixin]")
+
+
+def _family_of(pipeline_class: str) -> str | None:
+    from ..families import FAMILIES
+
+    return next((family.name for family in FAMILIES if pipeline_class in family.pipelines), None)
+
+
+def model_card_text(router) -> str:
+    """The body of a router's model card (markdown), from its config."""
+    family = _family_of(router.pipeline_class)
+    served = f"`{router.pipeline_class}`" + (f" (harmonica family `{family}`)" if family else "")
+    noise_level = router.kind == "noise-level"
+    forecast = ("a rebuilt branch reuses its last computed output" if router.history == 1 else
+                f"a rebuilt branch is forecast from its last {router.history} computed outputs with learned "
+                "coefficients")
+    lines = [
+        CARD_MARK,
+        "",
+        f"# HarmoniCa router for {router.pipeline_class}",
+        "",
+        "A learned feature-cache schedule for [harmonica](https://github.com/harmonica-cache/harmonica): at each "
+        "sampling step, each branch (attention, feed-forward, ...) of each transformer block is either computed or "
+        "rebuilt from its cached outputs, as decided by this router before sampling starts.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| pipeline | {served} |",
+        f"| transformer | `{router.transformer_class}`: {router.layout.describe_blocks()} "
+        f"({router.num_slots} branches) |",
+        *([f"| schedulers | {', '.join(f'`{s}`' for s in router.schedulers)}, trained on {router.step_range[0]} to "
+           f"{router.step_range[1]} steps: any step count (its scores are functions of the noise level) |",
+           f"| threshold | {router.threshold:.4g}, or a speed per call: `harmonica.enable(pipe, router, speedup=2.0)` |"]
+          if noise_level else
+          [f"| scheduler | `{router.scheduler_class}`, {router.num_steps} steps (call with "
+           f"`num_inference_steps={router.num_steps}`) |",
+           f"| threshold | {router.threshold:.4g} (a branch is computed where its score exceeds it) |",
+           f"| cache usage at that threshold | {router.cache_usage():.1%} of the branch computations are rebuilt from "
+           "the cache |"]),
+        f"| history | {router.history}: {forecast} |",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from harmonica import HarmoniCaPipeline",
+        "",
+        f'pipe = HarmoniCaPipeline.from_pretrained("<{router.pipeline_class} folder or hub id>", '
+        'router="<this router\'s folder or hub id>")',
+        "images = pipe(...).images" if noise_level else f"images = pipe(..., num_inference_steps={router.num_steps}).images",
+        "```",
+        "",
+        "A pipeline folder holding this router in `router/` needs no `router=` argument. "
+        "`threshold=` overrides the threshold above (higher: more reuse, faster).",
+    ]
+    training = training_summary(router.training_info)
+    if training:
+        lines += ["", "## Training", "", *training]
+    return "\n".join(lines) + "\n"
+
+
+def training_summary(info: dict) -> list[str]:
+    """Markdown lines on how a router was made, from its ``training_info`` (empty when it records nothing)."""
+    config = info.get("config") or {}
+    lines = []
+    if "objective" in info:
+        lines.append(f"* objective: {info['objective']}")
+    if "trajectories" in config:
+        lines.append(f"* {config['trajectories']} trajectories ({info.get('iterations', '?')} iterations), batch "
+                     f"{config.get('batch_size', '?')}, guidance scale {config.get('guidance_scale', '?')}")
+    if config.get("target_usage") is not None:
+        lines.append(f"* trained at a target cache usage of {config['target_usage']:.0%}")
+    for key, what in (("init", "initial schedule"), ("forecast_init", "initial forecast"), ("lr", "learning rate"),
+                      ("beta", "cache-use penalty beta")):
+        if key in config:
+            lines.append(f"* {what}: {config[key]}")
+    moved = info.get("moved")
+    if moved and "decisions" in moved:
+        lines.append(f"* moved from its initial schedule: {moved['decisions_changed']} of {moved['decisions']} "
+                     "compute/rebuild decisions changed")
+    for key, value in info.items():
+        if key not in ("objective", "config", "iterations", "lambda", "moved", "transformer_weights"):
+            lines.append(f"* {key}: {value}")
+    return lines
 
 
 CONFIG_KEYS = ("num_steps", "blocks", "pipeline_class", "transformer_class", "scheduler_class", "threshold",

@@ -24,6 +24,27 @@ class RouterLayout:
     transformer_class: str = ""
     scheduler_class: str = ""
 
+    def mismatches(self, layout: "RouterLayout", scheduler: bool = True) -> list[str]:
+        """Every difference between this (a router's) layout and a pipeline's, in words: blocks and branches,
+        pipeline, transformer and (``scheduler``) scheduler class."""
+        problems = []
+        if self.num_blocks != layout.num_blocks:
+            problems.append(f"it has {self.num_blocks} blocks, the transformer has {layout.num_blocks}")
+        if {b for _, b in self.blocks} != {b for _, b in layout.blocks} or (
+                self.num_blocks == layout.num_blocks and self.blocks != layout.blocks):
+            problems.append(f"its blocks and branches are [{self.describe_blocks()}], the transformer's are "
+                            f"[{layout.describe_blocks()}]")
+        for ours, theirs, message in (
+            (self.pipeline_class, layout.pipeline_class, "it was made for a {}, this pipeline is a {}"),
+            (self.transformer_class, layout.transformer_class,
+             "it was made for the transformer class {}, this pipeline's transformer is a {}"),
+            (self.scheduler_class if scheduler else "", layout.scheduler_class,
+             "it was made for the scheduler {}, this pipeline's scheduler is a {}"),
+        ):
+            if ours and theirs and ours != theirs:
+                problems.append(message.format(ours, theirs))
+        return problems
+
     @classmethod
     def uniform(cls, num_blocks: int, branches: Sequence[str], pipeline_class: str = "", transformer_class: str = "",
                 scheduler_class: str = "", list_name: str = "transformer_blocks") -> "RouterLayout":

@@ -233,21 +233,7 @@ class HarmoniCaRouter(
 
     def check_compatible(self, layout: RouterLayout, num_steps: int | None = None) -> None:
         """Raise RouterError naming every difference between this router and a pipeline."""
-        problems = []
-        mine = self.layout
-        if mine.num_blocks != layout.num_blocks:
-            problems.append(f"it has {mine.num_blocks} blocks, the transformer has {layout.num_blocks}")
-        if {b for _, b in mine.blocks} != {b for _, b in layout.blocks} or (
-                mine.num_blocks == layout.num_blocks and mine.blocks != layout.blocks):
-            problems.append(f"its blocks and branches are [{mine.describe_blocks()}], the transformer's are "
-                            f"[{layout.describe_blocks()}]")
-        for what, ours, theirs in (
-            ("pipeline", mine.pipeline_class, layout.pipeline_class),
-            ("transformer", mine.transformer_class, layout.transformer_class),
-            ("scheduler", mine.scheduler_class, layout.scheduler_class),
-        ):
-            if ours and theirs and ours != theirs:
-                problems.append(f"it was made for a {ours} {what}, this one is a {theirs}")
+        problems = self.layout.mismatches(layout)
         if num_steps is not None and num_steps != self.num_steps:
             problems.append(
                 f"it was made for {self.num_steps} sampling steps, the pipeline runs {num_steps} "

@@ -158,14 +158,7 @@ class NoiseLevelRouter(
     def check_compatible(self, layout: RouterLayout, num_steps: int | None = None) -> None:
         """Raise RouterError naming every difference in blocks, pipeline or transformer class (any step count
         and any of ``schedulers`` is served: ``check_call`` checks a call)."""
-        problems = []
-        if layout.blocks != self.layout.blocks:
-            problems.append(f"its blocks and branches are [{self.layout.describe_blocks()}], the transformer's are "
-                            f"[{layout.describe_blocks()}]")
-        for what, ours, theirs in (("pipeline", self.pipeline_class, layout.pipeline_class),
-                                   ("transformer", self.transformer_class, layout.transformer_class)):
-            if ours and theirs and ours != theirs:
-                problems.append(f"it was made for a {ours} {what}, this one is a {theirs}")
+        problems = self.layout.mismatches(layout, scheduler=False)
         if problems:
             raise RouterError("this router does not fit the pipeline: " + "; ".join(problems) + ".")
 

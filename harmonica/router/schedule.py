@@ -10,10 +10,13 @@ from typing import Sequence
 from .layout import RouterError
 
 LOGIT_BOUND = 5.0
+# The threshold of a router built without one (``for_layout``, ``static``) and of training without a target usage;
+# a trained router carries the threshold it was trained at (``router.threshold``), used unless overridden.
 DEFAULT_THRESHOLD = 0.1
 STATIC_INIT_LOGIT = 2.0  # init "static:N": scores 0.88 / 0.12, far enough from 0.5 yet free to move
 MAX_HISTORY = 4
 INIT_KINDS = ("random", "compute", "reuse", "uniform")
+INIT_FORMS = INIT_KINDS + ("static:N", "static:N:W")  # every form parse_init accepts (N, W: integers)
 
 
 def parse_init(init: str) -> tuple[str, int, int]:
@@ -25,8 +28,7 @@ def parse_init(init: str) -> tuple[str, int, int]:
         return kind, 0, 0
     if kind == "static" and 1 <= len(numbers) <= 2 and all(n.isdigit() for n in numbers) and int(numbers[0]) >= 1:
         return kind, int(numbers[0]), int(numbers[1]) if len(numbers) == 2 else 0
-    raise RouterError(f"init must be one of {', '.join(map(repr, INIT_KINDS))}, 'static:N' or 'static:N:W' (N >= 1, "
-                      f"W >= 0), got {init!r}")
+    raise RouterError(f"init must be one of {', '.join(map(repr, INIT_FORMS))} (N >= 1, W >= 0), got {init!r}")
 
 
 def static_steps(num_steps: int, every: int, warmup: int = 0) -> list[int]:
@@ -37,11 +39,15 @@ def static_steps(num_steps: int, every: int, warmup: int = 0) -> list[int]:
 
 
 def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float, or RouterError when it is not a number strictly between 0 and 1."""
     real = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
     if not real or math.isnan(float(threshold)) or not (0.0 < float(threshold) < 1.0):
         raise RouterError(
-            f"threshold must be a number strictly between 0 and 1 (a branch is computed when its score "
-            f"exceeds it), got {threshold!r}. The reference value for DiT is {DEFAULT_THRESHOLD}."
+            f"threshold must be a number strictly between 0 and 1, got {threshold!r}. A branch is computed at a step "
+            "when its router score exceeds the threshold and rebuilt from the cache otherwise, so a higher threshold "
+            "reuses more (faster, further from the uncached images). A trained router carries the threshold it was "
+            "trained at (router.threshold), which is used when none is given: give one only to trade speed for "
+            "quality."
         )
     return float(threshold)
 

@@ -47,8 +47,10 @@ class RouterTrainingConfig:
     lambda_every: int = _setting(500, "iterations between IEPO lambda refreshes (C)")
     lambda_samples: int = _setting(8, "fixed samples (over all processes) used to measure lambda")
     lambda_floor: float = _setting(0.05, "lambda's floor, as a fraction of its mean, in [0, 1]")
-    init: str = _setting("random", "starting logits: random (randn, as the paper), uniform (all 0), compute, "
-                         "reuse, or static:N (FORA's compute-every-N schedule, logits +2 / -2)")
+    init: str = _setting("random", "starting logits: random (randn, as the paper), uniform (all 0), compute (every "
+                         "branch computed), reuse (everything after the first step reused), static:N (FORA's "
+                         "compute-every-N schedule, logits +2 / -2) or static:N:W (the first W steps computed, then "
+                         "every N-th: TaylorSeer's schedule with its warm-up)")
     lambda_variant: str = _setting("stake", "IEPO lambda: stake or paper (see harmonica/training/objectives.py)",
                                    choices=LAMBDA_VARIANTS)
     history: int = _setting(1, "a skipped branch is forecast from its last HISTORY computed outputs with learned "

@@ -84,13 +84,15 @@ def load_prompts(spec: str) -> tuple[list[str], list[int] | None, list | None]:
 
 def setup_from_args(args, pipe) -> SamplingSetup:
     """The sampling setup: flags first, then the pipeline folder's harness.json, then the defaults."""
-    from ..embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from ..embedded import DEFAULT_GUIDANCE, DEFAULT_STEPS, check_flux_captions, is_embedded_flux
 
     own = harness_defaults(args.pipeline)
     value = {k: getattr(args, k, None) if getattr(args, k, None) is not None else own.get(k) for k in HARNESS_KEYS}
     prompts = labels = colours = None
     if value["prompts"]:
         prompts, labels, colours = load_prompts(value["prompts"])
+        if is_embedded_flux(args.pipeline) and not SHAPES.matches(value["prompts"]):
+            check_flux_captions(prompts)
     setup = setup_for(pipe, value["steps"] or DEFAULT_STEPS, value["guidance_scale"] or DEFAULT_GUIDANCE,
                       seed=args.seed, batch_size=args.batch_size, prompts=prompts, num_classes=args.num_classes,
                       height=value["height"], width=value["width"])

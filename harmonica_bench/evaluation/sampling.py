@@ -61,10 +61,11 @@ def load_pipeline(path: str | Path, device: str = "cpu", dtype: str = "float32",
     from diffusers import DiffusionPipeline
 
     from harmonica.families import family_for
+    from harmonica.pipeline import dtype_kwargs
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
-    kwargs = {} if dtype == "float32" else {"torch_dtype": getattr(torch, dtype)}
+    kwargs = {} if dtype == "float32" else dtype_kwargs(getattr(torch, dtype))
     pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
     family_for(pipe)  # raises, naming the supported pipelines
     if scheduler:

@@ -2,7 +2,9 @@
 
 DBCache computes the first ``Fn`` blocks, compares their residual with the previous step's, and
 reuses the remaining blocks' residual while the relative change stays under the threshold. Settings
-for small models (see shared/ENVIRONMENT.md): Fn = 1, Bn = 0; warm-up steps: a fifth of the schedule.
+for small models: Fn = 1, Bn = 0; warm-up steps: a fifth of the schedule. cache-dit's defaults (Fn = 8,
+8 warm-up steps) are sized for large models: on the embedded models (12 blocks, 20 steps) they would
+always compute 8 of the 12 blocks and cache nothing in the first 8 steps.
 cache-dit patches the pipeline *class*'s ``__call__``; so that it patches only this pipeline, the
 pipeline is first given a private subclass of its own class (same name, same behaviour).
 
