@@ -14,7 +14,8 @@ from ..families.spec import bind_call
 from ..macs import count_macs
 from ..router import HarmoniCaRouter, check_threshold
 from ..steps import StepLocator, calling_pipeline
-from .hooks import BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, BlockHook, BranchHook, StepHook
+from .coexist import check_no_diffusers_cache
+from .hooks import BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, BlockHook, BranchHook, StepHook, remove_hook
 from .layout import describe
 from .plan import Plan
 from .state import CacheState, CallRecord, Forward
@@ -38,7 +39,9 @@ class HarmoniCa:
         self.threshold = router.threshold if threshold is None else check_threshold(threshold)
         self.layout = describe(pipe)
         router.check_compatible(self.layout)
-        self.transformers = [t for _, t in pipeline_transformers(pipe, self.family)]
+        self.named_transformers = pipeline_transformers(pipe, self.family)
+        check_no_diffusers_cache(self.named_transformers, enabling=True)
+        self.transformers = [t for _, t in self.named_transformers]
         for transformer in self.transformers:
             router.check_weights(transformer)
         self.blocks = [transformer_blocks(self.family, t) for t in self.transformers]
@@ -96,7 +99,7 @@ class HarmoniCa:
             if registry is None:
                 continue
             for name in (STEP_HOOK, BRANCH_HOOK, BLOCK_HOOK):
-                registry.remove_hook(name, recurse=False)
+                remove_hook(registry, name)
             if not registry.hooks:  # nothing else hooked here: restore the module's own attributes
                 if not had_registry:
                     del module._diffusers_hook
@@ -145,6 +148,7 @@ class HarmoniCa:
         new_call = (record is None or not record.belongs_to(position.pipeline) or key in record.finished
                     or (state is not None and position.step <= state.step))
         if new_call:
+            check_no_diffusers_cache(self.named_transformers, enabling=False)  # applied after enable
             self.router.check_compatible(self.layout, position.num_steps)
             if position.timesteps is not None:
                 self.router.check_timesteps(position.timesteps)
