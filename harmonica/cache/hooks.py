@@ -77,8 +77,12 @@ class BranchHook(ModelHook):
             out = self.fn_ref.original_forward(*args, **kwargs)
         parts = out if isinstance(out, tuple) else (out,)
         if len(parts) != self.elements:
-            raise RuntimeError(f"harmonica: {self.name} returned {len(parts)} tensors, its family spec names "
-                               f"{self.elements} (an IP adapter or another processor changes its outputs?)")
+            raise RuntimeError(
+                f"harmonica: {self.name} returned {len(parts)} tensors, its family spec named {self.elements} at "
+                "harmonica.enable. Was its attention processor changed since (an IP adapter loaded or unloaded, "
+                "set_attn_processor)? Call harmonica.enable(pipe, router) again after changing processors; a "
+                "processor whose outputs the family spec does not describe cannot be cached."
+            )
         if store:
             self._store(current.state, parts)
         return out
