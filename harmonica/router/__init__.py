@@ -20,11 +20,11 @@ from .files import CONFIG_KEYS, check_config
 from .model import TIMESTEP_TOLERANCE, HarmoniCaRouter
 from .schedule import (DEFAULT_THRESHOLD, INIT_KINDS, LOGIT_BOUND, MAX_HISTORY, STATIC_INIT_LOGIT, check_threshold,
                        computed_before, parse_init, static_steps, taylor_coefficients)
-from .weights import WEIGHTS_SUMMARY_FORMAT, weights_distance, weights_summary
+from .weights import WEIGHTS_SUMMARY_FORMAT, lora_adapters, weights_distance, weights_summary
 
 __all__ = [
     "CONFIG_KEYS", "DEFAULT_THRESHOLD", "INIT_KINDS", "LOGIT_BOUND", "MAX_HISTORY", "STATIC_INIT_LOGIT", "TIMESTEP_TOLERANCE",
     "WEIGHTS_SUMMARY_FORMAT", "HarmoniCaRouter", "RouterError", "RouterLayout", "check_config", "check_threshold",
-    "computed_before", "parse_init", "static_steps", "taylor_coefficients", "weights_distance",
+    "computed_before", "lora_adapters", "parse_init", "static_steps", "taylor_coefficients", "weights_distance",
     "weights_summary",
 ]

@@ -14,7 +14,7 @@ from .files import RouterFiles
 from .layout import RouterError, RouterLayout
 from .schedule import (DEFAULT_THRESHOLD, LOGIT_BOUND, MAX_HISTORY, STATIC_INIT_LOGIT, check_threshold, parse_init,
                        static_steps, taylor_coefficients)
-from .weights import weights_distance
+from .weights import lora_adapters, weights_distance
 
 TIMESTEP_TOLERANCE = 1e-3  # relative; a router's recorded timesteps vs a call's
 
@@ -274,16 +274,28 @@ class HarmoniCaRouter(
 
     def check_weights(self, transformer: nn.Module) -> None:
         """Warn when the router was trained on other weights of the same architecture (a retrained or
-        fine-tuned model): it still runs, but its schedule was not learned for these weights. The same
-        weights cast to fp16 / bf16 do not warn (see ``weights_distance``)."""
+        fine-tuned model, or a LoRA fused into the weights): it still runs, but its schedule was not learned for
+        these weights. The same weights cast to fp16 / bf16 do not warn (see ``weights_distance``). With peft LoRA
+        layers (not fused) the base weights are compared, and a match warns that the router's quality with the
+        LoRA is unmeasured (it was trained on the base model)."""
         trained_on = self.training_info.get("transformer_weights")
         if trained_on is None:
             return
+        unfused, fused = lora_adapters(transformer)
         distance, what = weights_distance(trained_on, transformer)
         if not distance <= 1:
+            why = (f"the LoRA adapter(s) {', '.join(fused)} fused into them moved them" if fused else
+                   "a fine-tune, a retrained model, or possibly a LoRA fused into the weights")
             warnings.warn(
-                f"this router was trained on other transformer weights ({what}): its cache schedule may not fit "
-                "this model and images may degrade; retrain the router for these weights (train/train_router.py)",
+                f"this router was trained on other transformer weights ({what}; {why}): its cache schedule may not "
+                "fit this model and images may degrade; retrain the router for these weights (train/train_router.py)",
+                stacklevel=3,
+            )
+        elif unfused or fused:
+            warnings.warn(
+                f"this router was trained on the base transformer weights, which LoRA adapter(s) "
+                f"{', '.join(unfused + fused)} modify: its quality with this LoRA is unmeasured (train a router on "
+                "the pipeline with the LoRA fused for a measured one)",
                 stacklevel=3,
             )
 
