@@ -26,7 +26,8 @@ multiply-accumulates.
 
 Files: ``config`` (``HarmoniCaConfig``, ``apply_harmonica``), ``api`` (enable, disable, paused, stats,
 controller), ``layout`` (``describe``), ``controller`` (``HarmoniCa``), ``hooks``, ``plan`` (the schedule
-resolved at enable), ``state`` (per-call caches), ``stats`` (``CacheStats``).
+resolved at enable), ``state`` (per-call caches), ``stats`` (``CacheStats``), ``coexist`` (diffusers' own caches
+refused beside harmonica).
 """
 
 from .api import controller, disable, enable, paused, stats

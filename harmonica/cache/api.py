@@ -60,7 +60,11 @@ def disable(pipe):
 def _require(pipe) -> HarmoniCa:
     found = controller(pipe)
     if found is None:
-        raise RuntimeError("harmonica is not enabled on this pipeline (harmonica.enable(pipe, router))")
+        raise RuntimeError(
+            "harmonica is not enabled on this pipeline (harmonica.enable(pipe, router)). Its hooks live on the "
+            "transformer objects and are not saved by save_pretrained: a pipeline loaded with from_pretrained, or built "
+            "from new transformers, starts without them; enable it again there."
+        )
     return found
 
 

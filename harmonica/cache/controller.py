@@ -14,9 +14,10 @@ from diffusers.hooks import HookRegistry
 from ..families import family_for, pipeline_transformers, transformer_blocks
 from ..families.spec import bind_call
 from ..macs import count_macs
-from ..router import HarmoniCaRouter, NoiseLevelRouter, RouterError, check_threshold
+from ..router import HarmoniCaRouter, NoiseLevelRouter, RouterError, check_threshold, lora_adapters
 from ..steps import StepLocator, calling_pipeline
-from .hooks import BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, BlockHook, BranchHook, StepHook
+from .coexist import check_no_diffusers_cache
+from .hooks import BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, BlockHook, BranchHook, StepHook, remove_hook
 from .layout import describe
 from .plan import Plan
 from .state import CacheState, CallRecord, Forward
@@ -46,9 +47,12 @@ class HarmoniCa:
         self.threshold = router.threshold if threshold is None else check_threshold(threshold)
         self.layout = describe(pipe)
         router.check_compatible(self.layout)
-        self.transformers = [t for _, t in pipeline_transformers(pipe, self.family)]
+        self.named_transformers = pipeline_transformers(pipe, self.family)
+        check_no_diffusers_cache(self.named_transformers, enabling=True)
+        self.transformers = [t for _, t in self.named_transformers]
         for transformer in self.transformers:
             router.check_weights(transformer)
+        self.adapters = [lora_adapters(t) for t in self.transformers]  # peft LoRA adapters (follow_module_changes)
         self.blocks = [transformer_blocks(self.family, t) for t in self.transformers]
         self.locators = [StepLocator(self.family, t) for t in self.transformers]
         self.block_level = [Plan.block_levels(blocks, self.fused) for blocks in self.blocks]
@@ -124,18 +128,45 @@ class HarmoniCa:
 
     def detach(self) -> None:
         self.records.clear()
-        for module, had_registry, had_forward in self._restore:
-            registry = module.__dict__.get("_diffusers_hook")
-            if registry is None:
-                continue
-            for name in (STEP_HOOK, BRANCH_HOOK, BLOCK_HOOK):
-                registry.remove_hook(name, recurse=False)
-            if not registry.hooks:  # nothing else hooked here: restore the module's own attributes
-                if not had_registry:
-                    del module._diffusers_hook
-                if not had_forward and "forward" in module.__dict__:
-                    del module.forward
+        for entry in self._restore:
+            self._unhook(*entry)
         self._restore.clear()
+
+    @staticmethod
+    def _unhook(module, had_registry: bool, had_forward: bool) -> None:
+        registry = module.__dict__.get("_diffusers_hook")
+        if registry is None:
+            return
+        for name in (STEP_HOOK, BRANCH_HOOK, BLOCK_HOOK):
+            remove_hook(registry, name)
+        if not registry.hooks:  # nothing else hooked here: restore the module's own attributes
+            if not had_registry:
+                del module._diffusers_hook
+            if not had_forward and "forward" in module.__dict__:
+                del module.forward
+
+    def follow_module_changes(self) -> None:
+        """At a call's first forward: follow what changed in the transformers since ``enable``. A LoRA loaded or
+        unloaded (peft wraps the layers it targets, Flux's single-block ``proj_out`` branch among them) replaces a
+        branch module: its hook moves to the module now there, or a reused branch would drop the LoRA's part.
+        LoRA adapters loaded, fused or unloaded re-run the router's weights check (it names them)."""
+        for t_index, transformer in enumerate(self.transformers):
+            adapters = lora_adapters(transformer)
+            if adapters != self.adapters[t_index]:
+                self.adapters[t_index] = adapters
+                self.router.check_weights(transformer)
+        for block in (b for blocks in self.blocks for b in blocks):
+            for i, (slot, branch, module) in enumerate(zip(block.slots, block.branches, block.modules)):
+                now = branch.resolve(block.module)
+                if now is module:
+                    continue
+                entry = next(e for e in self._restore if e[0] is module)
+                self._restore.remove(entry)
+                self._unhook(*entry)
+                self._restore.append((now, "_diffusers_hook" in now.__dict__, "forward" in now.__dict__))
+                hook = BranchHook(self, slot, f"{block.list_name}[{block.index}].{branch.name}", branch.elements)
+                HookRegistry.check_if_exists_or_initialize(now).register_hook(hook, BRANCH_HOOK)
+                block.modules[i] = now
 
     # ------------------------------------------------------------------- per-forward logic
     # These run eagerly under torch.compile (compiler-disabled): the compiled graphs hold only the
@@ -178,6 +209,8 @@ class HarmoniCa:
         new_call = (record is None or not record.belongs_to(position.pipeline) or key in record.finished
                     or (state is not None and position.step <= state.step))
         if new_call:
+            check_no_diffusers_cache(self.named_transformers, enabling=False)  # applied after enable
+            self.follow_module_changes()
             self.check_call(position)
             record = self.records[thread] = CallRecord(position.pipeline)
             state = None

@@ -23,6 +23,31 @@ BRANCH_HOOK = "harmonica_branch"
 BLOCK_HOOK = "harmonica_block"
 
 
+def remove_hook(registry, name: str) -> None:
+    """Remove hook ``name`` from one module's ``registry``, also from under a hook registered after it.
+
+    diffusers' ``HookRegistry.remove_hook`` reconnects the next hook up by setting its ``fn_ref.forward``; for a hook
+    with its own ``new_forward`` (a diffusers cache applied after harmonica) that is the hook itself, which would be
+    skipped from then on and still call harmonica's forward through ``original_forward``. Here the function that hook
+    calls is reconnected instead."""
+    if name not in registry.hooks:
+        return
+    index = registry._hook_order.index(name)
+    if index == len(registry._hook_order) - 1:  # the outermost hook: diffusers' own removal is right
+        registry.remove_hook(name, recurse=False)
+        return
+    below = registry._fn_refs[index]
+    below = below.original_forward if below.original_forward is not None else below.forward
+    above = registry._fn_refs[index + 1]
+    if above.original_forward is not None:
+        above.original_forward = below
+    else:
+        above.forward = below
+    registry._module_ref = registry.hooks.pop(name).deinitalize_hook(registry._module_ref)
+    registry._hook_order.pop(index)
+    registry._fn_refs.pop(index)
+
+
 class BranchHook(ModelHook):
     """Compute a branch and keep its output, or return the kept output without running the branch."""
 
@@ -52,8 +77,12 @@ class BranchHook(ModelHook):
             out = self.fn_ref.original_forward(*args, **kwargs)
         parts = out if isinstance(out, tuple) else (out,)
         if len(parts) != self.elements:
-            raise RuntimeError(f"harmonica: {self.name} returned {len(parts)} tensors, its family spec names "
-                               f"{self.elements} (an IP adapter or another processor changes its outputs?)")
+            raise RuntimeError(
+                f"harmonica: {self.name} returned {len(parts)} tensors, its family spec named {self.elements} at "
+                "harmonica.enable. Was its attention processor changed since (an IP adapter loaded or unloaded, "
+                "set_attn_processor)? Call harmonica.enable(pipe, router) again after changing processors; a "
+                "processor whose outputs the family spec does not describe cannot be cached."
+            )
         if store:
             self._store(current.state, parts)
         return out

@@ -7,6 +7,12 @@
   and MLP run in parallel on it and one output projection ``proj_out`` mixes them, gated once. That
   projection's output is the block's one branch; reusing it replaces the whole block.
 
+With an IP adapter loaded (``FluxIPAdapterAttnProcessor`` on the double blocks' ``attn``: diffusers'
+``load_ip_adapter``), ``attn`` returns a third tensor, the image-prompt attention output, which the block adds to
+the image stream ungated after the MLP: it is the ``attn`` branch's third element, cached and rebuilt with the
+other two. The spec reads the processor at ``enable``; one set or removed later is refused at the next call's first
+forward (the branch returns another number of tensors), before the transformer's output is used.
+
 The pipeline passes ``t / 1000`` (cast to the latents' dtype) as the timestep, and with true CFG
 (``negative_prompt`` + ``true_cfg_scale > 1``) runs the conditional and unconditional forwards
 separately inside ``cache_context("cond")`` / ``("uncond")``. Flux.1-dev instead embeds a distilled
@@ -24,18 +30,29 @@ def _clip16(x: torch.Tensor) -> torch.Tensor:
     return x.clip(-65504, 65504) if x.dtype == torch.float16 else x
 
 
+def _ip_adapter(block) -> bool:
+    """Whether the block's attention runs an IP-adapter processor (it holds the image-prompt key / value
+    projections ``to_k_ip``), which returns the image-prompt attention output as a third tensor."""
+    return hasattr(block.attn.processor, "to_k_ip")
+
+
+def _double_branches(block) -> tuple[Branch, ...]:
+    attn = ("image", "text", "image") if _ip_adapter(block) else ("image", "text")
+    return (Branch("attn", "attn", attn), Branch("ff", "ff", ("image",)), Branch("ff_context", "ff_context", ("text",)))
+
+
 def _double_gates(block, call: dict) -> list:
     temb = call["temb"]
     img = block.norm1.linear(block.norm1.silu(temb)).chunk(6, dim=1)
     txt = block.norm1_context.linear(block.norm1_context.silu(temb)).chunk(6, dim=1)
-    # branch elements in order: attn -> (image, text), ff -> image, ff_context -> text
-    return [img[2].unsqueeze(1), txt[2].unsqueeze(1), img[5].unsqueeze(1), txt[5].unsqueeze(1)]
+    # branch elements in order: attn -> (image, text[, IP-adapter image: ungated]), ff -> image, ff_context -> text
+    ip = [None] if _ip_adapter(block) else []
+    return [img[2].unsqueeze(1), txt[2].unsqueeze(1), *ip, img[5].unsqueeze(1), txt[5].unsqueeze(1)]
 
 
 DOUBLE_BLOCK = BlockKind(
     block_class="FluxTransformerBlock",
-    branches=lambda block: (Branch("attn", "attn", ("image", "text")), Branch("ff", "ff", ("image",)),
-                            Branch("ff_context", "ff_context", ("text",))),
+    branches=_double_branches,
     fused=Fused(
         streams=lambda call: {"image": call["hidden_states"], "text": call["encoder_hidden_states"]},
         gates=_double_gates,

@@ -21,7 +21,7 @@ from .model import TIMESTEP_TOLERANCE, HarmoniCaRouter
 from .noise_level import GRID_SIZE, NoiseLevelRouter, Resolution, newton_coefficients, noise_levels
 from .schedule import (DEFAULT_THRESHOLD, INIT_FORMS, INIT_KINDS, LOGIT_BOUND, MAX_HISTORY, STATIC_INIT_LOGIT,
                        check_threshold, computed_before, parse_init, static_steps, taylor_coefficients)
-from .weights import WEIGHTS_SUMMARY_FORMAT, weights_distance, weights_summary
+from .weights import WEIGHTS_SUMMARY_FORMAT, lora_adapters, weights_distance, weights_summary
 
 ROUTER_KINDS.update({HarmoniCaRouter.kind: HarmoniCaRouter, NoiseLevelRouter.kind: NoiseLevelRouter})
 ROUTERS = (HarmoniCaRouter, NoiseLevelRouter)  # what enable takes
@@ -30,7 +30,7 @@ __all__ = [
     "CONFIG_KEYS", "DEFAULT_THRESHOLD", "GRID_SIZE", "INIT_FORMS", "INIT_KINDS", "LOGIT_BOUND", "MAX_HISTORY",
     "NoiseLevelRouter", "ROUTERS", "Resolution", "STATIC_INIT_LOGIT", "TIMESTEP_TOLERANCE", "WEIGHTS_SUMMARY_FORMAT",
     "HarmoniCaRouter", "RouterError", "RouterLayout", "check_config", "check_threshold", "newton_coefficients",
-    "noise_levels",
+    "lora_adapters", "noise_levels",
     "computed_before", "parse_init", "static_steps", "taylor_coefficients", "weights_distance",
     "weights_summary",
 ]

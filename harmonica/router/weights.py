@@ -40,9 +40,7 @@ def weights_summary(module: nn.Module) -> dict:
     import hashlib
 
     names, stats, signs = [], [], None
-    for name, t in module.state_dict().items():
-        if not (torch.is_tensor(t) and t.is_floating_point()) or t.numel() == 0:
-            continue
+    for name, t in _base_tensors(module):
         w = t.detach().reshape(-1).float()  # float32 sums are far more precise than the tolerance needs
         n = w.numel()
         if signs is None or signs.shape[1] < n or signs.device != w.device:  # element i's signs do not depend on n
@@ -56,8 +54,29 @@ def weights_summary(module: nn.Module) -> dict:
     return {"format": WEIGHTS_SUMMARY_FORMAT, "tensors": digest, "stats": stats}
 
 
+def _base_tensors(module: nn.Module):
+    """``module``'s floating-point tensors (``state_dict`` order) as the model without LoRA layers names them: peft
+    wraps each layer a LoRA targets, its own weights under ``base_layer`` and the adapters' under ``lora_*``, so a
+    router trained on the base model is compared with the base weights (fused adapters have moved those)."""
+    for name, t in module.state_dict().items():
+        if torch.is_tensor(t) and t.is_floating_point() and t.numel() and ".lora_" not in name:
+            yield name.replace(".base_layer.", "."), t
+
+
 def _tensor_names(module: nn.Module) -> list[str]:
-    return [k for k, t in module.state_dict().items() if torch.is_tensor(t) and t.is_floating_point() and t.numel()]
+    return [name for name, _ in _base_tensors(module)]
+
+
+def lora_adapters(module: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The peft LoRA adapters in ``module``: ``(active and not fused, fused)`` names (diffusers' ``load_lora_weights``
+    / ``fuse_lora``; a peft tuner layer has ``base_layer``, ``active_adapters`` and ``merged_adapters``)."""
+    active, fused = set(), set()
+    for m in module.modules():
+        if hasattr(m, "base_layer") and hasattr(m, "merged_adapters") and hasattr(m, "active_adapters"):
+            fused.update(m.merged_adapters)
+            if not getattr(m, "disable_adapters", False):
+                active.update(m.active_adapters)
+    return tuple(sorted(active - fused)), tuple(sorted(fused))
 
 
 def weights_distance(recorded, module: nn.Module, summary: dict | None = None) -> tuple[float, str]:
@@ -101,16 +120,28 @@ def weights_distance(recorded, module: nn.Module, summary: dict | None = None) -
 
 
 def warn_if_other_weights(training_info: dict, transformer: nn.Module) -> None:
-    """Warn when a router was trained on other weights of the same architecture (a retrained or fine-tuned
-    model): it still runs, but its schedule was not learned for these weights. The same weights cast to
-    fp16 / bf16 do not warn (see ``weights_distance``)."""
+    """Warn when a router was trained on other weights of the same architecture (a retrained or fine-tuned model,
+    or a LoRA fused into the weights): it still runs, but its schedule was not learned for these weights. The
+    same weights cast to fp16 / bf16 do not warn (see ``weights_distance``). With peft LoRA layers (not fused)
+    the base weights are compared, and a match warns that the router's quality with the LoRA is unmeasured (it
+    was trained on the base model)."""
     trained_on = training_info.get("transformer_weights")
     if trained_on is None:
         return
+    unfused, fused = lora_adapters(transformer)
     distance, what = weights_distance(trained_on, transformer)
     if not distance <= 1:
+        why = (f"the LoRA adapter(s) {', '.join(fused)} fused into them moved them" if fused else
+               "a fine-tune, a retrained model, or possibly a LoRA fused into the weights")
         warnings.warn(
-            f"this router was trained on other transformer weights ({what}): its cache schedule may not fit "
-            "this model and images may degrade; retrain the router for these weights (train/train_router.py)",
+            f"this router was trained on other transformer weights ({what}; {why}): its cache schedule may not "
+            "fit this model and images may degrade; retrain the router for these weights (train/train_router.py)",
+            stacklevel=4,
+        )
+    elif unfused or fused:
+        warnings.warn(
+            f"this router was trained on the base transformer weights, which LoRA adapter(s) "
+            f"{', '.join(unfused + fused)} modify: its quality with this LoRA is unmeasured (train a router on "
+            "the pipeline with the LoRA fused for a measured one)",
             stacklevel=4,
         )
