@@ -166,3 +166,59 @@ def test_step_router_refuses_a_scheduler_swapped_after_enable(dit_path):
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(RouterError, match="made for the scheduler DDIMScheduler, this pipeline.s scheduler is a DPMSolverMultistep"):
         images(pipe, 6)
+
+
+# ------------------------------------------------------------------------------ training over a distribution
+def noise_trainer(dit_path, out, **overrides):
+    from accelerate import Accelerator
+
+    from harmonica.training.noise_level import NoiseLevelTrainer
+    from harmonica.training.router_training import RouterTrainingConfig
+
+    pipe = DiTPipeline.from_pretrained(dit_path)
+    pipe.set_progress_bar_config(disable=True)
+    settings = dict(num_steps=8, step_counts=[5, 8, 12], schedulers=["DDIMScheduler", "DPMSolverMultistepScheduler"],
+                    objective="sdt", trajectories=4, batch_size=2, checkpoint_every=2, output_dir=str(out), history=3,
+                    init="static:2", forecast_init="taylor:1", target_usage=0.4, seed=0)
+    settings.update(overrides)
+    return NoiseLevelTrainer(pipe, RouterTrainingConfig(**settings), Accelerator(cpu=True))
+
+
+def test_training_draws_step_counts_and_schedulers_and_saves_one_router(dit_path, tmp_path):
+    import json
+
+    summary = noise_trainer(dit_path, tmp_path).train()
+    rows = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    drawn = {(r["num_steps"], r["scheduler"]) for r in rows}
+    assert len({n for n, _ in drawn}) >= 2 and len({s for _, s in drawn}) == 2
+    assert summary["moved_from_init"]["mean_abs_logit_change"] > 0 and summary["cache_usage"] == pytest.approx(0.4,
+                                                                                                              abs=0.05)
+    router = HarmoniCaRouter.from_pretrained(tmp_path / "router")
+    assert isinstance(router, NoiseLevelRouter) and router.step_range == [5, 12]
+    assert router.schedulers == ["DDIMScheduler", "DPMSolverMultistepScheduler"]
+
+
+def test_the_student_rebuilds_as_resolve_does(dit_path, tmp_path):
+    """The trainer's coefficients at every step, following its writes, are those ``resolve`` gives inference for
+    the same schedule: the forecast is trained as it runs."""
+    trainer = noise_trainer(dit_path, tmp_path)
+    with torch.no_grad():
+        trainer.router.gains.uniform_(0.2, 1.2)  # gains other than Lagrange's, different per slot and level
+    trainer.pipe.scheduler = DPMSolverMultistepScheduler.from_config(trainer.pipe.scheduler.config)
+    trainer.config_steps = 11
+    timesteps = [float(t) for t in trainer._timesteps()]
+    resolution = trainer.router.resolve(timesteps, threshold=0.5)
+    for step in range(1, 11):
+        scores, coefficients = trainer._step_scores(step)
+        want = torch.tensor(resolution.coefficients[step], dtype=coefficients.dtype)
+        rebuilt = ~torch.tensor(resolution.schedule[step])
+        torch.testing.assert_close(coefficients.detach()[rebuilt], want[rebuilt], rtol=1e-5, atol=1e-6)
+        trainer._written(step, resolution.schedule[step])
+
+
+def test_noise_level_training_settings_are_checked_before_anything_runs(dit_path, tmp_path):
+    with pytest.raises(ValueError, match="trains with objective 'sdt'"):
+        noise_trainer(dit_path, tmp_path, objective="harmonica")
+    with pytest.raises(ValueError, match="must name a diffusers scheduler class.*'NoSuchScheduler'"):
+        noise_trainer(dit_path, tmp_path, schedulers=["NoSuchScheduler"])
+    assert not (tmp_path / "run_config.json").exists()

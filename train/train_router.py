@@ -31,6 +31,7 @@ from transformers import HfArgumentParser
 
 from harmonica.cli import HelpFormatter, RecipeError, read_recipe
 from harmonica.pipeline import dtype_kwargs
+from harmonica.training.noise_level import NoiseLevelTrainer
 from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
 from harmonica_bench.embedded import check_flux_captions, is_embedded_flux
 from harmonica_bench.shapes import SHAPES
@@ -137,7 +138,8 @@ def main(argv=None):
     dtype = getattr(torch, options.torch_dtype)
     pipe = DiffusionPipeline.from_pretrained(options.pipeline, **dtype_kwargs(dtype)).to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
-    summary = RouterTrainer(pipe, config, accelerator).train()
+    trainer = NoiseLevelTrainer if config.step_counts else RouterTrainer  # one router for every step count
+    summary = trainer(pipe, config, accelerator).train()
     accelerator.print(
         f"router saved to {config.output_dir}/router: cache usage {summary['cache_usage']:.1%} at threshold "
         f"{summary['threshold']:.3g} (target {summary['target_usage']}), {summary['iterations']} iterations, "

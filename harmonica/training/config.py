@@ -72,6 +72,13 @@ class RouterTrainingConfig:
     num_frames: int | None = _setting(None, "video length of the training trajectories, for video families (Wan) "
                                       "(unset: the pipeline's own)")
     prompts: list[str] = _setting([], "text-to-image families: prompts the trajectories draw from")
+    step_counts: list[int] = _setting([], "a noise-level router (one for every step count and sampler): the step "
+                                      "counts the trajectories draw from, e.g. 10 20 30 50 (objective sdt); empty: a "
+                                      "step-indexed router for num_steps (then the noise-level router's reference "
+                                      "step count: its init schedule and threshold are set there)")
+    schedulers: list[str] = _setting([], "a noise-level router: diffusers scheduler classes the trajectories draw "
+                                     "from (empty: the pipeline's own)")
+    grid_size: int = _setting(21, "a noise-level router: grid points over the noise level t / T in [0, 1]")
 
     def check(self) -> None:
         """Raise ValueError naming the first setting of the wrong type or out of range."""
@@ -116,10 +123,18 @@ class RouterTrainingConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not self.output_dir.strip():
             raise ValueError("output_dir must not be empty")
-        if self.scheduler is not None:
+        if self.step_counts:
+            if self.objective != "sdt":
+                raise ValueError("a noise-level router (step_counts) trains with objective 'sdt' (IEPO's lambda is "
+                                 f"per step index), got {self.objective!r}")
+            if any(not isinstance(n, int) or n < 2 for n in self.step_counts):
+                raise ValueError(f"step_counts must be integers >= 2, got {self.step_counts}")
+        if self.grid_size < 2:
+            raise ValueError(f"grid_size must be >= 2, got {self.grid_size}")
+        for name in self.schedulers + ([self.scheduler] if self.scheduler is not None else []):
             import diffusers
 
-            klass = getattr(diffusers, self.scheduler, None)
+            klass = getattr(diffusers, name, None)
             if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
                 raise ValueError(f"scheduler must name a diffusers scheduler class (e.g. DDIMScheduler, "
-                                 f"DPMSolverMultistepScheduler), got {self.scheduler!r}")
+                                 f"DPMSolverMultistepScheduler), got {name!r}")

@@ -39,7 +39,7 @@ from ..cache import controller as harmonica_controller
 from ..cache import describe
 from ..cache.drive import DrivenCache
 from ..families import family_for
-from ..router import HarmoniCaRouter, weights_summary
+from ..router import HarmoniCaRouter, NoiseLevelRouter, weights_summary
 from .checkpoints import resume, save_checkpoint
 from .config import OBJECTIVES, RouterTrainingConfig
 from .denoisers import denoiser_for
@@ -104,19 +104,25 @@ class RouterTrainer:
         self.router = router.to(accelerator.device)
         self.router.threshold = config.threshold
         self.threshold = config.threshold
-        self.initial = {"logits": router.logits.detach().clone(), "coefficients": router.coefficients.detach().clone(),
-                        "schedule": router.compute_mask(self._set_threshold()).clone()}
+        self.initial = self._initial_state()
         self.cache = DrivenCache(pipe, self.router).attach()
         groups = [{"params": [self.router.logits], "lr": config.lr}]
+        forecast = self.router.gains if isinstance(self.router, NoiseLevelRouter) else self.router.coefficients
         if router.history > 1:
-            groups.append({"params": [self.router.coefficients], "lr": config.coefficient_lr})
+            groups.append({"params": [forecast], "lr": config.coefficient_lr})
         else:
-            self.router.coefficients.requires_grad_(False)
+            forecast.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-        self.state = TrainState(config.num_steps, first_refresh=config.lambda_every)
+        self.state = TrainState(max([config.num_steps, *config.step_counts]), first_refresh=config.lambda_every)
         accelerator.register_for_checkpointing(self.router, self.optimizer, self.state)
         self.output = Path(config.output_dir)
         self.log_path = self.output / "training_log.jsonl"
+
+    def _initial_state(self) -> dict:
+        """What ``movement`` compares the trained router with."""
+        router = self.router
+        return {"logits": router.logits.detach().clone(), "coefficients": router.coefficients.detach().clone(),
+                "schedule": router.compute_mask(self._set_threshold()).clone()}
 
     # ------------------------------------------------------------------ building blocks
     def _trajectory_inputs(self, trajectory: int):
@@ -135,12 +141,21 @@ class RouterTrainer:
         with torch.no_grad(), self.cache.running("fill", step):
             return self.denoiser.forward(x, t, cond)
 
+    def _step_scores(self, step: int):
+        """The router's scores of ``step`` (differentiable) and the coefficients that rebuild each branch."""
+        return self.router.scores()[step], self.router.coefficients[step]
+
     def _student(self, x, t, step: int, cond):
         """The router-mixed forward: score * fresh + (1 - score) * cached per branch."""
-        scores = self.router.scores()[step]
+        scores, coefficients = self._step_scores(step)
+        self._scores = scores
         write = (scores.detach() > self._set_threshold()).tolist()
-        with self.cache.running("mix", step, scores=scores, write=write, coefficients=self.router.coefficients[step]):
+        self._written(step, write)
+        with self.cache.running("mix", step, scores=scores, write=write, coefficients=coefficients):
             return self.denoiser.forward(x, t, cond)
+
+    def _written(self, step: int, write: list[bool]) -> None:
+        """Which branches the student's step ``step`` keeps in the cache (the forecasts' history)."""
 
     def _teacher(self, x, t, cond):
         with torch.no_grad():  # the training hooks are "off" outside running(): the plain model
@@ -149,16 +164,18 @@ class RouterTrainer:
     def _optimize(self, step: int, student, teacher) -> dict:
         lam = float(self.state.lam[step])
         mse = torch.nn.functional.mse_loss(student.float(), teacher.float())
-        penalty = self.router.scores()[step].sum()
+        penalty = self._scores.sum()
         loss = lam * mse + self.config.beta * penalty
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
-        if self.accelerator.num_processes > 1:
-            self.router.logits.grad = self.accelerator.reduce(self.router.logits.grad, reduction="mean")
+        if self.accelerator.num_processes > 1:  # every parameter, so that every process holds the same router
+            for param in self.router.parameters():
+                if param.grad is not None:
+                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
         self.optimizer.step()
         self.router.clamp_()
         threshold = self._set_threshold()
-        usage = self.router.cache_usage(threshold)
+        usage = self._usage(threshold)
         self.state.iteration += 1
         mse_all = self.accelerator.reduce(mse.detach().reshape(1), reduction="mean").item()
         return {"iteration": self.state.iteration, "step": step, "mse": mse_all, "lambda": lam,
@@ -258,15 +275,11 @@ class RouterTrainer:
         cfg, acc = self.config, self.accelerator
         router = self.router
         # every process must hold the same router (gradients are all-reduced): check, don't assume
-        gathered = acc.gather(router.logits.detach().reshape(1, -1))
+        gathered = acc.gather(torch.cat([p.detach().reshape(-1) for p in router.parameters()]).reshape(1, -1))
         rank_spread = (gathered - gathered[:1]).abs().max().item()
         if rank_spread != 0:
-            raise RuntimeError(f"router logits differ between processes by {rank_spread}; gradients were not synced")
-        threshold, usage = cfg.threshold, router.cache_usage(cfg.threshold)
-        if cfg.target_usage is not None:
-            threshold, usage = threshold_for_usage(router, cfg.target_usage)
-        router.threshold = threshold
-        router.timesteps = [float(t) for t in self._timesteps()]
+            raise RuntimeError(f"router parameters differ between processes by {rank_spread}; gradients were not synced")
+        threshold, usage = self._settle()
         router.training_info = {
             "objective": cfg.objective,
             "config": {k: v for k, v in asdict(self.config).items() if k != "prompts"},
@@ -294,6 +307,20 @@ class RouterTrainer:
             (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         acc.wait_for_everyone()
         return summary
+
+    def _usage(self, threshold: float) -> float:
+        return self.router.cache_usage(threshold)
+
+    def _settle(self) -> tuple[float, float]:
+        """The trained router's threshold (at the target usage, or the fixed one) and its usage; records the
+        timesteps it was trained on."""
+        cfg, router = self.config, self.router
+        threshold, usage = cfg.threshold, router.cache_usage(cfg.threshold)
+        if cfg.target_usage is not None:
+            threshold, usage = threshold_for_usage(router, cfg.target_usage)
+        router.threshold = threshold
+        router.timesteps = [float(t) for t in self._timesteps()]
+        return threshold, usage
 
     @torch.no_grad()
     def movement(self, threshold: float) -> dict:
