@@ -146,7 +146,7 @@ def main(argv=None):
         data = {"pipeline": str(args.pipeline), "setup": setup.describe(), "num_samples": args.num_samples,
                 "seed_sets": args.seed_sets, "bootstrap": {"resamples": args.bootstrap, "seed": args.bootstrap_seed},
                 "reference": reference_name, "extractor": dataclasses.asdict(extractor), "timing": timing,
-                "levels_asked": args.levels, "points": points,
+                "levels_asked": args.levels, "points": points, "scheduler": type(pipe.scheduler).__name__,
                 "command": shlex.join(["python", "eval/pareto.py", *(sys.argv[1:] if argv is None else argv)]),
                 "commit": ev.source_commit()}
         if run.replicates:
