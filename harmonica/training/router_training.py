@@ -248,7 +248,8 @@ class RouterTrainer:
             truncate_log(self.log_path, self.state.iteration)
         from tqdm.auto import tqdm
 
-        per_traj = cfg.num_steps - 1
+        counts = cfg.step_counts or [cfg.num_steps]  # a noise-level router's trajectories draw their step count
+        per_traj = round(sum(counts) / len(counts)) - 1
         bar = tqdm(total=cfg.trajectories * per_traj, initial=self.state.iteration, desc=f"router ({cfg.objective})",
                    disable=not acc.is_main_process)
         t0 = time.perf_counter()
