@@ -66,8 +66,8 @@ def main(argv=None):
 
     table = collect([Path(s) for s in args.sweep], args.level)
     fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4.2), squeeze=False)
-    lines = [f"PSNR (dB) to the uncached images at >= {args.level:g}x MACs (each method's best point there; "
-             "[95% interval]; MACs speedup; FD to uncached)", ""]
+    lines = [f"PSNR (dB) to the uncached images at >= {args.level:g}x MACs (each method's best point there: its "
+             "setting, **PSNR** [95% interval], MACs speedup, FD to uncached)", ""]
     for ax, (scheduler, series) in zip(axes[0], sorted(table.items())):
         counts = sorted({n for by_steps in series.values() for n in by_steps})
         lines += [f"**{scheduler}**", "", "| method | " + " | ".join(f"{n} steps" for n in counts) + " |",
@@ -76,10 +76,8 @@ def main(argv=None):
             xs = sorted(by_steps)
             ys = [by_steps[n]["metrics"]["psnr"] for n in xs]
             errors = [interval_of(by_steps[n]["errors"].get("psnr")) or [y, y] for n, y in zip(xs, ys)]
-            label = by_steps[xs[0]]["label"].split(" N=")[0].split(" noise-level")[0]
             ax.errorbar(xs, ys, yerr=[[y - e[0] for y, e in zip(ys, errors)], [e[1] - y for y, e in zip(ys, errors)]],
-                        marker="o", capsize=3, label=label + (" (noise-level)" if "noise-level" in by_steps[xs[0]]
-                                                               ["label"] else ""))
+                        marker="o", capsize=3, label=name)
             cells = []
             for n in counts:
                 q = by_steps.get(n)
@@ -87,9 +85,9 @@ def main(argv=None):
                     cells.append("-")
                     continue
                 ci = interval_of(q["errors"].get("psnr"))
-                cells.append(f"{q['metrics']['psnr']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+                cells.append(f"{q['label']}: **{q['metrics']['psnr']:.2f}**" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
                              + f", {q['macs_speedup']:.2f}x, {q['metrics'].get('fd_uncached', float('nan')):.3f}")
-            lines.append(f"| {by_steps[xs[0]]['label']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
         ax.set(title=f"{scheduler}, >= {args.level:g}x MACs", xlabel="sampling steps", ylabel="PSNR to uncached (dB)")
         ax.grid(alpha=0.3)
