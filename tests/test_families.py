@@ -310,4 +310,4 @@ def test_recipes_hold_only_settings_train_router_reads(recipe):
     assert settings["pipeline"] and settings.get("torch_dtype", "float32") in ("float32", "float16", "bfloat16")
     RouterTrainingConfig(**{k: v for k, v in settings.items() if k in names}).check()
     if settings.get("prompts_file", "shapes") != "shapes":  # 'shapes' names the embedded Flux captions, not a file
-        assert (Path(__file__).parents[1] / settings["prompts_file"]).is_file()
+        assert (recipe.parent / settings["prompts_file"]).is_file()  # relative to the recipe
