@@ -130,12 +130,69 @@ def test_options_override_the_recipe(train_router, tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "pipelines" / "recipes").glob("*.json")), ids=lambda p: p.name)
 def test_shipped_recipes_are_accepted(recipe, train_router, monkeypatch):
-    monkeypatch.chdir(REPO)  # recipes name their prompt files relative to the repository
+    monkeypatch.chdir(REPO.parent)  # recipes name their pipeline folders and prompt files relative to themselves
     raw = json.loads(recipe.read_text())
     options, config = train_router["parse_settings"](["--recipe", str(recipe)])
-    assert options.pipeline == raw["pipeline"] and config.num_steps == raw["num_steps"]
+    local = (recipe.parent / raw["pipeline"]).is_dir()
+    assert raw["pipeline"].startswith("../") == local  # a shipped pipeline, else a hub id
+    assert (Path(options.pipeline).resolve() == (recipe.parent / raw["pipeline"]).resolve() if local
+            else options.pipeline == raw["pipeline"])
+    assert config.num_steps == raw["num_steps"]
     assert config.output_dir == raw["output_dir"]
     assert bool(config.prompts) == ("prompts_file" in raw)
+
+
+def test_packaged_trainer_runs_a_shipped_recipe_by_name_from_anywhere(tmp_path):
+    """python -m harmonica.train --recipe shapes-dit from another working directory: the recipe is found by name,
+    its pipeline (../shapes-dit) beside it; tiny overrides."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "harmonica.train", "--recipe", "shapes-dit", "--cpu", "--num_steps", "3",
+           "--trajectories", "1", "--batch_size", "1", "--lambda_samples", "1", "--output_dir", "run"]
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "router saved to run/router" in result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["iterations"] == 2 and (tmp_path / "run" / "router").is_dir()
+
+
+def test_recipe_names_and_relative_paths(tmp_path, monkeypatch):
+    from harmonica.training import cli
+
+    shipped = cli.shipped_recipes()
+    assert shipped == REPO / "pipelines" / "recipes"
+    assert cli.find_recipe("shapes-dit-2x") == cli.find_recipe("shapes-dit-2x.json") == shipped / "shapes-dit-2x.json"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes-dit-2x.json").write_text("{}")
+    assert cli.find_recipe("shapes-dit-2x.json") == Path("shapes-dit-2x.json")  # a file here comes first
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "recipes" / "prompts.txt").write_text("a red square\n")
+    recipe = write_recipe(tmp_path / "recipes", {"pipeline": "../model", "prompts_file": "prompts.txt"})
+    options, config = cli.parse_settings(["--recipe", str(recipe)])
+    assert Path(options.pipeline).resolve() == tmp_path / "model" and config.prompts == ["a red square"]
+    options, _ = cli.parse_settings(["--recipe", str(recipe), "--pipeline", "model"])  # the command line: here
+    assert options.pipeline == "model"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--pipeline", "/nowhere/pipeline"], "error: pipeline /nowhere/pipeline: no such folder (nor a hub id, org/name)"),
+    (["--pipeline", "../pipeline"], "error: pipeline ../pipeline: no such folder"),
+    (["--recipe", "no-such-recipe"], "error: recipe no-such-recipe: no such file (shipped recipes: dit-xl-2-256, "),
+])
+def test_missing_pipeline_or_recipe_is_one_line(argv, expected, tmp_path, monkeypatch, capsys, no_pipeline_loading):
+    from harmonica.training import cli
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--output_dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert expected in lines[-1], lines[-1]  # the last line: "<prog>: error: ..."
+    assert not (tmp_path / "run").exists()
 
 
 def test_every_router_training_setting_has_help(train_router):
@@ -225,7 +282,7 @@ def test_documented_accelerate_launches_leave_accelerate_nothing_to_default(env,
 
 
 SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in [*REPO.glob("train/*.py"), *REPO.glob("eval/*.py")])
-SCRIPTS.append("harmonica_bench/demo.py")
+SCRIPTS += ["harmonica_bench/demo.py", "harmonica/train.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

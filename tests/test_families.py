@@ -263,6 +263,47 @@ def test_router_training_runs(family_paths, name, tmp_path):
     assert torch.isfinite(images).all()
 
 
+@pytest.mark.parametrize("name", [n for n in CASES if n != "wan22-two-experts"])
+def test_gradient_checkpointing_gives_the_plain_gradients(family_paths, name, tmp_path, monkeypatch):
+    """Per-block gradient checkpointing of the student (history 3: forecasts), on every family's blocks and branch
+    outputs: every step's router gradients and the caches after the trajectory are the plain backward's."""
+    from test_router_training import same_cache
+    from test_training_scale import recording_gradients
+
+    from harmonica.cache import drive
+    from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+
+    regions = []
+
+    class Region(drive.Region):
+        def __init__(self):
+            super().__init__()
+            regions.append(self)
+
+    monkeypatch.setattr(drive, "Region", Region)
+    kwargs, forwards = next(iter(CASES[name][1].values()))
+    runs = []
+    for checkpointing in (False, True):
+        config = RouterTrainingConfig(num_steps=steps_of(kwargs), trajectories=1, batch_size=1, history=3,
+                                      output_dir=str(tmp_path / str(checkpointing)), prompts=["a red circle"],
+                                      guidance_scale=kwargs.get("true_cfg_scale", kwargs.get("guidance_scale", 1.0)),
+                                      target_usage=0.4, init="random", gradient_checkpointing=checkpointing,
+                                      **_sizes(kwargs))
+        trainer = RouterTrainer(load(family_paths(name)), config, Accelerator(cpu=True))
+        grads = recording_gradients(trainer)
+        trainer.sdt_trajectory(0)
+        runs.append((grads, trainer.cache.snapshot()))
+    (plain, plain_cache), (checkpointed, checkpointed_cache) = runs
+    assert len(plain) == len(checkpointed) == steps_of(kwargs) - 1
+    for a, b in zip(plain, checkpointed):
+        for x, y in zip(a, b):
+            assert torch.allclose(x, y, rtol=1e-5, atol=1e-6 * x.abs().max().item())
+    assert same_cache(plain_cache, checkpointed_cache)
+    # every block of every student forward was checkpointed, read the cache and was recomputed
+    blocks = sum(len(b) for _, b in transformers_of(load(family_paths(name))))
+    assert len(regions) == (steps_of(kwargs) - 1) * forwards * blocks and all(r.reads and r.replaying for r in regions)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_denoiser_steps_reproduce_the_pipeline(family_paths, name):
     """Router training's one-step adapter, stepped through a whole schedule, lands on the latents the
@@ -310,4 +351,4 @@ def test_recipes_hold_only_settings_train_router_reads(recipe):
     assert settings["pipeline"] and settings.get("torch_dtype", "float32") in ("float32", "float16", "bfloat16")
     RouterTrainingConfig(**{k: v for k, v in settings.items() if k in names}).check()
     if settings.get("prompts_file", "shapes") != "shapes":  # 'shapes' names the embedded Flux captions, not a file
-        assert (Path(__file__).parents[1] / settings["prompts_file"]).is_file()
+        assert (recipe.parent / settings["prompts_file"]).is_file()  # relative to the recipe

@@ -80,6 +80,10 @@ def test_wheel_in_a_fresh_venv_finds_the_embedded_pipeline(tmp_path):
     assert "ok (1, 3, 32, 32)" in out.splitlines(), out  # one image, sampled with the shipped router
     help_text = run([python, "-m", "harmonica_bench.demo", "--help"], cwd=work)
     assert f"(default: {venv}/lib" in help_text and "_pipelines/shapes-dit)" in help_text  # in the venv
+    # the packaged trainer finds a shipped recipe by name, and the recipe its pipeline, inside the venv
+    out = run([python, "-m", "harmonica.train", "--recipe", "shapes-dit", "--cpu", "--num_steps", "3", "--trajectories",
+               "1", "--batch_size", "1", "--lambda_samples", "1", "--output_dir", "run"], cwd=work)
+    assert "router saved to run/router" in out and (work / "run" / "router").is_dir(), out
 
 
 def test_no_file_sends_the_reader_to_notes_outside_the_repository():

@@ -15,16 +15,22 @@ A rebuilt branch is ``forecast(history, coefficients[slot, :len(history)])`` ove
 (at most the router's ``history``); in "mix" the coefficients carry gradients. Outputs are kept per cache
 context ("cond" / "uncond") as inference keeps them; ``isolated()`` runs forwards on fresh caches and
 restores the caller's afterwards. Fused whole-block applies are not used: branches are rebuilt one by one.
+
+Gradient checkpointing (``checkpoint_blocks``) recomputes each block of the student's forward in the backward,
+the router's mix included. The hooks are stateful (a mixed branch reads its kept outputs, then keeps its fresh
+one), so a checkpointed block is a ``Region``: the forward records what its branches read, and the recomputation
+rebuilds from those same outputs and keeps nothing, leaving the caches as one forward left them.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..families import family_for, pipeline_transformers
+from ..kernels import forecast
 from ..router import HarmoniCaRouter
 from .controller import HarmoniCa
 
@@ -41,6 +47,22 @@ class Drive:
     scores: torch.Tensor | None = None
     write: list | None = None
     coefficients: torch.Tensor | None = None  # the step's [slot, history] (None: plain reuse)
+
+
+class Region:
+    """One checkpointed block call of the student's forward: the kept outputs its branches read (copies: the
+    forward's own writes move the pools on), read again when the backward recomputes the block."""
+
+    def __init__(self):
+        self.reads: dict[tuple[int, int], tuple | None] = {}
+        self.replaying = False  # the recomputation: rebuild from ``reads``, keep nothing
+
+    def rebuild(self, state, slot: int, element: int, coefficients) -> torch.Tensor | None:
+        if not self.replaying:
+            gathered = state.gather(slot, element, coefficients)
+            self.reads[slot, element] = None if gathered is None else ([o.clone() for o in gathered[0]], gathered[1])
+        gathered = self.reads[slot, element]
+        return None if gathered is None else forecast(*gathered)
 
 
 class DrivenCache:
@@ -103,6 +125,42 @@ class DrivenCache:
             yield self
         finally:
             self.controller.drive = saved
+
+    def checkpoint_blocks(self) -> None:
+        """Recompute each block of the student's ("mix") forwards in the backward instead of keeping its
+        activations (the transformer's own diffusers gradient checkpointing, with ``checkpoint`` as its
+        function); every other forward runs as before. Raises ValueError for a transformer without it."""
+        (name, transformer), = pipeline_transformers(self.pipe, family_for(self.pipe))
+        if not getattr(transformer, "_supports_gradient_checkpointing", False):
+            raise ValueError(f"gradient checkpointing: {type(transformer).__name__} ({family_for(self.pipe).name}) has "
+                             "no diffusers gradient checkpointing to recompute its blocks with; train without it")
+        transformer.enable_gradient_checkpointing(self.checkpoint)
+
+    def checkpoint(self, block, *args):
+        """diffusers' ``_gradient_checkpointing_func``: ``block(*args)`` under non-reentrant checkpointing as a
+        ``Region`` when the forward is the student's, else plainly."""
+        forward = self.controller.current
+        if forward is None or forward.drive is None or forward.drive.mode != "mix":
+            return block(*args)
+        from torch.utils.checkpoint import checkpoint
+
+        region = Region()
+        return checkpoint(
+            block.__call__, *args, use_reentrant=False,
+            context_fn=lambda: (self._in_region(forward, region, False), self._in_region(forward, region, True)))
+
+    @contextmanager
+    def _in_region(self, forward, region: Region, replaying: bool):
+        """The hooks see ``forward`` (also in the backward, after the forward has left) in ``region``."""
+        ctl = self.controller
+        with ctl.lock:
+            saved = ctl.current
+            region.replaying = replaying
+            ctl.current = replace(forward, region=region)
+            try:
+                yield
+            finally:
+                ctl.current = saved
 
     @contextmanager
     def isolated(self):

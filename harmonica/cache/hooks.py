@@ -94,7 +94,11 @@ class BranchHook(ModelHook):
 
     def _rebuild(self, current) -> list[torch.Tensor]:
         coefficients = current.coefficients()
-        cached = [current.state.rebuild(self.slot, element, coefficients) for element in range(self.elements)]
+        state, region = current.state, current.region
+        if region is None:
+            cached = [state.rebuild(self.slot, element, coefficients) for element in range(self.elements)]
+        else:  # a checkpointed block of router training's student: its recomputation reads what the forward read
+            cached = [region.rebuild(state, self.slot, element, coefficients) for element in range(self.elements)]
         if any(c is None for c in cached):
             raise RuntimeError(
                 f"harmonica: no cached output for {self.name} at step {current.state.step}. Cached features belong "
@@ -109,8 +113,8 @@ class BranchHook(ModelHook):
         parts = fresh if isinstance(fresh, tuple) else (fresh,)
         score = current.drive.scores[self.slot]
         mixed = [score.to(f.dtype) * f + (1 - score.to(f.dtype)) * c for f, c in zip(parts, self._rebuild(current))]
-        if current.drive.write[self.slot]:
-            self._store(current.state, parts)
+        if current.drive.write[self.slot] and not (current.region is not None and current.region.replaying):
+            self._store(current.state, parts)  # once: not again when a checkpointed block is recomputed
         return self._pack(mixed)
 
     def _pack(self, parts):

@@ -14,7 +14,7 @@ from .plan import Plan
 from .stats import CacheStats
 
 if TYPE_CHECKING:
-    from .drive import Drive
+    from .drive import Drive, Region
 
 
 class CacheState:
@@ -52,14 +52,22 @@ class CacheState:
             return history[:1], None
         return history, coefficients[slot][:len(history)]
 
-    def rebuild(self, slot: int, element: int, coefficients) -> torch.Tensor | None:
+    def gather(self, slot: int, element: int, coefficients) -> tuple[list[torch.Tensor], object] | None:
+        """The kept outputs (views of the pool, most recent first) a rebuild of the branch output combines at
+        this step, and their coefficients (see ``terms``); None when nothing is kept."""
         if (slot, element) not in self.plan.entries:
             return None
         history, coefs = self.terms(slot, element, coefficients)
         if not history:
             return None
         pool = self.pools[self.plan.entries[slot, element][0]]
-        outputs = [pool.read(i) for i in history]
+        return [pool.read(i) for i in history], coefs
+
+    def rebuild(self, slot: int, element: int, coefficients) -> torch.Tensor | None:
+        gathered = self.gather(slot, element, coefficients)
+        if gathered is None:
+            return None
+        outputs, coefs = gathered
         if torch.is_tensor(coefs) and coefs.requires_grad:  # router training: autograd keeps the outputs, which
             outputs = [o.clone() for o in outputs]          # the pool overwrites in place before the backward
         return forecast(outputs, coefs)
@@ -105,6 +113,7 @@ class Forward:
     record: CallRecord | None
     shape: tuple | None
     drive: "Drive | None" = None  # router training's forward: its mode, given by the trainer
+    region: "Region | None" = None  # the checkpointed block the student's forward is in (gradient checkpointing)
 
     def coefficients(self):
         """Tensors when compiling (graph inputs, no per-step constants) or driven, floats otherwise."""

@@ -79,6 +79,10 @@ class RouterTrainingConfig:
     schedulers: list[str] = _setting([], "a noise-level router: diffusers scheduler classes the trajectories draw "
                                      "from (empty: the pipeline's own)")
     grid_size: int = _setting(21, "a noise-level router: grid points over the noise level t / T in [0, 1]")
+    gradient_checkpointing: bool = _setting(False, "recompute each transformer block of the student's forward in "
+                                            "the backward (the router's mix included) instead of keeping its "
+                                            "activations: less memory, about one more forward of time; the same "
+                                            "gradients")
 
     def check(self) -> None:
         """Raise ValueError naming the first setting of the wrong type or out of range."""

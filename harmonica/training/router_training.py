@@ -105,7 +105,10 @@ class RouterTrainer:
         self.router.threshold = config.threshold
         self.threshold = config.threshold
         self.initial = self._initial_state()
-        self.cache = DrivenCache(pipe, self.router).attach()
+        self.cache = DrivenCache(pipe, self.router)
+        if config.gradient_checkpointing:
+            self.cache.checkpoint_blocks()  # refused before any hook is attached
+        self.cache.attach()
         groups = [{"params": [self.router.logits], "lr": config.lr}]
         forecast = self.router.gains if isinstance(self.router, NoiseLevelRouter) else self.router.coefficients
         if router.history > 1:
@@ -125,10 +128,19 @@ class RouterTrainer:
                 "schedule": router.compute_mask(self._set_threshold()).clone()}
 
     # ------------------------------------------------------------------ building blocks
-    def _trajectory_inputs(self, trajectory: int):
-        g = _generator(self.config.seed, trajectory, self.accelerator.process_index, 1)
+    def _trajectory_inputs(self, trajectory: int, process: int | None = None):
+        """The latents and conditions this process (or ``process``) draws for ``trajectory``."""
+        g = _generator(self.config.seed, trajectory, self.accelerator.process_index if process is None else process, 1)
         x = self.denoiser.initial_latents(self.config.batch_size, g)
         return x, self.denoiser.conditions(self.config.batch_size, g)
+
+    def _lambda_inputs(self, process: int | None = None, processes: int | None = None):
+        """This process's (or ``process``'s of ``processes``) share of the fixed samples lambda is measured on:
+        the same at every refresh."""
+        cfg, acc = self.config, self.accelerator
+        per_process = max(1, math.ceil(cfg.lambda_samples / (processes or acc.num_processes)))
+        g = _generator(cfg.seed, 10_000_019, acc.process_index if process is None else process)
+        return self.denoiser.initial_latents(per_process, g), self.denoiser.conditions(per_process, g)
 
     def _set_threshold(self) -> float:
         cfg = self.config
@@ -227,10 +239,7 @@ class RouterTrainer:
     def refresh_lambda(self) -> None:
         cfg = self.config
         acc = self.accelerator
-        per_process = max(1, math.ceil(cfg.lambda_samples / acc.num_processes))
-        g = _generator(cfg.seed, 10_000_019, acc.process_index)  # the same fixed samples at every refresh
-        noise = self.denoiser.initial_latents(per_process, g)
-        cond = self.denoiser.conditions(per_process, g)
+        noise, cond = self._lambda_inputs()
         raw = image_error_proxy(self.denoiser, self.cache, self.router, self._set_threshold(), noise, cond,
                                 self.pipe.scheduler, variant=cfg.lambda_variant)
         raw = acc.reduce(raw.to(acc.device), reduction="sum").cpu()

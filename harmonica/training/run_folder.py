@@ -12,8 +12,8 @@ import torch
 
 from ..router import weights_distance
 
-# settings that may change between a run and its resumption
-RESUMABLE_CHANGES = ("checkpoint_every", "output_dir")
+# settings that may change between a run and its resumption (they change neither the draws nor the gradients)
+RESUMABLE_CHANGES = ("checkpoint_every", "output_dir", "gradient_checkpointing")
 
 
 class TrainState:
