@@ -20,15 +20,17 @@ import torch
 from ..cache import describe
 from ..router import HarmoniCaRouter, NoiseLevelRouter, newton_coefficients, noise_levels
 from ..router.noise_level import interpolate
-from .router_training import RouterTrainer, _generator
+from .router_training import RouterTrainer
+from .run_folder import draw_generator
 
 
 def initial_noise_router(pipe, config, denoiser_set_timesteps) -> NoiseLevelRouter:
     """The starting router: ``config.init``'s schedule at the reference step count ``config.num_steps`` on the
     pipeline's own scheduler, placed on the noise axis, with Newton forecasts of the ``forecast_init`` order."""
     layout = describe(pipe)
-    step = HarmoniCaRouter.for_layout(layout, config.num_steps, init=config.init, generator=_generator(config.seed, 7),
-                                      threshold=config.threshold, history=config.history)
+    step = HarmoniCaRouter.for_layout(layout, config.num_steps, init=config.init,
+                                      generator=draw_generator(config.seed, 7), threshold=config.threshold,
+                                      history=config.history)
     denoiser_set_timesteps(pipe.scheduler, config.num_steps)
     step.timesteps = [float(t) for t in pipe.scheduler.timesteps]
     kind, _, order = config.forecast_init.partition(":")

@@ -44,24 +44,10 @@ from .checkpoints import resume, save_checkpoint
 from .config import OBJECTIVES, RouterTrainingConfig
 from .denoisers import denoiser_for
 from .objectives import image_error_proxy, normalise, threshold_for_usage
-from .run_folder import TrainState, check_same_run, truncate_log
+from .run_folder import (TrainState, check_same_run, draw_generator, peak_memory_mb, step_router_movement,
+                         truncate_log)
 
 __all__ = ["OBJECTIVES", "RouterTrainer", "RouterTrainingConfig"]
-
-def _generator(*keys: int) -> torch.Generator:
-    seed = 0
-    for k in keys:
-        seed = (seed * 1_000_003 + int(k)) % (2**62)
-    return torch.Generator().manual_seed(seed)
-
-
-def _peak_memory_mb(device) -> float:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
 
 class RouterTrainer:
     """Trains a ``HarmoniCaRouter`` for ``pipe`` (a supported pipeline, already on its device)."""
@@ -94,7 +80,7 @@ class RouterTrainer:
             raise ValueError(f"{family.name} router training does not take {', '.join(options)} ({err})") from err
         if router is None:
             router = HarmoniCaRouter.for_layout(
-                layout, config.num_steps, init=config.init, generator=_generator(config.seed, 7),
+                layout, config.num_steps, init=config.init, generator=draw_generator(config.seed, 7),
                 threshold=config.threshold, history=config.history,
             )
             if config.history > 1:
@@ -130,7 +116,8 @@ class RouterTrainer:
     # ------------------------------------------------------------------ building blocks
     def _trajectory_inputs(self, trajectory: int, process: int | None = None):
         """The latents and conditions this process (or ``process``) draws for ``trajectory``."""
-        g = _generator(self.config.seed, trajectory, self.accelerator.process_index if process is None else process, 1)
+        process = self.accelerator.process_index if process is None else process
+        g = draw_generator(self.config.seed, trajectory, process, 1)
         x = self.denoiser.initial_latents(self.config.batch_size, g)
         return x, self.denoiser.conditions(self.config.batch_size, g)
 
@@ -139,7 +126,7 @@ class RouterTrainer:
         the same at every refresh."""
         cfg, acc = self.config, self.accelerator
         per_process = max(1, math.ceil(cfg.lambda_samples / (processes or acc.num_processes)))
-        g = _generator(cfg.seed, 10_000_019, acc.process_index if process is None else process)
+        g = draw_generator(cfg.seed, 10_000_019, acc.process_index if process is None else process)
         return self.denoiser.initial_latents(per_process, g), self.denoiser.conditions(per_process, g)
 
     def _set_threshold(self) -> float:
@@ -227,7 +214,7 @@ class RouterTrainer:
                 raw = self.denoiser.forward(x, t, cond)
                 outs.append(raw)
                 x = sched.step(self.denoiser.guided(raw), t, x).prev_sample
-        g = _generator(self.config.seed, trajectory, self.accelerator.process_index, 2)
+        g = draw_generator(self.config.seed, trajectory, self.accelerator.process_index, 2)
         order = (torch.randperm(len(timesteps) - 1, generator=g) + 1).tolist()
         rows = []
         for i in order:
@@ -308,7 +295,7 @@ class RouterTrainer:
             "threshold": threshold,
             "cache_usage": usage,
             "target_usage": cfg.target_usage,
-            "peak_memory_mb": round(_peak_memory_mb(acc.device), 1),
+            "peak_memory_mb": round(peak_memory_mb(acc.device), 1),
             "lambda": router.training_info["lambda"],
             "moved_from_init": router.training_info["moved"],
         }
@@ -332,20 +319,5 @@ class RouterTrainer:
         router.timesteps = [float(t) for t in self._timesteps()]
         return threshold, usage
 
-    @torch.no_grad()
     def movement(self, threshold: float) -> dict:
-        """How far the router moved from its initialisation: hard decisions changed (compute <-> rebuild,
-        steps 1..T-1, at the initial and final thresholds), mean |logit change|, and the coefficient
-        change on the branches the final schedule rebuilds."""
-        router, initial = self.router, self.initial
-        final = router.compute_mask(threshold)
-        changed = (final[1:] != initial["schedule"][1:]).sum().item()
-        rebuilt = ~final
-        delta = (router.coefficients - initial["coefficients"]).abs()
-        return {
-            "decisions_changed": int(changed),
-            "decisions": int(final[1:].numel()),
-            "mean_abs_logit_change": round((router.logits - initial["logits"])[1:].abs().mean().item(), 4),
-            "mean_abs_coefficient_change": round(delta[rebuilt].mean().item(), 4) if rebuilt.any() else 0.0,
-            "max_abs_coefficient_change": round(delta[rebuilt].max().item(), 4) if rebuilt.any() else 0.0,
-        }
+        return step_router_movement(self.router, self.initial, threshold)

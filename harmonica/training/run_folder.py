@@ -1,6 +1,6 @@
-"""A router training run's folder: its counters (``TrainState``, checkpointed with the router), the settings it
-belongs to (``run_config.json``, checked before a resume) and its log (``training_log.jsonl``, cut back to the
-checkpoint on a resume)."""
+"""A router training run's folder and record: its counters (``TrainState``, checkpointed with the router), the
+settings it belongs to (``run_config.json``, checked before a resume), its log (``training_log.jsonl``, cut back
+to the checkpoint on a resume), its random draws (pure functions of their keys) and its summary's figures."""
 
 from __future__ import annotations
 
@@ -77,3 +77,39 @@ def truncate_log(log_path: Path, iteration: int) -> None:
     rows = [line for line in log_path.read_text().splitlines()
             if line.strip() and json.loads(line)["iteration"] <= iteration]
     log_path.write_text("".join(r + "\n" for r in rows))
+
+
+def draw_generator(*keys: int) -> torch.Generator:
+    """The generator of one random draw, a pure function of its keys (seed, trajectory, process, ...): a resumed
+    run draws what an uninterrupted one would."""
+    seed = 0
+    for k in keys:
+        seed = (seed * 1_000_003 + int(k)) % (2**62)
+    return torch.Generator().manual_seed(seed)
+
+
+def peak_memory_mb(device) -> float:
+    """Peak memory of the run: CUDA's allocator peak, else the process's peak RSS."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+@torch.no_grad()
+def step_router_movement(router, initial: dict, threshold: float) -> dict:
+    """How far a step router moved from its initialisation: hard decisions changed (compute <-> rebuild, steps
+    1..T-1, at the initial and final thresholds), mean |logit change|, and the coefficient change on the
+    branches the final schedule rebuilds."""
+    final = router.compute_mask(threshold)
+    changed = (final[1:] != initial["schedule"][1:]).sum().item()
+    rebuilt = ~final
+    delta = (router.coefficients - initial["coefficients"]).abs()
+    return {
+        "decisions_changed": int(changed),
+        "decisions": int(final[1:].numel()),
+        "mean_abs_logit_change": round((router.logits - initial["logits"])[1:].abs().mean().item(), 4),
+        "mean_abs_coefficient_change": round(delta[rebuilt].mean().item(), 4) if rebuilt.any() else 0.0,
+        "max_abs_coefficient_change": round(delta[rebuilt].max().item(), 4) if rebuilt.any() else 0.0,
+    }
