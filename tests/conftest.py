@@ -33,3 +33,13 @@ def pixart_sigma_path(tmp_path_factory):
 
 def generator(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+def one_thread_for_tiny_models():
+    """A module fixture (``one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_for_tiny_models)``):
+    these models are tiny, so per-op thread synchronisation dominates, and on a loaded 2-core machine two threads
+    make every op wait for a busy core (many times slower). One thread for the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

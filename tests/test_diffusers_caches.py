@@ -8,6 +8,7 @@ from __future__ import annotations
 import diffusers.hooks as dh
 import pytest
 import torch
+from conftest import one_thread_for_tiny_models
 from tiny_models import tiny_wan_pipeline, wan_call_kwargs
 
 import harmonica
@@ -39,12 +40,7 @@ def _configs(pipe) -> dict:
 CACHES = list(_configs(None))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_for_tiny_models)
 
 
 @pytest.fixture(scope="module")

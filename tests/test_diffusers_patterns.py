@@ -12,6 +12,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from conftest import one_thread_for_tiny_models
 from diffusers import DiffusionPipeline
 from tiny_models import (flux_call_kwargs, pixart_call_kwargs, qwenimage_call_kwargs, sana_call_kwargs, sd3_call_kwargs,
                          tiny_dit_pipeline, tiny_flux_pipeline, tiny_pixart_pipeline, tiny_qwenimage_pipeline,
@@ -33,12 +34,7 @@ FAMILIES = {
 BATCHED = ("prompt", "negative_prompt", "class_labels")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_for_tiny_models)
 
 
 class Family:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_thread_for_tiny_models
 from accelerate import Accelerator
 from diffusers import DiffusionPipeline
 from tiny_models import (flux_call_kwargs, qwenimage_call_kwargs, sana_call_kwargs, sd3_call_kwargs, tiny_flux_pipeline,
@@ -49,14 +50,7 @@ CASES = {
 VARIANTS = [(name, variant) for name, (_, variants) in CASES.items() for variant in variants]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: per-op thread synchronisation dominates, and on a loaded 2-core machine two
-    threads make every op wait for a busy core (many times slower). One thread for this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_for_tiny_models)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import one_thread_for_tiny_models
 from test_families import reference_images
 from tiny_models import flux_call_kwargs, tiny_flux_pipeline
 
@@ -25,12 +26,7 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_
            "ff_context.net.2", "proj_mlp", "proj_out"]  # diffusers' Flux LoRAs target these (and more)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_for_tiny_models)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import generator
+from conftest import generator, one_thread_for_tiny_models
 from diffusers import DDIMScheduler, DiTPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 import harmonica
@@ -12,12 +12,7 @@ from harmonica import HarmoniCaRouter, RouterError
 from harmonica.router import NoiseLevelRouter, newton_coefficients, noise_levels, taylor_coefficients
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_for_tiny_models)
 
 
 def images(pipe, steps, labels=(1, 2), seed=0):

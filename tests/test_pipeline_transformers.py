@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import one_thread_for_tiny_models
 from diffusers import DiffusionPipeline
 from tiny_models import (flux_call_kwargs, pixart_call_kwargs, qwenimage_call_kwargs, sana_call_kwargs, sd3_call_kwargs,
                          tiny_dit_pipeline, tiny_flux_pipeline, tiny_pixart_pipeline, tiny_qwenimage_pipeline,
@@ -17,12 +18,7 @@ import harmonica
 from harmonica import HarmoniCaRouter
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_thread_for_tiny_models)
 
 
 def frames(pipe, **extra):

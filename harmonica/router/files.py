@@ -19,6 +19,27 @@ class RouterFiles:
 
     kind = "step"
 
+    # what the router serves, from its layout (both kinds hold a ``RouterLayout``)
+    @property
+    def num_blocks(self) -> int:
+        return self.layout.num_blocks
+
+    @property
+    def num_slots(self) -> int:
+        return self.layout.num_slots
+
+    @property
+    def pipeline_class(self) -> str:
+        return self.layout.pipeline_class
+
+    @property
+    def transformer_class(self) -> str:
+        return self.layout.transformer_class
+
+    @property
+    def scheduler_class(self) -> str:
+        return self.layout.scheduler_class
+
     @property
     def config_dict(self) -> dict:
         config = dict(

@@ -125,27 +125,6 @@ class HarmoniCaRouter(
         router.training_info.setdefault("kind", f"static, compute every {int(compute_every)} steps")
         return router
 
-    # ----------------------------------------------------------------------- properties
-    @property
-    def num_blocks(self) -> int:
-        return self.layout.num_blocks
-
-    @property
-    def num_slots(self) -> int:
-        return self.layout.num_slots
-
-    @property
-    def pipeline_class(self) -> str:
-        return self.layout.pipeline_class
-
-    @property
-    def transformer_class(self) -> str:
-        return self.layout.transformer_class
-
-    @property
-    def scheduler_class(self) -> str:
-        return self.layout.scheduler_class
-
     def scores(self) -> torch.Tensor:
         """Sigmoid scores ``[num_steps, num_slots]``; the first step is fixed at 1."""
         s = torch.sigmoid(self.logits)

@@ -132,22 +132,6 @@ class NoiseLevelRouter(
 
     # ------------------------------------------------------------------ what it serves
     @property
-    def num_slots(self) -> int:
-        return self.layout.num_slots
-
-    @property
-    def pipeline_class(self) -> str:
-        return self.layout.pipeline_class
-
-    @property
-    def transformer_class(self) -> str:
-        return self.layout.transformer_class
-
-    @property
-    def scheduler_class(self) -> str:
-        return self.layout.scheduler_class
-
-    @property
     def config_dict(self) -> dict:
         return dict(kind=self.kind, blocks=self.layout.groups, pipeline_class=self.pipeline_class,
                     transformer_class=self.transformer_class, schedulers=self.schedulers,

@@ -12,9 +12,7 @@ it does not use arrive in ``**extra`` (``sampling.family_call_kwargs`` is the ca
 
 from __future__ import annotations
 
-from typing import Callable
-
-from harmonica.families import family_for
+from harmonica.families.adapters import FamilyAdapters
 from harmonica.families.flux import uses_true_cfg
 from harmonica.families.qwenimage import NEGATIVE_PROMPT
 
@@ -71,24 +69,10 @@ def qwenimage_call_kwargs(pipe, conditions, guidance_scale: float | None = None,
     return kw
 
 
-CALL_KWARGS: dict[str, Callable] = {}
-
-
-def register_call_kwargs(family_name: str, fn: Callable) -> Callable:
-    """The harness calls pipelines of the family ``family_name`` with ``fn(pipe, conditions, ...)``; returns ``fn``."""
-    if not callable(fn):
-        raise ValueError(f"register_call_kwargs takes a function, got {type(fn).__name__}")
-    CALL_KWARGS[family_name] = fn
-    return fn
-
-
-def call_kwargs_for(pipe) -> Callable:
-    """The call-arguments function registered for the family serving ``pipe`` (raises if there is none)."""
-    family = family_for(pipe)
-    if family.name not in CALL_KWARGS:
-        raise ValueError(f"the evaluation harness has no call arguments for the {family.name!r} family; register a "
-                         "function with harmonica_bench.evaluation.call_kwargs.register_call_kwargs")
-    return CALL_KWARGS[family.name]
+CALL_KWARGS = FamilyAdapters("the evaluation harness", "call arguments",
+                             "harmonica_bench.evaluation.call_kwargs.register_call_kwargs")
+register_call_kwargs = CALL_KWARGS.register  # (family name, fn): the harness calls its pipelines with fn's arguments
+call_kwargs_for = CALL_KWARGS.for_pipe  # the function registered for the family serving a pipeline
 
 
 for _name, _fn in (("dit", dit_call_kwargs), ("pixart", pixart_call_kwargs), ("flux", flux_call_kwargs),

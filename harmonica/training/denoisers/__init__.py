@@ -9,7 +9,7 @@ router training by registering its denoiser class under the family's name::
 
 from __future__ import annotations
 
-from ...families import family_for
+from ...families.adapters import FamilyAdapters
 from .base import Denoiser
 from .dit import DiTDenoiser
 from .flux import FluxDenoiser
@@ -19,24 +19,9 @@ from .sana import SanaDenoiser
 from .sd3 import SD3Denoiser
 from .wan import WanDenoiser
 
-DENOISERS: dict[str, type] = {}
-
-
-def register_denoiser(family_name: str, cls: type) -> type:
-    """Router training drives pipelines of the family ``family_name`` with ``cls``; returns ``cls``."""
-    if not callable(cls):
-        raise ValueError(f"register_denoiser takes a denoiser class, got {type(cls).__name__}")
-    DENOISERS[family_name] = cls
-    return cls
-
-
-def denoiser_for(pipe) -> type:
-    """The denoiser class registered for the family serving ``pipe`` (raises if there is none)."""
-    family = family_for(pipe)
-    if family.name not in DENOISERS:
-        raise ValueError(f"router training has no denoiser for the {family.name!r} family; register one with "
-                         "harmonica.training.denoisers.register_denoiser")
-    return DENOISERS[family.name]
+DENOISERS = FamilyAdapters("router training", "denoiser", "harmonica.training.denoisers.register_denoiser")
+register_denoiser = DENOISERS.register  # (family name, class): router training drives its pipelines with the class
+denoiser_for = DENOISERS.for_pipe  # the class registered for the family serving a pipeline
 
 
 for _name, _cls in (("dit", DiTDenoiser), ("pixart", PixArtDenoiser), ("flux", FluxDenoiser), ("sd3", SD3Denoiser),
