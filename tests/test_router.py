@@ -416,3 +416,13 @@ def test_timesteps_recorded_and_checked(tmp_path):
     loaded.check_timesteps([999, 666, 333])
     with pytest.raises(RouterError, match="trained on the timesteps.*timestep_spacing"):
         loaded.check_timesteps([999, 999 - 333, 1])
+
+
+def test_loading_a_router_folder_prints_nothing(tmp_path, capsys):
+    """huggingface_hub's mixin prints "Loading weights from local directory" on every local load."""
+    router = HarmoniCaRouter.for_layout(RouterLayout.uniform(2, ("attn1", "ff"), "DiTPipeline",
+                                                             "DiTTransformer2DModel", "DDIMScheduler"), 4)
+    router.save_pretrained(tmp_path / "r")
+    capsys.readouterr()
+    HarmoniCaRouter.from_pretrained(tmp_path / "r")
+    assert capsys.readouterr().out == ""

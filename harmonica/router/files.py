@@ -7,6 +7,8 @@ mixin's and add the config (what the router was made for) and the checks.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 from .layout import RouterError
@@ -95,7 +97,8 @@ class RouterFiles:
             params = {k: config[k] for k in other._hub_mixin_init_parameters if k in config}
             return other._from_pretrained(model_id=model_id, config=config, **hub, **params)
         check_config(config, model_id, cls.CONFIG_KEYS)
-        return super()._from_pretrained(model_id=model_id, **kwargs)
+        with contextlib.redirect_stdout(io.StringIO()):  # the hub mixin prints "Loading weights from local directory"
+            return super()._from_pretrained(model_id=model_id, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "RouterFiles":
