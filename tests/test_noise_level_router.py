@@ -216,4 +216,6 @@ def test_noise_level_training_settings_are_checked_before_anything_runs(dit_path
         noise_trainer(dit_path, tmp_path, objective="harmonica")
     with pytest.raises(ValueError, match="must name a diffusers scheduler class.*'NoSuchScheduler'"):
         noise_trainer(dit_path, tmp_path, schedulers=["NoSuchScheduler"])
+    with pytest.raises(ValueError, match="HeunDiscreteScheduler visits some timesteps twice"):
+        noise_trainer(dit_path, tmp_path, schedulers=["DDIMScheduler", "HeunDiscreteScheduler"])
     assert not (tmp_path / "run_config.json").exists()

@@ -40,6 +40,21 @@ def initial_noise_router(pipe, config, denoiser_set_timesteps) -> NoiseLevelRout
                                              schedulers, (min(config.step_counts), max(config.step_counts)), taylor)
 
 
+def check_single_evaluation(base, names, steps: int) -> None:
+    """Refuse a scheduler that visits a timestep twice (Heun, DPM-Solver single-step): a step is found by its
+    timestep, at inference as in training."""
+    import diffusers
+
+    for name in names or [type(base).__name__]:
+        scheduler = getattr(diffusers, name).from_config(base.config)
+        scheduler.set_timesteps(steps)
+        values = [float(t) for t in scheduler.timesteps]
+        if len(set(values)) != len(values):
+            raise ValueError(f"{name} visits some timesteps twice, so a step cannot be told from its timestep; train "
+                             "with single-evaluation schedulers (DDIM, DPM-Solver++ multistep, Euler, flow-matching "
+                             "Euler, ...)")
+
+
 class NoiseLevelTrainer(RouterTrainer):
     """``RouterTrainer`` for a ``NoiseLevelRouter`` (see the module docstring)."""
 
@@ -50,6 +65,7 @@ class NoiseLevelTrainer(RouterTrainer):
         from .denoisers import denoiser_for
 
         self.base_scheduler = pipe.scheduler
+        check_single_evaluation(pipe.scheduler, config.schedulers, max(config.step_counts))
         if router is None:
             set_timesteps = denoiser_for(pipe)(pipe, config.guidance_scale, config.prompts).set_timesteps
             router = initial_noise_router(pipe, config, set_timesteps)
