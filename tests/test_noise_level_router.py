@@ -219,3 +219,25 @@ def test_noise_level_training_settings_are_checked_before_anything_runs(dit_path
     with pytest.raises(ValueError, match="HeunDiscreteScheduler visits some timesteps twice"):
         noise_trainer(dit_path, tmp_path, schedulers=["DDIMScheduler", "HeunDiscreteScheduler"])
     assert not (tmp_path / "run_config.json").exists()
+
+
+@pytest.mark.parametrize("family", ["wan22", "flux"])
+def test_noise_level_router_on_flow_matching_families(family):
+    """Wan 2.2 (the step from the pipeline's cache context, two experts) and Flux (true CFG): the call's
+    timesteps are found, the schedule resolved and the speed met on tiny models (coarse: few branches)."""
+    import tiny_models as tm
+
+    build, kwargs = {
+        "wan22": (lambda: tm.tiny_wan_pipeline(two_experts=True, boundary_ratio=0.8), tm.wan_call_kwargs(num_inference_steps=6)),
+        "flux": (tm.tiny_flux_pipeline, tm.flux_call_kwargs(true_cfg=True, num_inference_steps=6)),
+    }[family]
+    pipe = build()
+    pipe.set_progress_bar_config(disable=True)
+    step = HarmoniCaRouter.static(harmonica.describe(pipe), 8, compute_every=2, history=2)
+    pipe.scheduler.set_timesteps(8)
+    step.timesteps = [float(t) for t in pipe.scheduler.timesteps]
+    router = NoiseLevelRouter.from_step_router(step, num_train_timesteps=pipe.scheduler.config.num_train_timesteps)
+    harmonica.enable(pipe, router, speedup=1.5)
+    pipe(**kwargs, generator=generator(0))
+    stats = harmonica.stats(pipe)
+    assert stats.macs_speedup == pytest.approx(1.5, rel=0.05) and stats.reused > 0

@@ -255,6 +255,9 @@ class HarmoniCa:
             return self.plans[t_index]
         timesteps = position.timesteps
         if timesteps is None:  # the step came from the pipeline's cache context (Wan)
+            if position.pipeline is None:
+                raise RouterError("a noise-level router needs the call's timesteps, which come from the running "
+                                  "pipeline's scheduler: call the transformer through the pipeline")
             timesteps = tuple(float(t) for t in position.pipeline.scheduler.timesteps)
         macs = None
         if self.speedup is not None:
