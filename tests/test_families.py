@@ -262,19 +262,11 @@ def test_gradient_checkpointing_gives_the_plain_gradients(family_paths, name, tm
     """Per-block gradient checkpointing of the student (history 3: forecasts), on every family's blocks and branch
     outputs: every step's router gradients and the caches after the trajectory are the plain backward's."""
     from test_router_training import same_cache
-    from test_training_scale import recording_gradients
+    from test_training_scale import recording_gradients, recording_regions
 
-    from harmonica.cache import drive
     from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
 
-    regions = []
-
-    class Region(drive.Region):
-        def __init__(self):
-            super().__init__()
-            regions.append(self)
-
-    monkeypatch.setattr(drive, "Region", Region)
+    regions = recording_regions(monkeypatch)
     kwargs, forwards = next(iter(CASES[name][1].values()))
     runs = []
     for checkpointing in (False, True):

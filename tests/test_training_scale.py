@@ -24,6 +24,21 @@ def recording_gradients(trainer) -> list:
     return grads
 
 
+def recording_regions(monkeypatch) -> list:
+    """Every checkpointed region the driven cache makes (harmonica.cache.drive.Region), as it makes them."""
+    from harmonica.cache import drive
+
+    regions = []
+
+    class Region(drive.Region):
+        def __init__(self):
+            super().__init__()
+            regions.append(self)
+
+    monkeypatch.setattr(drive, "Region", Region)
+    return regions
+
+
 def kept_for_backward(trainer, regions: list) -> list:
     """Bytes kept for the backward of each student forward: what autograd saves outside checkpointed blocks, and
     the cached outputs the checkpointed blocks (``regions``) hold for their recomputation."""
@@ -53,16 +68,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_caches(dit_path, tm
     """history 3 (forecasts with trained coefficients): every step's router gradients, the trained router and the
     caches after the trajectory are those of the plain backward; the recomputation neither keeps a branch output
     twice nor rebuilds from what the forward wrote. Less is kept for the backward."""
-    from harmonica.cache import drive
-
-    regions = []
-
-    class Region(drive.Region):
-        def __init__(self):
-            super().__init__()
-            regions.append(self)
-
-    monkeypatch.setattr(drive, "Region", Region)
+    regions = recording_regions(monkeypatch)
     settings = dict(history=3, forecast_init="taylor", target_usage=0.4, trajectories=1)
     plain = make_trainer(dit_path, tmp_path / "plain", **settings)
     checkpointed = make_trainer(dit_path, tmp_path / "checkpointed", gradient_checkpointing=True, **settings)
