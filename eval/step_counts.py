@@ -68,6 +68,8 @@ def main(argv=None):
     fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4.2), squeeze=False)
     lines = [f"PSNR (dB) to the uncached images at >= {args.level:g}x MACs (each method's best point there: its "
              "setting, **PSNR** [95% interval], MACs speedup, FD to uncached)", ""]
+    names = sorted({name for series in table.values() for name in series})
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}  # one colour per method in every panel
     for ax, (scheduler, series) in zip(axes[0], sorted(table.items())):
         counts = sorted({n for by_steps in series.values() for n in by_steps})
         lines += [f"**{scheduler}**", "", "| method | " + " | ".join(f"{n} steps" for n in counts) + " |",
@@ -77,7 +79,7 @@ def main(argv=None):
             ys = [by_steps[n]["metrics"]["psnr"] for n in xs]
             errors = [interval_of(by_steps[n]["errors"].get("psnr")) or [y, y] for n, y in zip(xs, ys)]
             ax.errorbar(xs, ys, yerr=[[y - e[0] for y, e in zip(ys, errors)], [e[1] - y for y, e in zip(ys, errors)]],
-                        marker="o", capsize=3, label=name)
+                        marker="o", capsize=3, label=name, color=colours[name])
             cells = []
             for n in counts:
                 q = by_steps.get(n)
