@@ -617,6 +617,13 @@ def test_speed_and_pareto_scripts_end_to_end(dit_path, judge_dir, tmp_path):
     page = (tmp_path / "docs" / "r.md").read_text()
     assert f"`{data['command']}`" in page and f"`{data['commit']}`" in page and table.strip() in page
     assert "![speedup against FD](r.png)" in page and (tmp_path / "docs" / "r.png").stat().st_size > 1000
+    # PSNR against step count: each method's best point at a MACs level, one line per method
+    table = script("step_counts")["main"](["--sweep", str(out), "--level", "1.4", "--out", str(tmp_path / "sc")])
+    (series,) = table.values()  # one scheduler
+    assert set(series) == {p["series"] for p in points if p["series"] != "none" and p["macs_speedup"] >= 1.4 * 0.98}
+    assert set(series["fora"]) == {4}  # the sweep's step count
+    assert series["fora"][4]["metrics"]["psnr"] == max(p["metrics"]["psnr"] for p in points if p["series"] == "fora")
+    assert (tmp_path / "sc.png").stat().st_size > 1000 and "| fora | FORA N=" in (tmp_path / "sc.md").read_text()
     # --compare: paired differences of two points on the same resamples, in both directions
     there, back = (script("pareto")["main"](["--out", str(out), "--compare", *pair]) for pair in
                    (["fora-2", "fora-3"], ["fora-3", "fora-2"]))
