@@ -316,3 +316,16 @@ def test_help_shows_every_default(script, monkeypatch, capsys):
     for action in options:
         text = blocks[action.option_strings[0]]
         assert "default" in text.lower(), f"{script}: {text.strip()}"
+
+
+def test_flux_recipes_train_on_the_embedded_models_captions_from_the_packaged_trainer(tmp_path, monkeypatch):
+    """The shipped Flux recipes name a prompts file beside the embedded model, which holds exactly the captions
+    it was trained on (the lab's 'shapes' set), so ``python -m harmonica.train --recipe shapes-flux-2x`` works
+    from anywhere without the lab."""
+    from harmonica.training import cli
+    from harmonica_bench.shapes import SHAPES
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("shapes-flux-1.5x", "shapes-flux-2x", "shapes-flux-2.5x"):
+        options, config = cli.parse_settings(["--recipe", name])
+        assert config.prompts == SHAPES.train_captions(), name
