@@ -200,7 +200,7 @@ def test_the_student_rebuilds_as_resolve_does(dit_path, tmp_path):
     with torch.no_grad():
         trainer.router.gains.uniform_(0.2, 1.2)  # gains other than Lagrange's, different per slot and level
     trainer.pipe.scheduler = DPMSolverMultistepScheduler.from_config(trainer.pipe.scheduler.config)
-    trainer.config_steps = 11
+    trainer.steps = 11
     timesteps = [float(t) for t in trainer._timesteps()]
     resolution = trainer.router.resolve(timesteps, threshold=0.5)
     for step in range(1, 11):

@@ -61,9 +61,7 @@ class HarmoniCa:
         if not self.per_call:
             self.set_schedule(router.schedule(self.threshold))
         elif keep is not None:  # driven by router training: the plan keeps every branch, whatever the schedule
-            one = [[True] * self.layout.num_slots]
-            self.plans = [Plan(blocks, one, [[[1.0]] * self.layout.num_slots], self.fused, keep)
-                          for blocks in self.blocks]
+            self.plans = [self.keeping_plan(t_index, keep) for t_index in range(len(self.blocks))]
         self.active = True
         self.drive: Drive | None = None  # set by router training for the forwards it drives
         self.driven_states: dict[tuple[int, str], CacheState] = {}
@@ -246,6 +244,11 @@ class HarmoniCa:
         if position.timesteps is not None:
             self.router.check_timesteps(position.timesteps)
 
+    def keeping_plan(self, t_index: int, keep: int, pending: tuple | None = None) -> Plan:
+        """A plan that keeps every branch's last ``keep`` outputs whatever the schedule (no schedule of its own)."""
+        slots = self.layout.num_slots
+        return Plan(self.blocks[t_index], [[True] * slots], [[[1.0]] * slots], self.fused, keep=keep, pending=pending)
+
     def plan_for(self, t_index: int, position, shape: tuple) -> Plan:
         """The plan of a new call's cache state: the enable-time plan of a step router; a noise-level router's
         schedule resolved at the call's timesteps (and, with a speedup, the branches' MACs at this input
@@ -263,9 +266,7 @@ class HarmoniCa:
         if self.speedup is not None:
             macs = self.macs_table.get(shape)
             if macs is None:
-                slots = self.layout.num_slots
-                return Plan(self.blocks[t_index], [[True] * slots], [[[1.0]] * slots], self.fused, keep=1,
-                            pending=timesteps)
+                return self.keeping_plan(t_index, 1, pending=timesteps)
         key = (t_index, timesteps, None if macs is None else shape)
         if key not in self.call_plans:
             total, per_slot = macs if macs is not None else (0, None)

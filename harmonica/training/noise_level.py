@@ -69,6 +69,7 @@ class NoiseLevelTrainer(RouterTrainer):
         if router is None:
             set_timesteps = denoiser_for(pipe)(pipe, config.guidance_scale, config.prompts).set_timesteps
             router = initial_noise_router(pipe, config, set_timesteps)
+        self.steps = config.num_steps  # this trajectory's step count (drawn per trajectory)
         self.levels: list[float] = []
         self.history: list[list[float]] = []
         super().__init__(pipe, config, accelerator, router)
@@ -118,12 +119,11 @@ class NoiseLevelTrainer(RouterTrainer):
             import diffusers
 
             self.pipe.scheduler = getattr(diffusers, name).from_config(self.base_scheduler.config)
-        self.config_steps = steps
+        self.steps = steps
 
     def _timesteps(self) -> list:
         sched = self.pipe.scheduler
-        steps = getattr(self, "config_steps", self.config.num_steps)
-        self.denoiser.set_timesteps(sched, steps)
+        self.denoiser.set_timesteps(sched, self.steps)
         timesteps = list(sched.timesteps)
         self.levels = noise_levels([float(t) for t in timesteps], self.router.num_train_timesteps)
         self.history = [[self.levels[0]] for _ in range(self.router.num_slots)]  # step 0 fills every branch
@@ -133,7 +133,7 @@ class NoiseLevelTrainer(RouterTrainer):
         self._draw_setting(trajectory)
         rows = super().sdt_trajectory(trajectory)
         for row in rows:
-            row["num_steps"], row["scheduler"] = self.config_steps, type(self.pipe.scheduler).__name__
+            row["num_steps"], row["scheduler"] = self.steps, type(self.pipe.scheduler).__name__
         return rows
 
     # ---------------------------------------------------------------- the end
@@ -146,7 +146,7 @@ class NoiseLevelTrainer(RouterTrainer):
         """The threshold at the target usage at the reference step count on the pipeline's own scheduler (the
         fixed one without a target), and the usage there."""
         self.pipe.scheduler = self.base_scheduler
-        self.config_steps = self.config.num_steps
+        self.steps = self.config.num_steps
         self._timesteps()
         threshold = self.router.threshold = self._set_threshold()
         return threshold, self._usage(threshold)
