@@ -196,6 +196,7 @@ MIN_CAPTION_CONTRAST = 60.0
 # Size words: half-size below / above these fractions of the image (drawn in [0.22, 0.40]).
 SMALL_BELOW, LARGE_ABOVE = 0.28, 0.34
 SIZE_WORDS = ("small", "", "large")
+STYLES = ("plain", "swapped")
 _CAPTION_STREAM = 1  # third element of the numpy seed sequence of the captioned variant
 
 
@@ -250,24 +251,29 @@ def caption_vocabulary() -> list[str]:
     return sorted(words)
 
 
-def render_captioned_shape(index: int, seed: int = TRAIN_SEED) -> dict:
+def render_captioned_shape(index: int, seed: int = TRAIN_SEED, style: str = "plain") -> dict:
     """Image ``index`` of the captioned data with ``seed``: a dict with ``image`` (uint8 [32, 32, 3]),
-    ``label``, ``foreground``, ``background`` (palette ids), ``size`` (word or "") and ``caption``."""
+    ``label``, ``foreground``, ``background`` (palette ids), ``size`` (word or "") and ``caption``.
+    ``style`` (STYLES) changes the drawing only, never the caption: "swapped" paints the shape in the
+    caption's background colour and the background in its shape colour (the LoRA study's style)."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     rng = np.random.default_rng([seed, index, _CAPTION_STREAM])
     label = int(rng.integers(NUM_CLASSES))
     fg, bg = COLOUR_PAIRS[int(rng.integers(len(COLOUR_PAIRS)))]
     radius_frac, cx, cy, angle = _geometry(rng)
-    image = _draw_shape(label, tuple(int(v) for v in COLOUR_RGB[bg]), tuple(int(v) for v in COLOUR_RGB[fg]),
+    paint_bg, paint_fg = (fg, bg) if style == "swapped" else (bg, fg)
+    image = _draw_shape(label, tuple(int(v) for v in COLOUR_RGB[paint_bg]), tuple(int(v) for v in COLOUR_RGB[paint_fg]),
                         radius_frac, cx, cy, angle)
     size = size_word(radius_frac)
     return {"image": image, "label": label, "foreground": fg, "background": bg, "size": size,
             "caption": make_caption(label, fg, bg, size)}
 
 
-def render_captioned_shapes(indices: Iterable[int], seed: int = TRAIN_SEED):
+def render_captioned_shapes(indices: Iterable[int], seed: int = TRAIN_SEED, style: str = "plain"):
     """Several at once: (uint8 images [N, 32, 32, 3], labels int64 [N], colour ids int64 [N, 2]
     (foreground, background), captions list[str])."""
-    items = [render_captioned_shape(i, seed) for i in indices]
+    items = [render_captioned_shape(i, seed, style) for i in indices]
     images = np.stack([it["image"] for it in items])
     labels = np.asarray([it["label"] for it in items], dtype=np.int64)
     colours = np.asarray([(it["foreground"], it["background"]) for it in items], dtype=np.int64).reshape(-1, 2)

@@ -262,6 +262,22 @@ def with_latent_stats(vae, shift_factor: float, scaling_factor: float):
     return vae
 
 
+def pack_flux_latents(latents):
+    """[B, C, H, W] -> [B, H W / 4, 4 C] (FluxPipeline._pack_latents: 2x2 patches), for training on latents."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._pack_latents(latents, *latents.shape[:2], *latents.shape[2:])
+
+
+def flow_matching_sigmas(n: int, generator, mean: float = 0.0, std: float = 1.0, shift: float = FLUX_SHIFT):
+    """Training noise levels: logit-normal s in (0, 1) (SD3), then the scheduler's static shift
+    s' = shift s / (1 + (shift - 1) s)."""
+    import torch
+
+    s = torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+    return shift * s / (1 + (shift - 1) * s)
+
+
 def build_flux_pipeline(transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
                         shift: float = FLUX_SHIFT):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -405,11 +421,12 @@ def flux_eval_set(per_class: int, seed: int | None = None):
 
 
 def evaluate_flux(pipe, judge, per_class: int = 20, seed: int = 0, batch_size: int = 100, out_png=None,
-                  **call_overrides) -> dict:
+                  style: str = "plain", **call_overrides) -> dict:
     """Sample ``per_class`` held-out captions per class with the stock FluxPipeline (true CFG, the
     shipped step count unless overridden) and judge them: class accuracy (ShapesJudge) and colour
-    accuracy (shape and background colour both right; each alone too). Optionally a PNG grid, one
-    row per class (the first 10 samples of each)."""
+    accuracy (shape and background colour both right; each alone too), against the colours that
+    ``style`` paints (``harmonica_bench.data.STYLES``: "swapped" swaps the caption's two). Optionally a
+    PNG grid, one row per class (the first 10 samples of each)."""
     import torch
 
     from .data import NUM_CLASSES
@@ -430,7 +447,7 @@ def evaluate_flux(pipe, judge, per_class: int = 20, seed: int = 0, batch_size: i
     report = {"num_samples": len(captions)}
     if judge is not None:
         report["class_accuracy"] = (judge.predict(images * 2 - 1) == torch.from_numpy(labels)).float().mean().item()
-    colour = colour_report(images, colours)
+    colour = colour_report(images, colours[:, ::-1] if style == "swapped" else colours)
     report.update(colour_accuracy=colour["both"], foreground_accuracy=colour["foreground"],
                   background_accuracy=colour["background"])
     return report

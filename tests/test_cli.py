@@ -89,6 +89,9 @@ def test_missing_recipe_is_named(train_router, tmp_path, capsys, no_pipeline_loa
     (["--target_usage", "2"], "target_usage must be in [0, 1)"),
     (["--lambda_floor", "-1"], "lambda_floor must be in [0, 1]"),
     (["--objective", "fast"], "invalid choice: 'fast'"),
+    (["--init_router", "no/such-router"], "--init_router: "),
+    (["--init_router", "pipelines/shapes-dit/router", "--step_counts", "10", "20", "--objective", "sdt"],
+     "init_router fine-tunes a step-indexed router"),
 ])
 def test_bad_option_is_refused(argv, expected, train_router, tmp_path, capsys, no_pipeline_loading):
     run_dir = tmp_path / "run"

@@ -367,3 +367,25 @@ def test_taylorseer_schedule_init_and_ties_at_the_target():
     assert usage == pytest.approx(0.5) and router.cache_usage(tau) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="static:N:W"):
         HarmoniCaRouter.for_layout(layout, 20, init="static:2:x")
+
+
+def test_fine_tune_starts_from_a_router(dit_path, tmp_path):
+    """init_router: the training starts from that router's scores and coefficients (not --init), trains on; one
+    that does not fit the pipeline or the settings is refused, naming each difference, before anything is written."""
+    base = make_trainer(dit_path, tmp_path / "base", history=3, init="static:2", target_usage=0.4, trajectories=1)
+    base.train()
+    start = harmonica.HarmoniCaRouter.from_pretrained(tmp_path / "base" / "router")
+    tuned = make_trainer(dit_path, tmp_path / "tuned", history=3, init="uniform", target_usage=0.4, trajectories=1,
+                         init_router=str(tmp_path / "base" / "router"))
+    assert torch.equal(tuned.router.logits.detach(), start.logits) and torch.equal(tuned.initial["logits"], start.logits)
+    assert torch.equal(tuned.router.coefficients.detach(), start.coefficients)
+    summary = tuned.train()
+    assert summary["moved_from_init"]["mean_abs_logit_change"] > 0
+    with pytest.raises(ValueError, match=r"cannot start this training: it has 5 sampling steps, the training "
+                                         r"num_steps is 6; it has 3 computed outputs per forecast, the training "
+                                         r"history is 1"):
+        make_trainer(dit_path, tmp_path / "other", num_steps=6, init_router=str(tmp_path / "base" / "router"))
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ValueError, match="noise-level router"):
+        make_trainer(dit_path, tmp_path / "other", objective="sdt", step_counts=[4, 6],
+                     init_router=str(tmp_path / "base" / "router"))

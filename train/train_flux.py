@@ -42,9 +42,11 @@ from harmonica_bench.embedded import (
     FLUX_TEXT_SEED,
     FLUX_TRUE_CFG,
     build_flux_pipeline,
+    flow_matching_sigmas,
     build_text_encoders,
     evaluate_flux,
     flux_transformer_config,
+    pack_flux_latents,
     save_flux_pipeline,
     with_latent_stats,
 )
@@ -113,17 +115,6 @@ def prepare_data(args, vae, clip, tok, t5, tok2, accelerator):
     if data["num_images"] != args.num_images:
         raise SystemExit(f"{cache} was made for --num_images {data['num_images']}; use another --output")
     return data
-
-
-def pack(latents: torch.Tensor) -> torch.Tensor:
-    """[B, 4, 8, 8] -> [B, 16, 16] (FluxPipeline._pack_latents: 2x2 patches)."""
-    return FluxPipeline._pack_latents(latents, latents.shape[0], latents.shape[1], LATENT, LATENT)
-
-
-def sample_sigmas(n: int, generator: torch.Generator, mean: float, std: float, shift: float) -> torch.Tensor:
-    """Logit-normal s in (0, 1), then the scheduler's static shift s' = shift s / (1 + (shift - 1) s)."""
-    s = torch.sigmoid(mean + std * torch.randn(n, generator=generator))
-    return shift * s / (1 + (shift - 1) * s)
 
 
 def parse_args(argv=None):
@@ -206,10 +197,10 @@ def main(argv=None):
         idx = batch_indices(len(data["labels"]), local_batch, args.seed + accelerator.process_index, step)
         g.manual_seed((args.seed + 1) * 1_000_003 + step * 64 + accelerator.process_index)
         z = data["lat_mean"][idx] + data["lat_std"][idx] * torch.randn(data["lat_mean"][idx].shape, generator=g)
-        x0 = pack((z - data["shift"]) * data["scale"])
+        x0 = pack_flux_latents((z - data["shift"]) * data["scale"])
         cap = data["caption_ids"][idx].clone()
         cap[torch.rand(len(cap), generator=g) < args.caption_dropout] = 0  # the empty prompt
-        sigma = sample_sigmas(len(cap), g, args.logit_mean, args.logit_std, args.shift)
+        sigma = flow_matching_sigmas(len(cap), g, args.logit_mean, args.logit_std, args.shift)
         noise = torch.randn(x0.shape, generator=g)
         s = sigma[:, None, None]
         x_t = (1 - s) * x0 + s * noise

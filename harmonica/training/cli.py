@@ -176,6 +176,13 @@ def parse_settings(argv=None, additions: Additions | None = None) -> tuple[Scrip
         parser.error(str(err))
     if options.pipeline is None:
         parser.error("give --pipeline or a --recipe that names one")
+    if config.init_router:
+        from ..router import HarmoniCaRouter, RouterError
+
+        try:
+            HarmoniCaRouter.from_pretrained(config.init_router)  # what it fits is checked against the pipeline
+        except (RouterError, OSError, ValueError) as err:
+            parser.error(f"--init_router: {err}")
     if pipeline_problem(options.pipeline):
         parser.error(pipeline_problem(options.pipeline))
     try:

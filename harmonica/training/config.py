@@ -58,6 +58,9 @@ class RouterTrainingConfig:
     forecast_init: str = _setting("taylor", "the coefficients' start with --history > 1: taylor (polynomial "
                                   "extrapolation through the steps where the branch is computed under the initial "
                                   "schedule, TaylorSeer's forecast), taylor:N (order N) or reuse")
+    init_router: str | None = _setting(None, "fine-tune: start from this router (folder or hub id), its scores and "
+                                       "forecast coefficients, instead of --init and --forecast_init; it must fit "
+                                       "the pipeline, --num_steps and --history")
     coefficient_lr: float = _setting(1e-3, "AdamW learning rate of the forecast coefficients")
     seed: int = _setting(0, "seed of every random draw (trajectories, labels, lambda samples), >= 0")
     checkpoint_every: int = _setting(10, "trajectories between checkpoints (accelerate state)")
@@ -128,6 +131,9 @@ class RouterTrainingConfig:
         if not self.output_dir.strip():
             raise ValueError("output_dir must not be empty")
         if self.step_counts:
+            if self.init_router:
+                raise ValueError("init_router fine-tunes a step-indexed router; a noise-level router (step_counts) "
+                                 "starts from --init")
             if self.objective != "sdt":
                 raise ValueError("a noise-level router (step_counts) trains with objective 'sdt' (IEPO's lambda is "
                                  f"per step index), got {self.objective!r}")

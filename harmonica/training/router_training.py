@@ -49,6 +49,21 @@ from .run_folder import (TrainState, check_same_run, draw_generator, peak_memory
 
 __all__ = ["OBJECTIVES", "RouterTrainer", "RouterTrainingConfig"]
 
+def starting_router(config: RouterTrainingConfig, layout) -> HarmoniCaRouter:
+    """The router a fine-tune starts from (``config.init_router``), checked against the pipeline and the settings."""
+    router = HarmoniCaRouter.from_pretrained(config.init_router)
+    if isinstance(router, NoiseLevelRouter):
+        raise ValueError(f"init_router {config.init_router} is a noise-level router; fine-tuning starts from a "
+                         "step-indexed one")
+    problems = router.layout.mismatches(layout)
+    for name, unit in (("num_steps", "sampling steps"), ("history", "computed outputs per forecast")):
+        if getattr(router, name) != getattr(config, name):
+            problems.append(f"it has {getattr(router, name)} {unit}, the training {name} is {getattr(config, name)}")
+    if problems:
+        raise ValueError(f"init_router {config.init_router} cannot start this training: " + "; ".join(problems))
+    return router
+
+
 class RouterTrainer:
     """Trains a ``HarmoniCaRouter`` for ``pipe`` (a supported pipeline, already on its device)."""
 
@@ -78,6 +93,8 @@ class RouterTrainer:
             self.denoiser = denoiser(pipe, config.guidance_scale, config.prompts, **options)
         except TypeError as err:
             raise ValueError(f"{family.name} router training does not take {', '.join(options)} ({err})") from err
+        if router is None and config.init_router:
+            router = starting_router(config, layout)
         if router is None:
             router = HarmoniCaRouter.for_layout(
                 layout, config.num_steps, init=config.init, generator=draw_generator(config.seed, 7),
