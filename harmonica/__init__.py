@@ -1,6 +1,6 @@
 """harmonica: a learned per-step feature cache (HarmoniCa) for diffusers Diffusion Transformer pipelines."""
 
-from .cache import CacheStats, HarmoniCaConfig, apply_harmonica, controller, describe, disable, enable, paused, stats
+from .cache import CacheMemoryError, CacheStats, HarmoniCaConfig, apply_harmonica, controller, describe, disable, enable, paused, stats
 from .families import SUPPORTED_PIPELINES, register_family
 from .pipeline import HarmoniCaPipeline
 from .router import HarmoniCaRouter, RouterError, RouterLayout
@@ -12,6 +12,7 @@ __all__ = [
     "HarmoniCaRouter",
     "RouterError",
     "RouterLayout",
+    "CacheMemoryError",
     "CacheStats",
     "HarmoniCaConfig",
     "apply_harmonica",

@@ -18,7 +18,8 @@ them, not with any pipeline object:
   elsewhere), the gates computed as the blocks compute them (the family's ``Fused`` spec).
 
 Cached outputs live in one ``CachePool`` per token stream and call, holding only the branches the
-schedule ever reuses. Forwards are serialised by a lock, and each thread's call has its own state.
+schedule ever reuses (``memory``: their size for any input shape, known before a call allocates them, from
+a meta-device twin of the transformer; ``max_cache_memory`` bounds it). Forwards are serialised by a lock, and each thread's call has its own state.
 
 ``enable(pipe, router)`` attaches the hooks and ``disable(pipe)`` removes them, leaving every module as
 it was. ``stats(pipe)`` tells what the last call of that pipeline computed, reused and spent in
@@ -27,7 +28,7 @@ multiply-accumulates.
 Files: ``config`` (``HarmoniCaConfig``, ``apply_harmonica``), ``api`` (enable, disable, paused, stats,
 controller), ``layout`` (``describe``), ``controller`` (``HarmoniCa``), ``hooks``, ``plan`` (the schedule
 resolved at enable), ``state`` (per-call caches), ``stats`` (``CacheStats``), ``coexist`` (diffusers' own caches
-refused beside harmonica).
+refused beside harmonica), ``memory`` (cache sizes, the budget, ``cache_dtype``).
 """
 
 from .api import controller, disable, enable, paused, stats
@@ -35,11 +36,12 @@ from .config import HarmoniCaConfig, apply_harmonica
 from .controller import HarmoniCa
 from .hooks import BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, BlockHook, BranchHook, StepHook
 from .layout import describe
+from .memory import CacheMemory, CacheMemoryError
 from .plan import SKIP, Plan
 from .state import CacheState, CallRecord, Forward
 from .stats import CacheStats
 
 __all__ = [
-    "BLOCK_HOOK", "BRANCH_HOOK", "SKIP", "STEP_HOOK", "BlockHook", "BranchHook", "CacheState", "CacheStats", "CallRecord",
+    "BLOCK_HOOK", "BRANCH_HOOK", "SKIP", "STEP_HOOK", "BlockHook", "BranchHook", "CacheMemory", "CacheMemoryError", "CacheState", "CacheStats", "CallRecord",
     "Forward", "HarmoniCa", "HarmoniCaConfig", "Plan", "StepHook", "apply_harmonica", "controller", "describe", "disable", "enable", "paused", "stats",
 ]

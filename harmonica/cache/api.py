@@ -28,7 +28,8 @@ def controller(pipe) -> HarmoniCa | None:
     return None
 
 
-def enable(pipe, router, threshold: float | None = None, fused: bool = True, speedup: float | None = None):
+def enable(pipe, router, threshold: float | None = None, fused: bool = True, speedup: float | None = None,
+           max_cache_memory: int | str | None = None, cache_dtype=None):
     """Attach ``router`` (a ``HarmoniCaRouter`` or ``NoiseLevelRouter``, a router folder or a hub id) to
     ``pipe``'s transformer(s), replacing a router already attached. Returns ``pipe``.
 
@@ -39,10 +40,13 @@ def enable(pipe, router, threshold: float | None = None, fused: bool = True, spe
     The hooks live on the transformer: every pipeline sharing it (``from_pipe``, ``Pipeline(**components)``)
     runs with this router, each with its own scheduler. ``fused=False`` applies reused branches one by one
     (the torch reference wherever a block must be replaced as a whole), for measuring the kernel.
+    ``max_cache_memory`` (bytes, or "4GB") bounds what a call's cache holds per cache context: a call over it
+    raises ``CacheMemoryError`` naming the figure before its first block runs. ``cache_dtype`` keeps the cached
+    outputs in another dtype (``torch.bfloat16``: half an fp32 model's cache).
     Every check runs before anything is attached: on error the pipeline is left as it was. The same as
-    ``apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup))``.
+    ``apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup, max_cache_memory, cache_dtype))``.
     """
-    return apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup))
+    return apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup, max_cache_memory, cache_dtype))
 
 
 def disable(pipe):

@@ -15,8 +15,11 @@ import numbers
 import os
 from dataclasses import dataclass
 
+import torch
+
 from ..router import ROUTERS, HarmoniCaRouter, NoiseLevelRouter, check_threshold
 from .controller import HarmoniCa
+from .memory import check_cache_dtype, parse_bytes
 
 
 @dataclass
@@ -31,12 +34,19 @@ class HarmoniCaConfig:
             branches one by one (for measuring the kernel).
         speedup: with a noise-level router, the transformer-MACs speedup every call is planned for (instead of
             the threshold); None: the threshold.
+        max_cache_memory: the most a call's cache may hold per cache context (a CFG pass of its own), in bytes
+            or as a string ("4GB", "3.5GiB"); a call over it raises ``CacheMemoryError`` before its first block
+            runs, with the figure. None: no limit.
+        cache_dtype: the dtype the cached outputs are kept in (``torch.bfloat16`` or ``torch.float16`` halve an
+            fp32 model's cache; rebuilds are computed in the model's dtype); None: the outputs' own dtype.
     """
 
     router: HarmoniCaRouter | NoiseLevelRouter | str | os.PathLike
     threshold: float | None = None
     fused: bool = True
     speedup: float | None = None
+    max_cache_memory: int | str | None = None
+    cache_dtype: torch.dtype | None = None
 
     def __post_init__(self):
         if not isinstance(self.router, (*ROUTERS, str, os.PathLike)):
@@ -49,6 +59,9 @@ class HarmoniCaConfig:
             raise ValueError("give a threshold or a speedup, not both")
         if self.threshold is not None:
             self.threshold = check_threshold(self.threshold)
+        if self.max_cache_memory is not None:
+            parse_bytes(self.max_cache_memory)
+        check_cache_dtype(self.cache_dtype)
         if not isinstance(self.fused, bool):
             raise TypeError(f"fused must be True or False, got {self.fused!r}")
 
@@ -64,7 +77,8 @@ def apply_harmonica(pipe, config: HarmoniCaConfig):
     if not isinstance(config, HarmoniCaConfig):
         raise TypeError(f"config must be a HarmoniCaConfig, got {type(config).__name__}")
     router = load_router(config.router)
-    new = HarmoniCa(pipe, router, config.threshold, fused=config.fused, speedup=config.speedup)
+    new = HarmoniCa(pipe, router, config.threshold, fused=config.fused, speedup=config.speedup,
+                    max_cache_memory=config.max_cache_memory, cache_dtype=config.cache_dtype)
     disable(pipe)
     new.attach()
     keep_router_on_save(pipe)

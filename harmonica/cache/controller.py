@@ -19,6 +19,7 @@ from ..steps import StepLocator, calling_pipeline
 from .coexist import check_no_diffusers_cache
 from .hooks import BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, BlockHook, BranchHook, StepHook, remove_hook
 from .layout import describe
+from .memory import CacheMemoryError, check_cache_dtype, format_bytes, output_shapes, parse_bytes, plan_memory
 from .plan import Plan
 from .state import CacheState, CallRecord, Forward
 from .stats import CacheStats
@@ -31,10 +32,13 @@ class HarmoniCa:
     """The controller behind the hooks of one pipeline's transformer(s): router, plan and call states."""
 
     def __init__(self, pipe, router: HarmoniCaRouter | NoiseLevelRouter, threshold: float | None, fused: bool = True,
-                 keep: int | None = None, speedup: float | None = None):
+                 keep: int | None = None, speedup: float | None = None, max_cache_memory: int | str | None = None,
+                 cache_dtype: torch.dtype | None = None):
         """``keep``: keep every branch's last ``keep`` outputs and run the forwards router training drives
         (``harmonica.cache.drive``) instead of following the router's schedule. ``speedup``: a noise-level
-        router's transformer-MACs target for every call (instead of its threshold)."""
+        router's transformer-MACs target for every call (instead of its threshold). ``max_cache_memory``: the
+        most a call's cache may hold per cache context (bytes or e.g. "4GB"), checked before its first block
+        runs. ``cache_dtype``: the dtype the history is kept in (None: the branch outputs' own)."""
         self.family = family_for(pipe)
         self.keep = keep
         self.router = router.validate()
@@ -44,6 +48,9 @@ class HarmoniCa:
                               "is set by its threshold")
         self.speedup = speedup
         self.fused = bool(fused)
+        self.max_cache_memory = None if max_cache_memory is None else parse_bytes(max_cache_memory)
+        self.cache_dtype = check_cache_dtype(cache_dtype)
+        self.output_shapes: dict[tuple, dict] = {}  # per input shape: the branch outputs' shapes (budget checks)
         self.threshold = router.threshold if threshold is None else check_threshold(threshold)
         self.layout = describe(pipe)
         router.check_compatible(self.layout)
@@ -214,9 +221,19 @@ class HarmoniCa:
             state = None
         shape = self.shape_key(t_index, args, kwargs)
         if state is None:
+            plan = self.plan_for(t_index, position, shape)
+            if self.max_cache_memory is not None:
+                if shape not in self.output_shapes:
+                    self.output_shapes[shape] = output_shapes(self.family, module, args, kwargs)
+                try:
+                    self.check_memory(plan, shape)
+                except CacheMemoryError:
+                    if not record.states:
+                        self.records.pop(thread, None)  # nothing ran: the next call starts afresh
+                    raise
             for other in [k for k in record.states if k[1] == key[1] and k[0] != t_index]:
                 record.states.pop(other)  # the pipeline switched experts (Wan 2.2): the other cache is done
-            state = record.states[key] = CacheState(self.plan_for(t_index, position, shape))
+            state = record.states[key] = CacheState(plan, self.cache_dtype)
         fill = state.step is None  # a state's first forward computes everything and fills the cache
         state.step = position.step
         plan = state.plan
@@ -226,6 +243,22 @@ class HarmoniCa:
         table = None if fill else plan.step_coefficients(position.step, self._device(t_index))
         return Forward(state, compute, None if fill else plan.fused[position.step], counting, values, table, position,
                        key, record, shape)
+
+    def check_memory(self, plan: Plan, shape: tuple) -> None:
+        """Raise CacheMemoryError when ``plan``'s pools at this input shape exceed ``max_cache_memory``."""
+        shapes = self.output_shapes.get(shape)
+        if shapes is None:
+            return
+        memory = plan_memory(plan, shapes, self.cache_dtype)
+        if memory.nbytes <= self.max_cache_memory:
+            return
+        least = plan_memory(plan.one_output_each(), shapes, torch.bfloat16).nbytes
+        raise CacheMemoryError(
+            f"harmonica: this call's cache would hold {memory} per cache context, over max_cache_memory="
+            f"{format_bytes(self.max_cache_memory)}. Nothing has run. This router keeps {plan.num_entries} branch "
+            f"outputs' histories at this input shape; the least it can hold is {format_bytes(least)} (one output per "
+            "rebuilt branch, in 16 bits): pass cache_dtype=torch.bfloat16 to harmonica.enable, use a router with "
+            "a shorter history or fewer rebuilt branches, a smaller batch or resolution, or raise the budget.")
 
     def check_call(self, position) -> None:
         """At a call's first forward: the router against the call's scheduler (swapped after enable too), its
@@ -284,7 +317,7 @@ class HarmoniCa:
         key = (hook.transformer_index, context.name if context is not None else "")
         state = self.driven_states.get(key)
         if state is None:
-            state = self.driven_states[key] = CacheState(self.plans[hook.transformer_index])
+            state = self.driven_states[key] = CacheState(self.plans[hook.transformer_index], self.cache_dtype)
         state.step = drive.step
         compute = drive.compute if drive.mode == "hard" else [True] * state.plan.num_slots
         return Forward(state, compute, None, None, None, drive.coefficients, None, key, None, None, drive)
@@ -294,8 +327,10 @@ class HarmoniCa:
         record, position = forward.record, forward.position
         pending = forward.state.plan.pending
         if pending is not None:  # the first call of this shape: its branches' MACs are measured now
-            forward.state.replan(self.plan_for(forward.key[0], dataclasses.replace(position, timesteps=pending),
-                                               forward.shape))
+            plan = self.plan_for(forward.key[0], dataclasses.replace(position, timesteps=pending), forward.shape)
+            if self.max_cache_memory is not None:
+                self.check_memory(plan, forward.shape)
+            forward.state.replan(plan)
         total, per_slot = self.macs_table.get(forward.shape, (0, [0] * len(forward.compute)))
         reused = [s for s, c in enumerate(forward.compute) if not c]
         st = record.stats

@@ -31,6 +31,7 @@ class Plan:
     def __init__(self, blocks: list[BlockInfo], schedule: list[list[bool]], coefficients, fused: bool,
                  keep: int | None = None, pending: tuple | None = None):
         self.blocks = blocks
+        self.keep = keep
         self.pending = pending  # a provisional plan: the call's timesteps, its schedule resolved after step 0
         self.schedule = schedule
         self.coefficients = coefficients
@@ -54,6 +55,17 @@ class Plan:
                     self.capacity[stream] = first + depth[slot]
         self.block_level = self.block_levels(blocks, fused)
         self.fused = [self._runs(row) if step > 0 else None for step, row in enumerate(schedule)]
+
+    @property
+    def num_entries(self) -> int:
+        """Branch outputs whose history the plan keeps."""
+        return len(self.entries)
+
+    def one_output_each(self) -> "Plan":
+        """This plan keeping one output per rebuilt branch output (plain reuse): its least cache."""
+        if self.keep is not None:
+            return Plan(self.blocks, self.schedule, self.coefficients, False, keep=1, pending=self.pending)
+        return Plan(self.blocks, self.schedule, [[[1.0]] * self.num_slots] * len(self.schedule), False)
 
     @staticmethod
     def block_levels(blocks: list[BlockInfo], fused: bool) -> list[bool]:

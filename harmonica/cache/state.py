@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 class CacheState:
     """The cache of one pipeline call, one cache context and one transformer."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, cache_dtype: torch.dtype | None = None):
         self.plan = plan
+        self.cache_dtype = cache_dtype  # the pools' storage dtype (None: the branch outputs' own)
         self.step: int | None = None
         self.pools: dict[str, CachePool] = {}
+        self.dtypes: dict[str, torch.dtype] = {}  # per stream, the dtype of its branch outputs (what a rebuild gives)
         self.kept: dict[tuple[int, int], int] = {}  # outputs kept per entry (at most its depth)
 
     def store(self, slot: int, element: int, tensor: torch.Tensor) -> None:
@@ -33,8 +35,10 @@ class CacheState:
         stream, first, depth = where
         pool = self.pools.get(stream)
         if pool is None:
-            pool = self.pools[stream] = CachePool(self.plan.capacity[stream], tensor.shape, tensor.dtype, tensor.device)
-        elif pool.shape != tuple(tensor.shape) or pool.dtype != tensor.dtype:
+            pool = self.pools[stream] = CachePool(self.plan.capacity[stream], tensor.shape,
+                                                  self.cache_dtype or tensor.dtype, tensor.device)
+            self.dtypes.setdefault(stream, tensor.dtype)
+        elif pool.shape != tuple(tensor.shape) or self.dtypes[stream] != tensor.dtype:
             raise RuntimeError(
                 f"harmonica: a branch output of shape {tuple(tensor.shape)} on the {stream!r} stream, whose cache holds "
                 f"{pool.shape}; cached features belong to one pipeline call and one input shape"
@@ -60,8 +64,9 @@ class CacheState:
         history, coefs = self.terms(slot, element, coefficients)
         if not history:
             return None
-        pool = self.pools[self.plan.entries[slot, element][0]]
-        return [pool.read(i) for i in history], coefs
+        stream = self.plan.entries[slot, element][0]
+        pool, dtype = self.pools[stream], self.dtypes[stream]
+        return [pool.read(i) if pool.dtype == dtype else pool.read(i).to(dtype) for i in history], coefs
 
     def rebuild(self, slot: int, element: int, coefficients) -> torch.Tensor | None:
         gathered = self.gather(slot, element, coefficients)
@@ -75,10 +80,10 @@ class CacheState:
     def replan(self, plan: Plan) -> None:
         """Follow ``plan`` from now on, moving the kept outputs it needs out of the provisional pools."""
         old_plan, old_pools, old_kept = self.plan, self.pools, self.kept
-        self.plan, self.pools, self.kept = plan, {}, {}
+        self.plan, self.pools, self.kept = plan, {}, {}  # the streams' output dtypes stay
         for (slot, element), (stream, first, _) in old_plan.entries.items():
             for i in reversed(range(old_kept.get((slot, element), 0))):  # oldest first
-                self.store(slot, element, old_pools[stream].read(first + i))
+                self.store(slot, element, old_pools[stream].read(first + i).to(self.dtypes[stream]))
 
     @property
     def nbytes(self) -> int:

@@ -81,6 +81,6 @@ def gather_apply_reference(
     out = hidden if inplace else hidden.clone(memory_format=torch.contiguous_format)
     coefficients = coefficients or [None] * len(terms)
     for slots, gate, coefs in zip(terms, gates, coefficients):
-        f = forecast([storage[s] for s in slots], coefs)
+        f = forecast([storage[s].to(out.dtype) for s in slots], coefs)  # a history kept in another dtype: cast
         out.add_(f if gate is None else gate * f)
     return out

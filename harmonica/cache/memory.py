@@ -1,0 +1,182 @@
+"""Cache memory, known before a call allocates it.
+
+A call's cache is one ``CachePool`` per token stream and cache context: the plan says how many outputs each
+stream keeps (``Plan.capacity``), a forward's inputs say how big each output is. The shapes come from the
+forward itself, run on a *meta-device twin* of the transformer (the same class and config, no weights, no
+memory, no arithmetic), with the branch modules the family spec names recording their outputs. So the figure
+is the pools' own size, by the code path a real call takes, for any input shape; ``max_cache_memory`` checks
+it before the first block of a call runs, and ``eval/memory.py`` prints it for real models built on the meta
+device.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+
+from ..families import transformer_blocks
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+class CacheMemoryError(ValueError):
+    """A call's cache would hold more than ``max_cache_memory``, or the budget is malformed."""
+
+
+def parse_bytes(value) -> int:
+    """``max_cache_memory`` in bytes: an int, or a string such as ``"4GB"``, ``"3.5 GiB"``, ``"512MiB"``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise CacheMemoryError(f"max_cache_memory must be a number of bytes or a string such as '4GB', got {value!r}")
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?I?B?)\s*", value.upper())
+        if match is None or match.group(2) not in _UNITS:
+            raise CacheMemoryError(f"max_cache_memory {value!r} is not a size: write e.g. '4GB', '3.5GiB' or a "
+                                   "number of bytes")
+        value = float(match.group(1)) * _UNITS[match.group(2)]
+    if not value > 0 or value != value:
+        raise CacheMemoryError(f"max_cache_memory must be > 0, got {value!r}")
+    return int(value)
+
+
+CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_cache_dtype(dtype):
+    if dtype is not None and dtype not in CACHE_DTYPES:
+        raise CacheMemoryError(f"cache_dtype must be one of {', '.join(map(str, CACHE_DTYPES))} or None (the branch "
+                               f"outputs' own dtype), got {dtype!r}")
+    return dtype
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+@dataclass(frozen=True)
+class CacheMemory:
+    """What the pools of one cache context hold: per stream, the outputs kept and the shape of one."""
+
+    entries: dict[str, int]
+    shapes: dict[str, tuple[int, ...]]
+    dtype: torch.dtype
+
+    def stream_bytes(self, stream: str) -> int:
+        return self.entries[stream] * _numel(self.shapes[stream]) * _itemsize(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.stream_bytes(s) for s in self.entries)
+
+    def __str__(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        parts = [f"{s}: {n} x {tuple(self.shapes[s])} {dtype} = {format_bytes(self.stream_bytes(s))}"
+                 for s, n in self.entries.items()]
+        return f"{format_bytes(self.nbytes)} ({'; '.join(parts)})"
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def meta_twin(transformer) -> torch.nn.Module:
+    """The transformer's class built from its config on the meta device, in its dtype (no memory)."""
+    if transformer.device.type == "meta":
+        return transformer
+    with torch.device("meta"):
+        twin = type(transformer).from_config(transformer.config)
+    if twin.dtype != transformer.dtype:
+        with _quiet_diffusers():  # diffusers warns about modules kept in fp32, which shapes do not care about
+            twin = twin.to(transformer.dtype)
+    return twin.eval()
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of the tensors an operation creates while they are alive (storages, so views count once):
+    the forward's own activation memory, on any device, meta included."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: weakref.WeakSet = weakref.WeakSet()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if torch.is_tensor(t):
+                storage = t.untyped_storage()
+                if storage not in self._seen:
+                    self._seen.add(storage)
+                    self.live += storage.nbytes()
+                    weakref.finalize(storage, self._free, storage.nbytes())
+        self.peak = max(self.peak, self.live)
+        return out
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+
+def output_shapes(family, transformer, args=(), kwargs=None, live: LiveBytes | None = None) -> dict:
+    """``(slot, element) -> (shape, dtype)`` of every branch output of a forward with these inputs (tensors
+    of any device: they are replaced by meta tensors of their shape), from the forward of the meta twin.
+    ``live``: a ``LiveBytes`` that also measures the forward's activation peak."""
+    twin = meta_twin(transformer)
+    shapes, handles = {}, []
+    for block in transformer_blocks(family, twin):
+        for slot, module in zip(block.slots, block.modules):
+            def record(_, __, out, slot=slot):
+                for element, tensor in enumerate(out if isinstance(out, tuple) else (out,)):
+                    if torch.is_tensor(tensor):
+                        shapes[slot, element] = (tuple(tensor.shape), tensor.dtype)
+            handles.append(module.register_forward_hook(record))
+    on_meta = tree_map(lambda a: torch.empty_like(a, device="meta") if torch.is_tensor(a) else a,
+                       (tuple(args), dict(kwargs or {})))
+    try:
+        with torch.no_grad(), (live if live is not None else nullcontext()):
+            twin(*on_meta[0], **on_meta[1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+@contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def plan_memory(plan, shapes: dict, cache_dtype: torch.dtype | None = None) -> CacheMemory:
+    """The pools ``plan`` allocates for a forward whose branch outputs have ``shapes`` (``output_shapes``),
+    stored in ``cache_dtype`` (None: the outputs' own dtype)."""
+    entries, stream_shapes, dtypes = {}, {}, set()
+    for (slot, element), (stream, _, _) in plan.entries.items():
+        shape, dtype = shapes[slot, element]
+        stream_shapes.setdefault(stream, shape)
+        dtypes.add(dtype)
+    dtype = cache_dtype or (dtypes.pop() if len(dtypes) == 1 else torch.float32)
+    for stream, capacity in plan.capacity.items():
+        entries[stream] = capacity
+    return CacheMemory(entries, stream_shapes, dtype)
