@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_families import CASES, VARIANTS, family_paths, load, mixed_router, run, steps_of  # noqa: F401 (fixture)
+import test_families
+from test_families import CASES, VARIANTS, load, mixed_router, run, steps_of
 
 import harmonica
 from harmonica import CacheMemoryError, HarmoniCaRouter
 from harmonica.cache.controller import HarmoniCa
 from harmonica.cache.memory import format_bytes, parse_bytes, plan_memory
+
+family_paths = test_families.family_paths  # the tiny pipelines' folders (a session fixture)
 
 
 def held_per_state(monkeypatch):
