@@ -13,7 +13,8 @@ Writes to --output: lora/ (pytorch_lora_weights.safetensors: FluxPipeline.load_l
 pipeline/ (the base pipeline with that LoRA loaded through load_lora_weights and fused: a plain FluxPipeline
 folder, what eval/pareto.py and router training take), samples.png (held-out captions: the base model's row,
 then the LoRA's, per class), summary.json (colour and class accuracy of both, in both styles) and
-training_log.jsonl. A finished --output is refused rather than overwritten.
+training_log.jsonl, and reference.npz (5,000 held-out images in the style, eval/pareto.py's --reference for
+FD). A finished --output is refused rather than overwritten.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import FluxPipeline
 from peft import LoraConfig
@@ -31,7 +33,7 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from harmonica.cli import HelpFormatter
-from harmonica_bench.data import STYLES, TRAIN_SEED, render_captioned_shapes, to_model_range
+from harmonica_bench.data import HELDOUT_SEED, STYLES, TRAIN_SEED, render_captioned_shapes, to_model_range
 from harmonica_bench.embedded import (FLUX_MAX_SEQUENCE_LENGTH, FLUX_NEGATIVE_PROMPT, evaluate_flux,
                                       flow_matching_sigmas, pack_flux_latents)
 
@@ -147,6 +149,8 @@ def main(argv=None):
     fused.save_pretrained(output / "pipeline")
     shutil.copy(Path(args.pipeline) / "harness.json", output / "pipeline" / "harness.json")
     lora_report = report(fused, judge, args, output / "samples-lora.png")
+    np.savez_compressed(output / "reference.npz",
+                        images=render_captioned_shapes(range(5000), HELDOUT_SEED, args.style)[0])
     summary = {"style": args.style, "rank": args.rank, "steps": args.steps, "batch_size": args.batch_size,
                "lr": args.lr, "trainable_parameters": sum(p.numel() for p in params),
                "train_seconds": round(train_seconds, 1), "base": base_report, "lora": lora_report}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..families import transformer_blocks
 
@@ -102,7 +102,7 @@ def meta_twin(transformer) -> torch.nn.Module:
     with torch.device("meta"):
         twin = type(transformer).from_config(transformer.config)
     if twin.dtype != transformer.dtype:
-        with _quiet_diffusers():  # diffusers warns about modules kept in fp32, which shapes do not care about
+        with quiet_diffusers():  # diffusers warns about modules kept in fp32, which shapes do not care about
             twin = twin.to(transformer.dtype)
     return twin.eval()
 
@@ -118,10 +118,11 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {id(a.untyped_storage()) for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)}
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
             if torch.is_tensor(t):
                 storage = t.untyped_storage()
-                if storage not in self._seen:
+                if id(storage) not in inputs and storage not in self._seen:  # not a view or in-place result
                     self._seen.add(storage)
                     self.live += storage.nbytes()
                     weakref.finalize(storage, self._free, storage.nbytes())
@@ -157,7 +158,7 @@ def output_shapes(family, transformer, args=(), kwargs=None, live: LiveBytes | N
 
 
 @contextmanager
-def _quiet_diffusers():
+def quiet_diffusers():
     from diffusers.utils import logging
 
     level = logging.get_verbosity()
