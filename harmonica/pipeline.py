@@ -195,7 +195,8 @@ class HarmoniCaPipeline:
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path, router=None, threshold: float | None = None, fused: bool = True, *,
-        speedup: float | None = None, max_cache_memory: int | str | None = None, cache_dtype=None, **kwargs
+        speedup: float | None = None, max_cache_memory: int | str | None = None, cache_dtype=None, cache_device=None,
+        **kwargs
     ):
         """Load ``pretrained_model_name_or_path`` with diffusers and attach ``router``.
 
@@ -204,7 +205,7 @@ class HarmoniCaPipeline:
             router: a ``HarmoniCaRouter``, a router folder or hub id; ``None`` uses ``<model>/router``.
             threshold: inference threshold in (0, 1); defaults to the router's own.
             fused: replace runs of fully reused blocks by the fused gather-apply kernel (default).
-            speedup, max_cache_memory, cache_dtype: as ``harmonica.enable`` takes them.
+            speedup, max_cache_memory, cache_dtype, cache_device: as ``harmonica.enable`` takes them.
             **kwargs: passed to ``DiffusionPipeline.from_pretrained`` (``dtype``, ``variant``, ...); ``dtype`` is
                 passed as ``torch_dtype`` to a diffusers older than 0.40 (``dtype_kwargs``).
         """
@@ -220,8 +221,9 @@ class HarmoniCaPipeline:
         if name not in SUPPORTED_PIPELINES:
             raise unsupported(name)
         local = Path(pretrained_model_name_or_path) if Path(pretrained_model_name_or_path).is_dir() else None
-        HarmoniCaConfig(router or "", threshold, fused, speedup, max_cache_memory, cache_dtype)  # checks, before loading
+        options = (threshold, fused, speedup, max_cache_memory, cache_dtype, cache_device)
+        HarmoniCaConfig(router or "", *options)  # checks every option before anything is loaded
         router = load_router(router, local)
         kwargs.update(dtype_kwargs(kwargs.pop("dtype", None)))
         pipe = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return enable(pipe, router, threshold, fused, speedup, max_cache_memory, cache_dtype)
+        return enable(pipe, router, *options)

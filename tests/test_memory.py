@@ -32,11 +32,14 @@ def held_per_state(monkeypatch):
     return held
 
 
+@pytest.mark.parametrize("granularity", ["branch", "body:1,0"])
 @pytest.mark.parametrize("name, variant", VARIANTS)
-def test_the_planned_figure_is_what_the_pools_hold(family_paths, name, variant, monkeypatch):
+def test_the_planned_figure_is_what_the_pools_hold(family_paths, name, variant, granularity, monkeypatch):
     pipe = load(family_paths(name))
     kwargs, per_step = CASES[name][1][variant]
-    harmonica.enable(pipe, mixed_router(pipe, steps_of(kwargs)), max_cache_memory="1TB")
+    router = mixed_router(pipe, steps_of(kwargs)) if granularity == "branch" else \
+        HarmoniCaRouter.static(harmonica.describe(pipe, granularity), steps_of(kwargs), compute_every=2, history=2)
+    harmonica.enable(pipe, router, max_cache_memory="1TB")
     held = held_per_state(monkeypatch)
     run(pipe, kwargs)
     assert len(held) >= per_step and all(nbytes > 0 for nbytes, _ in held.values())
@@ -85,6 +88,19 @@ def test_history_in_half_precision(family_paths):
     assert torch.equal(run(pipe, kwargs), stock)
 
 
+@pytest.mark.parametrize("granularity", ["branch", "span:2"])
+def test_history_in_host_memory_is_a_pass_through_here(family_paths, granularity):
+    """cache_device="cpu": on a GPU the history lives in pinned host memory and each rebuild copies what it reads
+    over; on this CPU-only machine the pools are where they were, and the images bit-identical."""
+    pipe = load(family_paths("flux"))
+    kwargs, _ = CASES["flux"][1]["true-cfg"]
+    router = HarmoniCaRouter.static(harmonica.describe(pipe, granularity), steps_of(kwargs), compute_every=2, history=2)
+    router.init_forecast("taylor", router.threshold)
+    expected = run(harmonica.enable(pipe, router), kwargs)
+    for fused in (True, False):
+        assert torch.equal(run(harmonica.enable(pipe, router, fused=fused, cache_device="cpu"), kwargs), expected)
+
+
 @pytest.mark.parametrize("value, expected", [(4096, 4096), ("4GB", 4 * 10**9), ("3.5 GiB", int(3.5 * 2**30)),
                                              ("512mib", 512 * 2**20), ("100", 100)])
 def test_budget_sizes(value, expected):
@@ -94,6 +110,7 @@ def test_budget_sizes(value, expected):
 @pytest.mark.parametrize("options, message", [
     ({"max_cache_memory": "4 parsecs"}, "is not a size"), ({"max_cache_memory": 0}, "must be > 0"),
     ({"max_cache_memory": True}, "a number of bytes"), ({"cache_dtype": torch.int8}, "cache_dtype must be one of"),
+    ({"cache_device": "host"}, "cache_device must be a torch device"),
 ])
 def test_bad_budget_or_dtype_is_refused_before_anything_changes(family_paths, options, message):
     pipe = load(family_paths("flux"))

@@ -29,7 +29,7 @@ def controller(pipe) -> HarmoniCa | None:
 
 
 def enable(pipe, router, threshold: float | None = None, fused: bool = True, speedup: float | None = None,
-           max_cache_memory: int | str | None = None, cache_dtype=None):
+           max_cache_memory: int | str | None = None, cache_dtype=None, cache_device=None):
     """Attach ``router`` (a ``HarmoniCaRouter`` or ``NoiseLevelRouter``, a router folder or a hub id) to
     ``pipe``'s transformer(s), replacing a router already attached. Returns ``pipe``.
 
@@ -42,11 +42,12 @@ def enable(pipe, router, threshold: float | None = None, fused: bool = True, spe
     (the torch reference wherever a block must be replaced as a whole), for measuring the kernel.
     ``max_cache_memory`` (bytes, or "4GB") bounds what a call's cache holds per cache context: a call over it
     raises ``CacheMemoryError`` naming the figure before its first block runs. ``cache_dtype`` keeps the cached
-    outputs in another dtype (``torch.bfloat16``: half an fp32 model's cache).
+    outputs in another dtype (``torch.bfloat16``: half an fp32 model's cache), ``cache_device="cpu"`` in host memory.
     Every check runs before anything is attached: on error the pipeline is left as it was. The same as
-    ``apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup, max_cache_memory, cache_dtype))``.
+    ``apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup, max_cache_memory, ...))``.
     """
-    return apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup, max_cache_memory, cache_dtype))
+    return apply_harmonica(pipe, HarmoniCaConfig(router, threshold, fused, speedup, max_cache_memory, cache_dtype,
+                                                 cache_device))
 
 
 def disable(pipe):

@@ -19,7 +19,7 @@ import torch
 
 from ..router import ROUTERS, HarmoniCaRouter, NoiseLevelRouter, check_threshold
 from .controller import HarmoniCa
-from .memory import check_cache_dtype, parse_bytes
+from .memory import CacheMemoryError, check_cache_dtype, parse_bytes
 
 
 @dataclass
@@ -39,6 +39,8 @@ class HarmoniCaConfig:
             runs, with the figure. None: no limit.
         cache_dtype: the dtype the cached outputs are kept in (``torch.bfloat16`` or ``torch.float16`` halve an
             fp32 model's cache; rebuilds are computed in the model's dtype); None: the outputs' own dtype.
+        cache_device: where the cached outputs are kept: ``"cpu"`` keeps them in host memory (pinned when the
+            model is on a GPU; each rebuild copies what it reads over); None: on the model's device.
     """
 
     router: HarmoniCaRouter | NoiseLevelRouter | str | os.PathLike
@@ -47,6 +49,7 @@ class HarmoniCaConfig:
     speedup: float | None = None
     max_cache_memory: int | str | None = None
     cache_dtype: torch.dtype | None = None
+    cache_device: str | torch.device | None = None
 
     def __post_init__(self):
         if not isinstance(self.router, (*ROUTERS, str, os.PathLike)):
@@ -62,6 +65,12 @@ class HarmoniCaConfig:
         if self.max_cache_memory is not None:
             parse_bytes(self.max_cache_memory)
         check_cache_dtype(self.cache_dtype)
+        if self.cache_device is not None:
+            try:
+                torch.device(self.cache_device)
+            except (RuntimeError, TypeError) as err:
+                raise CacheMemoryError(f"cache_device must be a torch device such as 'cpu', got "
+                                       f"{self.cache_device!r} ({err})") from err
         if not isinstance(self.fused, bool):
             raise TypeError(f"fused must be True or False, got {self.fused!r}")
 
@@ -78,7 +87,8 @@ def apply_harmonica(pipe, config: HarmoniCaConfig):
         raise TypeError(f"config must be a HarmoniCaConfig, got {type(config).__name__}")
     router = load_router(config.router)
     new = HarmoniCa(pipe, router, config.threshold, fused=config.fused, speedup=config.speedup,
-                    max_cache_memory=config.max_cache_memory, cache_dtype=config.cache_dtype)
+                    max_cache_memory=config.max_cache_memory, cache_dtype=config.cache_dtype,
+                    cache_device=config.cache_device)
     disable(pipe)
     new.attach()
     keep_router_on_save(pipe)

@@ -17,7 +17,8 @@ from ..macs import count_macs
 from ..router import HarmoniCaRouter, NoiseLevelRouter, RouterError, check_threshold, lora_adapters
 from ..steps import StepLocator, calling_pipeline
 from .coexist import check_no_diffusers_cache
-from .hooks import BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, BlockHook, BranchHook, StepHook, remove_hook
+from .hooks import (BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, UNIT_HOOK, BlockHook, BranchHook, StepHook, UnitHook,
+                    remove_hook)
 from .layout import describe
 from .memory import CacheMemoryError, check_cache_dtype, format_bytes, output_shapes, parse_bytes, plan_memory
 from .plan import Plan
@@ -33,12 +34,13 @@ class HarmoniCa:
 
     def __init__(self, pipe, router: HarmoniCaRouter | NoiseLevelRouter, threshold: float | None, fused: bool = True,
                  keep: int | None = None, speedup: float | None = None, max_cache_memory: int | str | None = None,
-                 cache_dtype: torch.dtype | None = None):
+                 cache_dtype: torch.dtype | None = None, cache_device: str | torch.device | None = None):
         """``keep``: keep every branch's last ``keep`` outputs and run the forwards router training drives
         (``harmonica.cache.drive``) instead of following the router's schedule. ``speedup``: a noise-level
         router's transformer-MACs target for every call (instead of its threshold). ``max_cache_memory``: the
         most a call's cache may hold per cache context (bytes or e.g. "4GB"), checked before its first block
-        runs. ``cache_dtype``: the dtype the history is kept in (None: the branch outputs' own)."""
+        runs. ``cache_dtype``: the dtype the history is kept in (None: the branch outputs' own). ``cache_device``:
+        where it is kept ("cpu": host memory, pinned when the model is on a GPU; None: with the model)."""
         self.family = family_for(pipe)
         self.keep = keep
         self.router = router.validate()
@@ -50,9 +52,12 @@ class HarmoniCa:
         self.fused = bool(fused)
         self.max_cache_memory = None if max_cache_memory is None else parse_bytes(max_cache_memory)
         self.cache_dtype = check_cache_dtype(cache_dtype)
+        self.cache_device = None if cache_device is None else torch.device(cache_device)
         self.output_shapes: dict[tuple, dict] = {}  # per input shape: the branch outputs' shapes (budget checks)
         self.threshold = router.threshold if threshold is None else check_threshold(threshold)
         self.layout = describe(pipe)
+        if router.layout.units and router.layout.num_blocks == self.layout.num_blocks:
+            self.layout = describe(pipe, router.layout.units)  # the router's granularity, if the family allows it
         router.check_compatible(self.layout)
         self.named_transformers = pipeline_transformers(pipe, self.family)
         check_no_diffusers_cache(self.named_transformers, enabling=True)
@@ -84,7 +89,8 @@ class HarmoniCa:
         """Install a ``[step][slot]`` compute schedule and derive the plans (kept branches, fused runs)."""
         self.schedule = schedule
         coefficients = self.router.forecast_table()
-        self.plans = [Plan(blocks, schedule, coefficients, self.fused, self.keep) for blocks in self.blocks]
+        self.plans = [Plan(blocks, schedule, coefficients, self.fused, self.keep, units=self.layout.units)
+                      for blocks in self.blocks]
 
     def __repr__(self) -> str:
         router = self.router
@@ -119,7 +125,11 @@ class HarmoniCa:
             self._restore.append((m, "_diffusers_hook" in m.__dict__, "forward" in m.__dict__))
         for t_index, (transformer, blocks, block_level) in enumerate(zip(self.transformers, self.blocks,
                                                                          self.block_level)):
-            for block in blocks:
+            for slot, (first, last) in enumerate(self.layout.units):  # coarse units: hooks on their blocks only
+                for block in blocks[first:last + 1]:
+                    registry = HookRegistry.check_if_exists_or_initialize(block.module)
+                    registry.register_hook(UnitHook(self, block, slot, first, last), UNIT_HOOK)
+            for block in blocks if not self.layout.units else ():
                 for slot, branch, module in zip(block.slots, block.branches, block.modules):
                     name = f"{block.list_name}[{block.index}].{branch.name}"
                     hook = BranchHook(self, slot, name, branch.elements)
@@ -142,7 +152,7 @@ class HarmoniCa:
         registry = module.__dict__.get("_diffusers_hook")
         if registry is None:
             return
-        for name in (STEP_HOOK, BRANCH_HOOK, BLOCK_HOOK):
+        for name in (STEP_HOOK, BRANCH_HOOK, BLOCK_HOOK, UNIT_HOOK):
             remove_hook(registry, name)
         if not registry.hooks:  # nothing else hooked here: restore the module's own attributes
             if not had_registry:
@@ -160,7 +170,7 @@ class HarmoniCa:
             if adapters != self.adapters[t_index]:
                 self.adapters[t_index] = adapters
                 self.router.check_weights(transformer)
-        for block in (b for blocks in self.blocks for b in blocks):
+        for block in (b for blocks in self.blocks for b in blocks if not self.layout.units):  # units hook no branch
             for i, (slot, branch, module) in enumerate(zip(block.slots, block.branches, block.modules)):
                 now = branch.resolve(block.module)
                 if now is module:
@@ -224,7 +234,8 @@ class HarmoniCa:
             plan = self.plan_for(t_index, position, shape)
             if self.max_cache_memory is not None:
                 if shape not in self.output_shapes:
-                    self.output_shapes[shape] = output_shapes(self.family, module, args, kwargs)
+                    self.output_shapes[shape] = output_shapes(self.family, module, args, kwargs,
+                                                              units=self.layout.units)
                 try:
                     self.check_memory(plan, shape)
                 except CacheMemoryError:
@@ -233,7 +244,7 @@ class HarmoniCa:
                     raise
             for other in [k for k in record.states if k[1] == key[1] and k[0] != t_index]:
                 record.states.pop(other)  # the pipeline switched experts (Wan 2.2): the other cache is done
-            state = record.states[key] = CacheState(plan, self.cache_dtype)
+            state = record.states[key] = CacheState(plan, self.cache_dtype, self.cache_device)
         fill = state.step is None  # a state's first forward computes everything and fills the cache
         state.step = position.step
         plan = state.plan
@@ -280,7 +291,8 @@ class HarmoniCa:
     def keeping_plan(self, t_index: int, keep: int, pending: tuple | None = None) -> Plan:
         """A plan that keeps every branch's last ``keep`` outputs whatever the schedule (no schedule of its own)."""
         slots = self.layout.num_slots
-        return Plan(self.blocks[t_index], [[True] * slots], [[[1.0]] * slots], self.fused, keep=keep, pending=pending)
+        return Plan(self.blocks[t_index], [[True] * slots], [[[1.0]] * slots], self.fused, keep=keep, pending=pending,
+                    units=self.layout.units)
 
     def plan_for(self, t_index: int, position, shape: tuple) -> Plan:
         """The plan of a new call's cache state: the enable-time plan of a step router; a noise-level router's
@@ -308,7 +320,7 @@ class HarmoniCa:
             if len(self.call_plans) >= 64:
                 self.call_plans.clear()
             self.call_plans[key] = Plan(self.blocks[t_index], resolution.schedule, resolution.coefficients,
-                                        self.fused)
+                                        self.fused, units=self.layout.units)
         return self.call_plans[key]
 
     def driven_forward(self, hook: StepHook) -> Forward:
@@ -317,7 +329,8 @@ class HarmoniCa:
         key = (hook.transformer_index, context.name if context is not None else "")
         state = self.driven_states.get(key)
         if state is None:
-            state = self.driven_states[key] = CacheState(self.plans[hook.transformer_index], self.cache_dtype)
+            state = self.driven_states[key] = CacheState(self.plans[hook.transformer_index], self.cache_dtype,
+                                                         self.cache_device)
         state.step = drive.step
         compute = drive.compute if drive.mode == "hard" else [True] * state.plan.num_slots
         return Forward(state, compute, None, None, None, drive.coefficients, None, key, None, None, drive)

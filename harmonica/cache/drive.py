@@ -131,6 +131,10 @@ class DrivenCache:
         activations (the transformer's own diffusers gradient checkpointing, with ``checkpoint`` as its
         function); every other forward runs as before. Raises ValueError for a transformer without it."""
         (name, transformer), = pipeline_transformers(self.pipe, family_for(self.pipe))
+        if self.controller.layout.units:
+            raise ValueError(f"gradient checkpointing: not at granularity {self.controller.layout.granularity!r} "
+                             "(a checkpointed block would replay its unit's cache writes); train with branch units "
+                             "or without it")
         if not getattr(transformer, "_supports_gradient_checkpointing", False):
             raise ValueError(f"gradient checkpointing: {type(transformer).__name__} ({family_for(self.pipe).name}) has "
                              "no diffusers gradient checkpointing to recompute its blocks with; train without it")

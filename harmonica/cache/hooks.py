@@ -1,4 +1,5 @@
-"""The three diffusers ``ModelHook``s of the cache: step (transformer), branch (branch modules), block (fused runs)."""
+"""The diffusers ``ModelHook``s of the cache: step (transformer), branch (branch modules), block (fused runs), unit
+(blocks of coarse units)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 STEP_HOOK = "harmonica_step"
 BRANCH_HOOK = "harmonica_branch"
 BLOCK_HOOK = "harmonica_block"
+UNIT_HOOK = "harmonica_unit"
 
 
 def remove_hook(registry, name: str) -> None:
@@ -168,6 +170,80 @@ class BlockHook(ModelHook):
             for name, (indices, coefficients, stream_gates) in runs.items()
         }
         return fused.output(call, updated)
+
+
+class UnitHook(ModelHook):
+    """A block inside a coarse unit (a span of blocks: ``Plan.units``). Where the unit is computed, its first block
+    keeps its input streams and its last block keeps what the span added to each (its residual); where it is
+    rebuilt, the first block returns its inputs plus the forecast residual (one fused add per stream) and the
+    span's other blocks pass their inputs through. Router training's student mixes the two at the last block."""
+
+    def __init__(self, controller: "HarmoniCa", info: BlockInfo, slot: int, first: int, last: int):
+        super().__init__()
+        self.controller = controller
+        self.info = info
+        self.slot, self.first, self.last = slot, first, last
+        self.streams = info.kind.streams
+
+    def new_forward(self, module, *args, **kwargs):
+        current = self.controller.current
+        if current is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        streams, slot, index = self.streams, self.slot, self.info.index
+        call = bind_call(module, args, kwargs)
+        mix = current.drive is not None and current.drive.mode == "mix"
+        if not (mix or current.compute[slot]):
+            if index != self.first:
+                return streams.output(call, streams.inputs(call))  # covered by the rebuilt span
+            return streams.output(call, self._rebuild(current, streams.inputs(call), fused=True))
+        if index == self.first:
+            current.unit_inputs[slot] = {n: None if t is None else t.detach().clone() if not mix else t
+                                         for n, t in streams.inputs(call).items()}
+        if current.counting is not None:
+            out, macs = count_macs(lambda: self.fn_ref.original_forward(*args, **kwargs))
+            current.counting[slot] += macs
+        else:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        if index != self.last:
+            return out
+        start, returned = current.unit_inputs.pop(slot), streams.returned(call, out)
+        fresh = [None if returned.get(n) is None or start.get(n) is None else returned[n] - start[n]
+                 for n in streams.names]
+        write = not mix or current.drive.write[slot]
+        if write:
+            for element, residual in enumerate(fresh):
+                if residual is not None:
+                    current.state.store(slot, element, residual)
+                else:
+                    current.state.absent.add((slot, element))
+        if not mix:
+            return out
+        score = current.drive.scores[slot]
+        rebuilt = self._rebuild(current, start, fused=False)
+        mixed = {n: returned[n] if r is None else score.to(r.dtype) * returned[n] + (1 - score.to(r.dtype)) * rebuilt[n]
+                 for n, r in zip(streams.names, fresh)}
+        return streams.output(call, {**returned, **mixed})
+
+    def _rebuild(self, current, inputs: dict, fused: bool) -> dict:
+        """The span's input streams plus their forecast residuals (a stream without one passes unchanged)."""
+        state, coefficients = current.state, current.coefficients()
+        out = dict(inputs)
+        for element, name in enumerate(self.streams.names):
+            if inputs.get(name) is None or (self.slot, element) not in state.plan.entries or \
+                    (self.slot, element) in state.absent:
+                continue
+            history, coefs = state.terms(self.slot, element, coefficients)
+            if not history:
+                raise RuntimeError(f"harmonica: no cached residual for blocks {self.first}-{self.last} at step "
+                                   f"{state.step}; cached features belong to one pipeline call")
+            if fused and not torch.is_tensor(coefs):
+                implementation = None if self.controller.fused else TORCH
+                out[name] = gather_apply(inputs[name], state.pools[state.plan.entries[self.slot, element][0]],
+                                         [history], None, coefficients=[coefs], inplace=False,
+                                         implementation=implementation)
+            else:
+                out[name] = inputs[name] + state.rebuild(self.slot, element, coefficients)
+        return out
 
 
 class StepHook(ModelHook):

@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..families import transformer_blocks
+from ..families.spec import bind_call
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -133,13 +134,24 @@ class LiveBytes(TorchDispatchMode):
         self.live -= nbytes
 
 
-def output_shapes(family, transformer, args=(), kwargs=None, live: LiveBytes | None = None) -> dict:
-    """``(slot, element) -> (shape, dtype)`` of every branch output of a forward with these inputs (tensors
-    of any device: they are replaced by meta tensors of their shape), from the forward of the meta twin.
-    ``live``: a ``LiveBytes`` that also measures the forward's activation peak."""
+def output_shapes(family, transformer, args=(), kwargs=None, live: LiveBytes | None = None, units=()) -> dict:
+    """``(slot, element) -> (shape, dtype)`` of every branch output (or, with ``units``, every unit's residual
+    stream) of a forward with these inputs (tensors of any device: they are replaced by meta tensors of their
+    shape), from the forward of the meta twin. ``live``: a ``LiveBytes`` that also measures the forward's
+    activation peak."""
     twin = meta_twin(transformer)
     shapes, handles = {}, []
-    for block in transformer_blocks(family, twin):
+    blocks = transformer_blocks(family, twin)
+    for slot, (_, last) in enumerate(units):
+        streams = blocks[last].kind.streams
+
+        def record_unit(module, args, kwargs, out, slot=slot, streams=streams):
+            returned = streams.returned(bind_call(module, args, kwargs), out)
+            for element, name in enumerate(streams.names):
+                if returned.get(name) is not None:
+                    shapes[slot, element] = (tuple(returned[name].shape), returned[name].dtype)
+        handles.append(blocks[last].module.register_forward_hook(record_unit, with_kwargs=True))
+    for block in blocks if not units else ():
         for slot, module in zip(block.slots, block.modules):
             def record(_, __, out, slot=slot):
                 for element, tensor in enumerate(out if isinstance(out, tuple) else (out,)):
@@ -172,12 +184,12 @@ def quiet_diffusers():
 def plan_memory(plan, shapes: dict, cache_dtype: torch.dtype | None = None) -> CacheMemory:
     """The pools ``plan`` allocates for a forward whose branch outputs have ``shapes`` (``output_shapes``),
     stored in ``cache_dtype`` (None: the outputs' own dtype)."""
-    entries, stream_shapes, dtypes = {}, {}, set()
+    stream_shapes, dtypes = {}, set()
     for (slot, element), (stream, _, _) in plan.entries.items():
-        shape, dtype = shapes[slot, element]
-        stream_shapes.setdefault(stream, shape)
-        dtypes.add(dtype)
+        if (slot, element) in shapes:  # (a unit's stream its last block does not return is never kept)
+            shape, dtype = shapes[slot, element]
+            stream_shapes.setdefault(stream, shape)
+            dtypes.add(dtype)
     dtype = cache_dtype or (dtypes.pop() if len(dtypes) == 1 else torch.float32)
-    for stream, capacity in plan.capacity.items():
-        entries[stream] = capacity
+    entries = {stream: plan.capacity[stream] for stream in stream_shapes}  # a stream's pool holds its capacity
     return CacheMemory(entries, stream_shapes, dtype)

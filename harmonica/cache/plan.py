@@ -26,16 +26,21 @@ class Plan:
     blocks it replaces); None for a step without fused runs.
     ``keep``: keep the last ``keep`` outputs of every branch whatever the schedule (router training, whose
     schedule and coefficients move at every step, drives the forwards: see ``harmonica.cache.drive``).
+    ``units``: coarse units (``RouterLayout.units``): each span of blocks is one slot whose elements are its
+    residual streams; no branch is cached and nothing is fused. ``unit_of[block index]``: (slot, first block,
+    last block) of the unit the block is in.
     """
 
     def __init__(self, blocks: list[BlockInfo], schedule: list[list[bool]], coefficients, fused: bool,
-                 keep: int | None = None, pending: tuple | None = None):
+                 keep: int | None = None, pending: tuple | None = None, units: tuple = ()):
         self.blocks = blocks
         self.keep = keep
         self.pending = pending  # a provisional plan: the call's timesteps, its schedule resolved after step 0
         self.schedule = schedule
         self.coefficients = coefficients
-        self.num_slots = sum(len(b.branches) for b in blocks)
+        self.units = tuple(units)
+        self.num_slots = len(self.units) if self.units else sum(len(b.branches) for b in blocks)
+        self.unit_of = {i: (slot, a, b) for slot, (a, b) in enumerate(self.units) for i in range(a, b + 1)}
         depth = self._depths(schedule, coefficients) if keep is None else dict.fromkeys(range(self.num_slots), keep)
         # slots whose every rebuild is plain reuse (coefficient exactly 1 on the last output): no arithmetic
         self.reuse_only = set() if keep is not None else {slot for slot in depth if all(
@@ -45,16 +50,21 @@ class Plan:
         self._tables: dict[str, torch.Tensor] = {}
         self.entries: dict[tuple[int, int], tuple[str, int, int]] = {}
         self.capacity: dict[str, int] = {}
-        for block in blocks:
-            for slot, branch in zip(block.slots, block.branches):
-                if slot not in depth:
-                    continue
-                for element, stream in enumerate(branch.streams):
-                    first = self.capacity.get(stream, 0)
-                    self.entries[slot, element] = (stream, first, depth[slot])
-                    self.capacity[stream] = first + depth[slot]
-        self.block_level = self.block_levels(blocks, fused)
-        self.fused = [self._runs(row) if step > 0 else None for step, row in enumerate(schedule)]
+        for slot, streams in self.slot_streams():
+            if slot not in depth:
+                continue
+            for element, stream in enumerate(streams):
+                first = self.capacity.get(stream, 0)
+                self.entries[slot, element] = (stream, first, depth[slot])
+                self.capacity[stream] = first + depth[slot]
+        self.block_level = [False] * len(blocks) if self.units else self.block_levels(blocks, fused)
+        self.fused = [self._runs(row) if step > 0 and not self.units else None for step, row in enumerate(schedule)]
+
+    def slot_streams(self):
+        """(slot, the streams of its elements) for every slot: a branch's outputs, or a unit's residual streams."""
+        if self.units:
+            return [(slot, self.blocks[a].kind.streams.names) for slot, (a, _) in enumerate(self.units)]
+        return [(slot, branch.streams) for block in self.blocks for slot, branch in zip(block.slots, block.branches)]
 
     @property
     def num_entries(self) -> int:
@@ -64,8 +74,10 @@ class Plan:
     def one_output_each(self) -> "Plan":
         """This plan keeping one output per rebuilt branch output (plain reuse): its least cache."""
         if self.keep is not None:
-            return Plan(self.blocks, self.schedule, self.coefficients, False, keep=1, pending=self.pending)
-        return Plan(self.blocks, self.schedule, [[[1.0]] * self.num_slots] * len(self.schedule), False)
+            return Plan(self.blocks, self.schedule, self.coefficients, False, keep=1, pending=self.pending,
+                        units=self.units)
+        return Plan(self.blocks, self.schedule, [[[1.0]] * self.num_slots] * len(self.schedule), False,
+                    units=self.units)
 
     @staticmethod
     def block_levels(blocks: list[BlockInfo], fused: bool) -> list[bool]:

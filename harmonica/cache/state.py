@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,13 +20,16 @@ if TYPE_CHECKING:
 class CacheState:
     """The cache of one pipeline call, one cache context and one transformer."""
 
-    def __init__(self, plan: Plan, cache_dtype: torch.dtype | None = None):
+    def __init__(self, plan: Plan, cache_dtype: torch.dtype | None = None, cache_device: torch.device | None = None):
         self.plan = plan
         self.cache_dtype = cache_dtype  # the pools' storage dtype (None: the branch outputs' own)
+        self.cache_device = cache_device  # where the pools live (None: with the outputs; "cpu": host memory)
         self.step: int | None = None
         self.pools: dict[str, CachePool] = {}
         self.dtypes: dict[str, torch.dtype] = {}  # per stream, the dtype of its branch outputs (what a rebuild gives)
+        self.devices: dict[str, torch.device] = {}  # per stream, the device of its branch outputs
         self.kept: dict[tuple[int, int], int] = {}  # outputs kept per entry (at most its depth)
+        self.absent: set[tuple[int, int]] = set()  # unit streams a span does not return (SD3's last block: no text)
 
     def store(self, slot: int, element: int, tensor: torch.Tensor) -> None:
         where = self.plan.entries.get((slot, element))
@@ -35,9 +38,12 @@ class CacheState:
         stream, first, depth = where
         pool = self.pools.get(stream)
         if pool is None:
+            device = self.cache_device or tensor.device
             pool = self.pools[stream] = CachePool(self.plan.capacity[stream], tensor.shape,
-                                                  self.cache_dtype or tensor.dtype, tensor.device)
+                                                  self.cache_dtype or tensor.dtype, device,
+                                                  pin_memory=device.type == "cpu" and tensor.device.type == "cuda")
             self.dtypes.setdefault(stream, tensor.dtype)
+            self.devices.setdefault(stream, tensor.device)
         elif pool.shape != tuple(tensor.shape) or self.dtypes[stream] != tensor.dtype:
             raise RuntimeError(
                 f"harmonica: a branch output of shape {tuple(tensor.shape)} on the {stream!r} stream, whose cache holds "
@@ -65,8 +71,9 @@ class CacheState:
         if not history:
             return None
         stream = self.plan.entries[slot, element][0]
-        pool, dtype = self.pools[stream], self.dtypes[stream]
-        return [pool.read(i) if pool.dtype == dtype else pool.read(i).to(dtype) for i in history], coefs
+        pool, dtype, device = self.pools[stream], self.dtypes[stream], self.devices[stream]
+        return [pool.read(i) if (pool.dtype, pool.device) == (dtype, device) else
+                pool.read(i).to(device=device, dtype=dtype, non_blocking=True) for i in history], coefs
 
     def rebuild(self, slot: int, element: int, coefficients) -> torch.Tensor | None:
         gathered = self.gather(slot, element, coefficients)
@@ -83,7 +90,8 @@ class CacheState:
         self.plan, self.pools, self.kept = plan, {}, {}  # the streams' output dtypes stay
         for (slot, element), (stream, first, _) in old_plan.entries.items():
             for i in reversed(range(old_kept.get((slot, element), 0))):  # oldest first
-                self.store(slot, element, old_pools[stream].read(first + i).to(self.dtypes[stream]))
+                self.store(slot, element, old_pools[stream].read(first + i).to(self.devices[stream],
+                                                                                 self.dtypes[stream]))
 
     @property
     def nbytes(self) -> int:
@@ -118,6 +126,7 @@ class Forward:
     record: CallRecord | None
     shape: tuple | None
     drive: "Drive | None" = None  # router training's forward: its mode, given by the trainer
+    unit_inputs: dict = field(default_factory=dict)  # coarse units: a computed span's input streams, by slot
     region: "Region | None" = None  # the checkpointed block the student's forward is in (gradient checkpointing)
 
     def coefficients(self):

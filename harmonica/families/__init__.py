@@ -17,7 +17,7 @@ from .registry import (
     unregister_family,
     unsupported,
 )
-from .spec import BlockInfo, BlockKind, Branch, Family, Fused
+from .spec import BlockInfo, BlockKind, Branch, Family, Fused, Streams
 
 __all__ = [
     "FAMILIES",
@@ -27,6 +27,7 @@ __all__ = [
     "Branch",
     "Family",
     "Fused",
+    "Streams",
     "UnsupportedPipelineError",
     "blocks_of",
     "family_for",

@@ -7,7 +7,7 @@ A ``BasicTransformerBlock`` has self-attention ``attn1``, an optional cross-atte
 
 from __future__ import annotations
 
-from .spec import BlockKind, Branch, Family, Fused
+from .spec import ONE_STREAM, BlockKind, Branch, Family, Fused
 
 
 def basic_branches(block) -> tuple[Branch, ...]:
@@ -44,10 +44,11 @@ BASIC_BLOCK = BlockKind(
     block_class="BasicTransformerBlock",
     branches=basic_branches,
     check=basic_check,
+    streams=ONE_STREAM,
     fused=Fused(
-        streams=lambda call: {"image": call["hidden_states"]},
+        streams=ONE_STREAM.inputs,
         gates=basic_gates,
-        output=lambda call, streams: streams["image"],
+        output=ONE_STREAM.output,
         applies=lambda block: block.norm_type in ("ada_norm_zero", "ada_norm_single")
         and getattr(block, "pos_embed", None) is None,
     ),

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from .spec import BlockKind, Branch, Family, Fused
+from .spec import CLIPPED_TEXT_IMAGE, BlockKind, Branch, Family, Fused, clip16 as _clip16
 
 
-def _clip16(x: torch.Tensor) -> torch.Tensor:
-    return x.clip(-65504, 65504) if x.dtype == torch.float16 else x
 
 
 def _ip_adapter(block) -> bool:
@@ -53,8 +51,9 @@ def _double_gates(block, call: dict) -> list:
 DOUBLE_BLOCK = BlockKind(
     block_class="FluxTransformerBlock",
     branches=_double_branches,
+    streams=CLIPPED_TEXT_IMAGE,
     fused=Fused(
-        streams=lambda call: {"image": call["hidden_states"], "text": call["encoder_hidden_states"]},
+        streams=CLIPPED_TEXT_IMAGE.inputs,
         gates=_double_gates,
         output=lambda call, streams: (_clip16(streams["text"]), streams["image"]),
     ),
@@ -76,6 +75,7 @@ SINGLE_BLOCK = BlockKind(
         output=_single_output,
     ),
     whole_block=True,
+    streams=CLIPPED_TEXT_IMAGE,  # it reads and returns image and text as the double blocks do: spans may cross
 )
 
 

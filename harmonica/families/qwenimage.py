@@ -16,8 +16,7 @@ The pipeline passes ``t / 1000`` (cast to the latents' dtype) and runs true CFG 
 
 from __future__ import annotations
 
-from .flux import _clip16
-from .spec import BlockKind, Branch, Family, Fused
+from .spec import CLIPPED_TEXT_IMAGE, BlockKind, Branch, Family, Fused
 
 
 def _qwen_gates(block, call: dict) -> list:
@@ -36,10 +35,11 @@ QWEN_BLOCK = BlockKind(
     block_class="QwenImageTransformerBlock",
     branches=lambda block: (Branch("attn", "attn", ("image", "text")), Branch("img_mlp", "img_mlp", ("image",)),
                             Branch("txt_mlp", "txt_mlp", ("text",))),
+    streams=CLIPPED_TEXT_IMAGE,
     fused=Fused(
-        streams=lambda call: {"image": call["hidden_states"], "text": call["encoder_hidden_states"]},
+        streams=CLIPPED_TEXT_IMAGE.inputs,
         gates=_qwen_gates,
-        output=lambda call, streams: (_clip16(streams["text"]), _clip16(streams["image"])),
+        output=CLIPPED_TEXT_IMAGE.output,
         applies=lambda block: not getattr(block, "zero_cond_t", False),
     ),
 )

@@ -18,7 +18,7 @@ evaluation and router training (router training's denoiser encodes prompts witho
 
 from __future__ import annotations
 
-from .spec import BlockKind, Branch, Family
+from .spec import ONE_STREAM, BlockKind, Branch, Family
 
 
 def sana_branches(block) -> tuple[Branch, ...]:
@@ -28,7 +28,7 @@ def sana_branches(block) -> tuple[Branch, ...]:
     return tuple(branches) + (Branch("ff", "ff", ("image_map",)),)
 
 
-SANA_BLOCK = BlockKind(block_class="SanaTransformerBlock", branches=sana_branches)
+SANA_BLOCK = BlockKind(block_class="SanaTransformerBlock", branches=sana_branches, streams=ONE_STREAM)
 
 
 SANA = Family(

@@ -19,7 +19,7 @@ scheduler's timestep unscaled.
 from __future__ import annotations
 
 from .dit import basic_check
-from .spec import BlockKind, Branch, Family, Fused
+from .spec import TEXT_IMAGE, BlockKind, Branch, Family, Fused
 
 
 def joint_branches(block) -> tuple[Branch, ...]:
@@ -58,10 +58,11 @@ JOINT_BLOCK = BlockKind(
     block_class="JointTransformerBlock",
     branches=joint_branches,
     check=basic_check,
+    streams=TEXT_IMAGE,
     fused=Fused(
-        streams=lambda call: {"image": call["hidden_states"], "text": call["encoder_hidden_states"]},
+        streams=TEXT_IMAGE.inputs,
         gates=_joint_gates,
-        output=lambda call, streams: (streams["text"], streams["image"]),
+        output=TEXT_IMAGE.output,
         applies=_fusable,
     ),
 )

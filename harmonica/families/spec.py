@@ -67,6 +67,42 @@ class Fused:
 
 
 @dataclass(frozen=True)
+class Streams:
+    """The residual streams of a block as coarse cache units see it (a block, a span of blocks, the body).
+
+    ``inputs(call)``: the streams the block reads, by name (``{"image": hidden_states}``, or image and text);
+    ``returned(call, out)``: the same streams in what the block returned (a stream may be None: SD3's last
+    block returns no text); ``output(call, streams)``: the block's return value made from streams. A span's
+    unit is ``returned`` of its last block minus ``inputs`` of its first, per stream; rebuilt, the first block
+    returns ``output(inputs + forecast)`` and the others pass their inputs through. Kinds whose streams have
+    the same names can share a span (Flux's double and single blocks both read and return image and text).
+    """
+
+    names: tuple[str, ...]
+    inputs: Callable[[dict], dict]
+    returned: Callable[[dict, Any], dict]
+    output: Callable[[dict, dict], Any]
+
+
+ONE_STREAM = Streams(("image",), inputs=lambda call: {"image": call["hidden_states"]},
+                     returned=lambda call, out: {"image": out}, output=lambda call, streams: streams["image"])
+TEXT_IMAGE = Streams(("image", "text"),
+                     inputs=lambda call: {"image": call["hidden_states"], "text": call["encoder_hidden_states"]},
+                     returned=lambda call, out: {"image": out[1], "text": out[0]},
+                     output=lambda call, streams: (streams["text"], streams["image"]))
+"""Blocks returning ``(encoder_hidden_states, hidden_states)``, SD3's, Flux's and Qwen-Image's."""
+
+
+def clip16(x):
+    """What Flux and Qwen-Image blocks do to a stream they return in fp16: clip it to the fp16 range."""
+    return x.clip(-65504, 65504) if x is not None and x.dtype == torch.float16 else x
+
+
+CLIPPED_TEXT_IMAGE = Streams(TEXT_IMAGE.names, TEXT_IMAGE.inputs, TEXT_IMAGE.returned,
+                             output=lambda call, streams: (clip16(streams["text"]), clip16(streams["image"])))
+
+
+@dataclass(frozen=True)
 class BlockKind:
     """What harmonica knows about one diffusers block class.
 
@@ -75,6 +111,7 @@ class BlockKind:
     configured in a way a per-branch cache cannot follow. ``whole_block``: the block has one branch
     whose input is made by other modules of the block (Flux's single blocks: attention and MLP feed
     one output projection), so a reuse replaces the whole block (``fused`` is then required).
+    ``streams``: the block's residual streams, for units coarser than a branch (``Streams``).
     """
 
     block_class: str
@@ -82,6 +119,7 @@ class BlockKind:
     fused: Fused | None = None
     check: Callable[[nn.Module], None] | None = None
     whole_block: bool = False
+    streams: Streams | None = None  # coarse units (block, span, body): None allows only branch units
 
     def matches(self, block: nn.Module) -> bool:
         return any(k.__name__ == self.block_class for k in type(block).__mro__)

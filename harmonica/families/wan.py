@@ -20,11 +20,12 @@ TI2V-5B passes per-token timesteps (``expand_timesteps=True``); the step still c
 
 from __future__ import annotations
 
-from .spec import BlockKind, Branch, Family
+from .spec import ONE_STREAM, BlockKind, Branch, Family
 
 WAN_BLOCK = BlockKind(
     block_class="WanTransformerBlock",
     branches=lambda block: (Branch("attn1", "attn1"), Branch("attn2", "attn2"), Branch("ffn", "ffn")),
+    streams=ONE_STREAM,
 )
 
 

@@ -130,7 +130,7 @@ def _check_inputs(hidden: torch.Tensor, storage: torch.Tensor, inplace: bool) ->
         raise ValueError(
             f"pool slots have shape {tuple(storage.shape[1:])} but the hidden state is {tuple(hidden.shape)}"
         )
-    if storage.device != hidden.device:
+    if storage.device != hidden.device and storage.device.type != "cpu":
         raise ValueError(f"the pool is on {storage.device} and the hidden state on {hidden.device}")
     if inplace and any(s == 0 and n > 1 for s, n in zip(hidden.stride(), hidden.shape)):
         raise ValueError("cannot update an expanded (stride-0) hidden state in place; pass inplace=False")
@@ -152,7 +152,7 @@ def gather_apply(
     Args:
         hidden: the residual stream ``[batch, *tokens, channels]`` (fp32, fp16 or bf16; any strides).
         pool: a ``CachePool`` (its written slots are checked) or a raw ``[num_slots, *hidden.shape]``
-            tensor.
+            tensor, on the hidden state's device or in host memory (then the torch reference reads it over).
         indices: the run's slots: one int per branch (reuse), or per branch a list of slots, most
             recent first, combined with ``coefficients``; or a 1-D integer tensor of one slot per
             branch (a device tensor skips the host-side checks).
@@ -189,6 +189,8 @@ def gather_apply(
     chosen = implementation or (TORCH if torch.compiler.is_compiling() else backend(hidden.device))
     if chosen not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if storage.device != hidden.device:  # a history kept in host memory: the reference copies each slot over
+        chosen = TORCH
     if chosen != TORCH and not _records_grad(hidden, storage, gates):
         out = _try_fused(hidden, pool, storage, indices, terms, coefficients, gates, inplace, chosen)
         if out is not None:

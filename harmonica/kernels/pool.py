@@ -24,15 +24,17 @@ class CachePool:
         shape: the shape of one branch output, e.g. ``(batch, tokens, hidden)``.
         dtype: the model's dtype (branch outputs are cast to it when written).
         device: where the storage lives.
+        pin_memory: page-locked host memory (a CPU pool serving a GPU: faster, asynchronous copies).
     """
 
-    def __init__(self, num_slots: int, shape: Sequence[int], dtype: torch.dtype = torch.float32, device="cpu"):
+    def __init__(self, num_slots: int, shape: Sequence[int], dtype: torch.dtype = torch.float32, device="cpu",
+                 pin_memory: bool = False):
         if int(num_slots) < 1:
             raise ValueError(f"a CachePool needs at least one slot, got num_slots={num_slots}")
         shape = tuple(int(s) for s in shape)
         if any(s < 1 for s in shape):
             raise ValueError(f"every dimension of a slot must be positive, got shape {shape}")
-        self.storage = torch.empty((int(num_slots), *shape), dtype=dtype, device=device)
+        self.storage = torch.empty((int(num_slots), *shape), dtype=dtype, device=device, pin_memory=pin_memory)
         self._written = [False] * int(num_slots)
         self._index_tensors: dict[tuple[int, ...], torch.Tensor] = {}
 

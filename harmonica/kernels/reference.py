@@ -81,6 +81,7 @@ def gather_apply_reference(
     out = hidden if inplace else hidden.clone(memory_format=torch.contiguous_format)
     coefficients = coefficients or [None] * len(terms)
     for slots, gate, coefs in zip(terms, gates, coefficients):
-        f = forecast([storage[s].to(out.dtype) for s in slots], coefs)  # a history kept in another dtype: cast
+        # a history kept in another dtype or in host memory: cast and copy over
+        f = forecast([storage[s].to(device=out.device, dtype=out.dtype, non_blocking=True) for s in slots], coefs)
         out.add_(f if gate is None else gate * f)
     return out

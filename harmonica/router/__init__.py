@@ -15,7 +15,7 @@ Routers are saved as ``model.safetensors`` + ``config.json`` through huggingface
 records what the router was trained for, and ``check_compatible`` compares it with a pipeline.
 """
 
-from .layout import RouterError, RouterLayout
+from .layout import GRANULARITIES, RouterError, RouterLayout, units_for
 from .files import CONFIG_KEYS, ROUTER_KINDS, check_config
 from .model import TIMESTEP_TOLERANCE, HarmoniCaRouter
 from .noise_level import GRID_SIZE, NoiseLevelRouter, Resolution, newton_coefficients, noise_levels
@@ -27,7 +27,7 @@ ROUTER_KINDS.update({HarmoniCaRouter.kind: HarmoniCaRouter, NoiseLevelRouter.kin
 ROUTERS = (HarmoniCaRouter, NoiseLevelRouter)  # what enable takes
 
 __all__ = [
-    "CONFIG_KEYS", "DEFAULT_THRESHOLD", "GRID_SIZE", "INIT_FORMS", "INIT_KINDS", "LOGIT_BOUND", "MAX_HISTORY",
+    "CONFIG_KEYS", "DEFAULT_THRESHOLD", "GRANULARITIES", "units_for", "GRID_SIZE", "INIT_FORMS", "INIT_KINDS", "LOGIT_BOUND", "MAX_HISTORY",
     "NoiseLevelRouter", "ROUTERS", "Resolution", "STATIC_INIT_LOGIT", "TIMESTEP_TOLERANCE", "WEIGHTS_SUMMARY_FORMAT",
     "HarmoniCaRouter", "RouterError", "RouterLayout", "check_config", "check_threshold", "newton_coefficients",
     "lora_adapters", "noise_levels",

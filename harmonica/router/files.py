@@ -57,6 +57,8 @@ class RouterFiles:
             config["timesteps"] = self.timesteps
         if self.history != 1:
             config["history"] = self.history
+        if self.layout.units:
+            config["units"] = [list(u) for u in self.layout.units]
         return config
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -213,7 +215,7 @@ def training_summary(info: dict) -> list[str]:
 
 
 CONFIG_KEYS = ("num_steps", "blocks", "pipeline_class", "transformer_class", "scheduler_class", "threshold",
-               "timesteps", "history", "training")
+               "timesteps", "history", "units", "training")
 OLD_FORMAT_KEYS = ("num_blocks", "branches")  # harmonica 0.1's first format: one block list
 CLASS_KEYS = ("pipeline_class", "transformer_class", "scheduler_class")
 ROUTER_KINDS: dict[str, type] = {}  # kind -> class, filled by the router classes (harmonica.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,12 +18,27 @@ class RouterLayout:
 
     ``blocks[i] = (block list name, branch names)``. Router slots run block by block, branch by
     branch: slot ``s`` of block ``i`` is ``first_slot(i) + k`` for its ``k``-th branch.
+
+    ``units``: the cache's granularity (``granularity`` names it). Empty: every branch is a slot. Otherwise
+    spans ``(first block, last block)`` over all block lists, each one slot: the span's residual (what its
+    blocks add to each token stream) is cached and rebuilt as a whole; blocks outside every span always run.
     """
 
     blocks: tuple[tuple[str, tuple[str, ...]], ...]
     pipeline_class: str = ""
     transformer_class: str = ""
     scheduler_class: str = ""
+    units: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self):
+        units = tuple((int(a), int(b)) for a, b in self.units)
+        object.__setattr__(self, "units", units)
+        last = -1
+        for a, b in units:
+            if not last < a <= b < self.num_blocks:
+                raise RouterError(f"units must be ordered, disjoint spans (first block, last block) of the "
+                                  f"{self.num_blocks} blocks, got {[list(u) for u in units]}")
+            last = b
 
     def mismatches(self, layout: "RouterLayout", scheduler: bool = True) -> list[str]:
         """Every difference between this (a router's) layout and a pipeline's, in words: blocks and branches,
@@ -34,6 +50,9 @@ class RouterLayout:
                 self.num_blocks == layout.num_blocks and self.blocks != layout.blocks):
             problems.append(f"its blocks and branches are [{self.describe_blocks()}], the transformer's are "
                             f"[{layout.describe_blocks()}]")
+        if self.units != layout.units:
+            problems.append(f"it caches at granularity {self.granularity!r}, this cache is set up at "
+                            f"{layout.granularity!r} (a router serves the granularity it was trained at)")
         for ours, theirs, message in (
             (self.pipeline_class, layout.pipeline_class, "it was made for a {}, this pipeline is a {}"),
             (self.transformer_class, layout.transformer_class,
@@ -53,14 +72,18 @@ class RouterLayout:
                    scheduler_class)
 
     @classmethod
-    def from_groups(cls, groups, **classes) -> "RouterLayout":
+    def from_groups(cls, groups, units=(), **classes) -> "RouterLayout":
         """From the run-length form saved in router configs: ``[[list name, count, [branches]], ...]``."""
         try:
             blocks = tuple((str(name), tuple(str(b) for b in branches))
                            for name, count, branches in groups for _ in range(int(count)))
         except (TypeError, ValueError) as err:
             raise RouterError(f"a router layout must be [[block list, count, [branches]], ...], got {groups!r}") from err
-        return cls(blocks, **classes)
+        try:
+            units = tuple((a, b) for a, b in (units or ()))
+        except (TypeError, ValueError) as err:
+            raise RouterError(f"units must be [[first block, last block], ...], got {units!r}") from err
+        return cls(blocks, units=units, **classes)
 
     @property
     def groups(self) -> list[list]:
@@ -79,11 +102,29 @@ class RouterLayout:
 
     @property
     def num_slots(self) -> int:
-        return sum(len(branches) for _, branches in self.blocks)
+        return len(self.units) if self.units else sum(len(branches) for _, branches in self.blocks)
+
+    @property
+    def granularity(self) -> str:
+        """"branch", "block", "span:N", "body:F,B" (see ``units_for``) or "spans" (any other units)."""
+        if not self.units:
+            return "branch"
+        n = self.num_blocks
+        for spec in ("block", f"span:{self.units[0][1] - self.units[0][0] + 1}",
+                     f"body:{self.units[0][0]},{n - 1 - self.units[-1][1]}"):
+            if units_for(spec, n) == self.units:
+                return spec
+        return "spans"
+
+    def with_granularity(self, granularity: str) -> "RouterLayout":
+        """This layout cached at ``granularity`` (``units_for``)."""
+        return dataclasses.replace(self, units=units_for(granularity, self.num_blocks))
 
     @property
     def slot_names(self) -> list[str]:
-        """``"<list>.<index in list>.<branch>"`` for every slot, in slot order."""
+        """``"<list>.<index in list>.<branch>"`` for every slot, in slot order (``"blocks a-b"`` for span units)."""
+        if self.units:
+            return [f"blocks {a}-{b}" if a != b else f"block {a}" for a, b in self.units]
         names, seen = [], {}
         for name, branches in self.blocks:
             i = seen[name] = seen.get(name, -1) + 1
@@ -99,6 +140,8 @@ class RouterLayout:
         return layouts.pop()
 
     def slot(self, block: int, branch: str) -> int:
+        if self.units:
+            raise RouterError(f"a router at granularity {self.granularity!r} has no branch slots")
         """The slot of ``branch`` in block ``block`` (counted over all block lists)."""
         if not 0 <= block < self.num_blocks:
             raise IndexError(f"block {block} is outside a layout of {self.num_blocks} blocks")
@@ -108,4 +151,39 @@ class RouterLayout:
         return sum(len(b) for _, b in self.blocks[:block]) + names.index(branch)
 
     def describe_blocks(self) -> str:
-        return ", ".join(f"{count} x {name} {branches}" for name, count, branches in self.groups)
+        blocks = ", ".join(f"{count} x {name} {branches}" for name, count, branches in self.groups)
+        return blocks if not self.units else f"{blocks}; cached as {len(self.units)} units ({self.granularity})"
+
+
+GRANULARITIES = ("branch", "block", "span:N", "body:F,B")
+
+
+def units_for(granularity: str, num_blocks: int) -> tuple[tuple[int, int], ...]:
+    """The units of a granularity over ``num_blocks`` blocks (all block lists, in forward order):
+
+    * ``"branch"``: none (every branch of every block is a unit: the default);
+    * ``"block"``: every block's residual;
+    * ``"span:N"``: the residuals of runs of N consecutive blocks (the last run shorter);
+    * ``"body:F,B"``: one residual of the blocks between F always-run front blocks and B back blocks.
+    """
+    kind, _, arg = str(granularity).partition(":")
+    try:
+        if kind == "branch" and not arg:
+            return ()
+        if kind == "block" and not arg:
+            return tuple((i, i) for i in range(num_blocks))
+        if kind == "span" and arg.isdigit() and int(arg) >= 1:
+            n = int(arg)
+            return tuple((a, min(a + n, num_blocks) - 1) for a in range(0, num_blocks, n))
+        if kind == "body":
+            front, back = (int(v) for v in arg.split(","))
+            if front >= 0 and back >= 0:
+                if front + back >= num_blocks:
+                    raise RouterError(f"granularity {granularity!r} leaves no block between its front and back "
+                                      f"blocks: this transformer has {num_blocks}")
+                return ((front, num_blocks - 1 - back),)
+    except ValueError as err:
+        if isinstance(err, RouterError):
+            raise
+    raise RouterError(f"granularity must be one of {', '.join(GRANULARITIES)} (N >= 1, F >= 0, B >= 0), got "
+                      f"{granularity!r}")

@@ -37,6 +37,7 @@ class HarmoniCaRouter(
         threshold: default inference threshold (``score > threshold`` computes).
         timesteps: the scheduler's timesteps it was trained on (checked against each call).
         history: how many of a branch's last computed outputs a forecast combines (1: reuse).
+        units: the cache's units, ``[[first block, last block], ...]`` (``RouterLayout.units``); None: branches.
         training: free-form record of how the router was made (objective, command, ...).
     """
 
@@ -53,10 +54,11 @@ class HarmoniCaRouter(
         timesteps: Sequence[float] | None = None,
         history: int = 1,
         training: dict | None = None,
+        units: Sequence | None = None,
     ):
         super().__init__()
-        layout = RouterLayout.from_groups(blocks, pipeline_class=pipeline_class, transformer_class=transformer_class,
-                                          scheduler_class=scheduler_class)
+        layout = RouterLayout.from_groups(blocks, units, pipeline_class=pipeline_class,
+                                          transformer_class=transformer_class, scheduler_class=scheduler_class)
         if int(num_steps) < 1 or layout.num_slots < 1:
             raise RouterError(f"a router needs at least one step and one branch; got num_steps={num_steps}, "
                               f"blocks={layout.groups}")
@@ -97,6 +99,7 @@ class HarmoniCaRouter(
             pipeline_class=layout.pipeline_class,
             transformer_class=layout.transformer_class,
             scheduler_class=layout.scheduler_class,
+            units=layout.units,
             **kwargs,
         )
         with torch.no_grad():

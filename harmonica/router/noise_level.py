@@ -102,14 +102,14 @@ class NoiseLevelRouter(
 
     kind = "noise-level"
     CONFIG_KEYS = ("kind", "blocks", "pipeline_class", "transformer_class", "schedulers", "step_range", "grid_size",
-                   "num_train_timesteps", "threshold", "history", "training")
+                   "num_train_timesteps", "threshold", "history", "units", "training")
 
     def __init__(self, blocks: Sequence, pipeline_class: str = "", transformer_class: str = "",
                  schedulers: Sequence[str] = (), step_range: Sequence[int] = (2, 1000), grid_size: int = GRID_SIZE,
                  num_train_timesteps: int = 1000, threshold: float = 0.5, history: int = 1,
-                 training: dict | None = None):
+                 training: dict | None = None, units: Sequence | None = None):
         super().__init__()
-        self.layout = RouterLayout.from_groups(blocks, pipeline_class=pipeline_class,
+        self.layout = RouterLayout.from_groups(blocks, units, pipeline_class=pipeline_class,
                                                transformer_class=transformer_class,
                                                scheduler_class=(list(schedulers) or [""])[0])
         if int(grid_size) < 2 or self.layout.num_slots < 1:
@@ -137,7 +137,8 @@ class NoiseLevelRouter(
                     transformer_class=self.transformer_class, schedulers=self.schedulers,
                     step_range=self.step_range, grid_size=self.grid_size,
                     num_train_timesteps=self.num_train_timesteps, threshold=self.threshold, history=self.history,
-                    training=self.training_info)
+                    training=self.training_info, **({"units": [list(u) for u in self.layout.units]}
+                                                    if self.layout.units else {}))
 
     def check_compatible(self, layout: RouterLayout, num_steps: int | None = None) -> None:
         """Raise RouterError naming every difference in blocks, pipeline or transformer class (any step count
@@ -266,7 +267,7 @@ class NoiseLevelRouter(
         made = cls(router.layout.groups, router.pipeline_class, router.transformer_class,
                    schedulers=list(schedulers) if schedulers is not None else [router.scheduler_class],
                    step_range=step_range, grid_size=grid_size, num_train_timesteps=num_train_timesteps,
-                   threshold=router.threshold, history=router.history,
+                   threshold=router.threshold, history=router.history, units=router.layout.units,
                    training={"from_step_router": {"num_steps": router.num_steps, **router.training_info}})
         levels = noise_levels(router.timesteps[1:], num_train_timesteps)  # step 0 always computes
         logits = router.logits.detach()[1:]

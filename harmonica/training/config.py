@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..router import MAX_HISTORY, check_threshold, parse_init
+from ..router import MAX_HISTORY, check_threshold, parse_init, units_for
 from .objectives import LAMBDA_VARIANTS
 
 OBJECTIVES = ("harmonica", "sdt", "ltc")
@@ -58,6 +58,10 @@ class RouterTrainingConfig:
     forecast_init: str = _setting("taylor", "the coefficients' start with --history > 1: taylor (polynomial "
                                   "extrapolation through the steps where the branch is computed under the initial "
                                   "schedule, TaylorSeer's forecast), taylor:N (order N) or reuse")
+    granularity: str = _setting("branch", "what the cache keeps and the router decides on: branch (every branch of "
+                                "every block), block (each block's residual), span:N (runs of N blocks), body:F,B "
+                                "(one residual of the blocks between F front and B back blocks, which always run): "
+                                "coarser units hold less memory")
     init_router: str | None = _setting(None, "fine-tune: start from this router (folder or hub id), its scores and "
                                        "forecast coefficients, instead of --init and --forecast_init; it must fit "
                                        "the pipeline, --num_steps and --history")
@@ -108,6 +112,7 @@ class RouterTrainingConfig:
         if self.lambda_variant not in LAMBDA_VARIANTS:
             raise ValueError(f"lambda_variant must be one of {LAMBDA_VARIANTS}, got {self.lambda_variant!r}")
         parse_init(self.init)
+        units_for(self.granularity, 10**6)  # the form (the block count is checked against the pipeline)
         for name in ("trajectories", "batch_size", "lambda_every", "lambda_samples", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -27,7 +27,7 @@ from .run_folder import draw_generator
 def initial_noise_router(pipe, config, denoiser_set_timesteps) -> NoiseLevelRouter:
     """The starting router: ``config.init``'s schedule at the reference step count ``config.num_steps`` on the
     pipeline's own scheduler, placed on the noise axis, with Newton forecasts of the ``forecast_init`` order."""
-    layout = describe(pipe)
+    layout = describe(pipe, config.granularity)
     step = HarmoniCaRouter.for_layout(layout, config.num_steps, init=config.init,
                                       generator=draw_generator(config.seed, 7), threshold=config.threshold,
                                       history=config.history)

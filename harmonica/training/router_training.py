@@ -86,7 +86,7 @@ class RouterTrainer:
         pipe.transformer.eval().requires_grad_(False)
         # the weights the router is trained for: recorded in the run folder and in the saved router
         self.weights_summary = weights_summary(pipe.transformer)
-        layout = describe(pipe)
+        layout = describe(pipe, config.granularity)
         options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length", "num_frames")
                    if getattr(config, k) is not None}
         try:
