@@ -4,8 +4,10 @@ Each transformer is built from its published config on the meta device (``harmon
 weights, no memory, no download) and run once at the resolution people use, by the code path a real call
 takes (``harmonica.cache.memory``): the branch modules record their output shapes, and the plan's pools give
 the bytes. For each model the table gives harmonica's cache with every branch keeping its last K computed
-outputs (K = 1 is plain reuse, K = 3 a third-order forecast; a router keeps only the branches it ever
-rebuilds, usually nearly all of them), then, on the same residual streams, what the one-residual caches hold:
+outputs (K = 1 is plain reuse, K = 3 a third-order forecast; a router keeps only the units it ever
+rebuilds, usually nearly all of them), at each granularity: branch (every branch of every block), block (each
+block's residual), span:N (runs of N blocks), body:F,B (one residual between F front and B back blocks).
+Beside it, on the same residual streams, what the one-residual caches hold:
 
 * FBCache (diffusers ``FirstBlockCacheConfig``): the first block's output (image and text streams) and
   residual (image), and the remaining blocks' residual (image and text): 3 image + 2 text tensors;
@@ -17,7 +19,7 @@ kernel allocates it: no score matrix) and the weights.
 A call with CFG holds twice the cache column (two passes: one batched context or two contexts alike).
 
     python eval/memory.py                                   # every model, bf16, K = 1 2 3; offline, seconds
-    python eval/memory.py --model flux-dev-1024 wan21-14b-720p --history 1 --dtype float16
+    python eval/memory.py --model flux-dev-1024 wan21-14b-720p --history 1 --granularity block span:4
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harmonica.cache.memory import LiveBytes, format_bytes, output_shapes, plan_memory  # noqa: E402
+from harmonica.cache.memory import LiveBytes, numel, format_bytes, output_shapes, plan_memory  # noqa: E402
 from harmonica.cache.plan import Plan  # noqa: E402
 from harmonica.cli import HelpFormatter  # noqa: E402
 from harmonica.families import FAMILIES, transformer_blocks  # noqa: E402
+from harmonica.router import units_for  # noqa: E402
 from harmonica_bench.real_models import REAL_MODELS  # noqa: E402
 
 ONE_RESIDUAL = {"FBCache": (3, 2), "DBCache": (2, 1)}  # (image, text) tensors kept, see the docstring
@@ -61,38 +64,51 @@ def family_of(pipeline: str):
     return next(f for f in FAMILIES if pipeline in f.pipelines)
 
 
-def measure(name: str, dtype: torch.dtype, histories) -> dict:
+def measure(name: str, dtype: torch.dtype, histories, granularities) -> dict:
     model = REAL_MODELS[name]
     family = family_of(model.pipeline)
     transformer = model.build(dtype)
+    blocks = transformer_blocks(family, transformer)
     live = LiveBytes()
     with flash_attention():
         shapes = output_shapes(family, transformer, (), model.forward_inputs(dtype), live)
-    blocks = transformer_blocks(family, transformer)
-    slots = sum(len(b.branches) for b in blocks)
-    cache = {k: plan_memory(Plan(blocks, [[True] * slots], [[[1.0]] * slots], False, keep=k), shapes)
-             for k in histories}
-    memory = cache[histories[0]]
-    stream = {s: memory.stream_bytes(s) // memory.entries[s] for s in memory.entries}  # one tensor of each stream
-    image, text = stream["image"], stream.get("text", 0)
+        per_block = output_shapes(family, transformer, (), model.forward_inputs(dtype), units=units_for("block", len(blocks)))
+    cache = {}
+    for granularity in granularities:
+        units = units_for(granularity, len(blocks))
+        unit_shapes = shapes if not units else {(slot, e): per_block[b, e] for slot, (_, b) in enumerate(units)
+                                                for e in range(2) if (b, e) in per_block}
+        slots = len(units) or sum(len(b.branches) for b in blocks)
+        cache[granularity] = {k: plan_memory(Plan(blocks, [[True] * slots], [[[1.0]] * slots], False, keep=k,
+                                                  units=units), unit_shapes).nbytes for k in histories}
+        cache[granularity]["units"] = slots
+    one = {s: shape for (slot, e), (shape, _) in per_block.items() if slot == 0
+           for s in [blocks[0].kind.streams.names[e]]}
+    size = {s: numel(shape) * torch.empty((), dtype=dtype).element_size() for s, shape in one.items()}
+    image, text = size["image"], size.get("text", 0)
     return {
-        "model": model.title, "tokens_x_width": "x".join(map(str, memory.shapes["image"][1:])),
-        "tensor": image, "branches": slots, "blocks": len(blocks),
-        **{f"K={k}": m.nbytes for k, m in cache.items()},
+        "model": model.title, "tokens_x_width": "x".join(map(str, one["image"][1:])), "tensor": image,
+        "blocks": len(blocks), "cache": cache,
         **{method: i * image + t * text for method, (i, t) in ONE_RESIDUAL.items()},
         "activations": live.peak, "weights": sum(p.numel() * p.element_size() for p in transformer.parameters()),
     }
 
 
-def markdown(rows: list[dict], histories) -> str:
-    head = (["model", "image tokens x width", "one tensor", "branches"] + [f"harmonica K={k}" for k in histories]
-            + list(ONE_RESIDUAL) + ["forward activations (peak, flash attention)", "weights"])
+def markdown(rows: list[dict], histories, granularities) -> str:
+    head = ["model", "image tokens x width", "one tensor", *ONE_RESIDUAL, "forward activations (peak, flash attention)",
+            "weights"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = ([r["model"], r["tokens_x_width"], format_bytes(r["tensor"]), f"{r['branches']} in {r['blocks']} blocks"]
-                 + [format_bytes(r[f"K={k}"]) for k in histories]
-                 + [format_bytes(r[m]) for m in ONE_RESIDUAL] + [format_bytes(r["activations"]), format_bytes(r["weights"])])
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([r["model"], r["tokens_x_width"], format_bytes(r["tensor"]),
+                                        *(format_bytes(r[m]) for m in ONE_RESIDUAL), format_bytes(r["activations"]),
+                                        format_bytes(r["weights"])]) + " |")
+    head = ["model", "granularity", "units", *(f"harmonica K={k}" for k in histories)]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        for g in granularities:
+            c = r["cache"][g]
+            lines.append("| " + " | ".join([r["model"], g, str(c["units"]), *(format_bytes(c[k]) for k in histories)])
+                         + " |")
     return "\n".join(lines)
 
 
@@ -100,12 +116,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", nargs="+", default=list(REAL_MODELS), choices=list(REAL_MODELS))
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--history", nargs="+", type=int, default=[1, 2, 3], help="outputs kept per branch (K)")
+    p.add_argument("--history", nargs="+", type=int, default=[1, 2, 3], help="outputs kept per unit (K)")
+    p.add_argument("--granularity", nargs="+", default=["branch", "block", "span:8", "body:1,1"],
+                   help="cache units (harmonica.router.units_for)")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    rows = [measure(name, dtype, args.history) for name in args.model]
+    rows = [measure(name, dtype, args.history, args.granularity) for name in args.model]
     print(f"Cache per CFG pass, batch 1, {args.dtype} (a call with CFG holds twice the cache):\n")
-    print(markdown(rows, args.history))
+    print(markdown(rows, args.history, args.granularity))
     return rows
 
 

@@ -124,16 +124,22 @@ def test_bad_budget_or_dtype_is_refused_before_anything_changes(family_paths, op
 def test_eval_memory_on_real_sizes(capsys):
     """eval/memory.py on published configs (meta device): Flux.1-dev at 1024² keeps, per pass and output kept,
     19 double blocks x (attention: image + text; ff: image; ff_context: text) and 38 single blocks x the joint
-    stream, each token x 3072 channels in bf16; DiT-XL/2 keeps 28 blocks x 2 branches of 256 x 1152."""
+    stream at branch granularity, one image + text residual per block at block granularity, one for the body; each
+    token x 3072 channels in bf16. DiT-XL/2 keeps 28 blocks x 2 branches of 256 x 1152."""
     import runpy
     from pathlib import Path
 
     script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "eval" / "memory.py"))
-    rows = {r["model"]: r for r in script["main"](["--model", "dit-xl-2-256", "flux-dev-1024", "--history", "1", "3"])}
+    rows = {r["model"]: r for r in script["main"](["--model", "dit-xl-2-256", "flux-dev-1024", "--history", "1", "3",
+                                                   "--granularity", "branch", "block", "body:1,1"])}
     flux, dit = rows["Flux.1-dev 1024²"], rows["DiT-XL/2 256"]
-    assert flux["K=1"] == (38 * 4096 + 38 * 512 + 38 * (4096 + 512)) * 3072 * 2
-    assert flux["K=3"] == 3 * flux["K=1"] and flux["branches"] == 19 * 3 + 38
-    assert flux["FBCache"] == (3 * 4096 + 2 * 512) * 3072 * 2 and flux["DBCache"] == (2 * 4096 + 512) * 3072 * 2
-    assert dit["K=1"] == 28 * 2 * 256 * 1152 * 2 and dit["FBCache"] == 3 * 256 * 1152 * 2
-    assert 0 < flux["activations"] < flux["K=1"] and flux["weights"] > 20 * 2**30
-    assert "| Flux.1-dev 1024² | 4096x3072 | 24.00 MiB | 95 in 57 blocks | 2.00 GiB | 6.01 GiB |" in capsys.readouterr().out
+    tensor = 3072 * 2
+    assert flux["cache"]["branch"][1] == (38 * 4096 + 38 * 512 + 38 * (4096 + 512)) * tensor
+    assert flux["cache"]["branch"][3] == 3 * flux["cache"]["branch"][1] and flux["cache"]["branch"]["units"] == 95
+    assert flux["cache"]["block"][1] == 57 * (4096 + 512) * tensor and flux["cache"]["body:1,1"][1] == 4608 * tensor
+    assert flux["FBCache"] == (3 * 4096 + 2 * 512) * tensor and flux["DBCache"] == (2 * 4096 + 512) * tensor
+    assert dit["cache"]["branch"][1] == 28 * 2 * 256 * 1152 * 2 and dit["FBCache"] == 3 * 256 * 1152 * 2
+    assert 0 < flux["activations"] < flux["cache"]["branch"][1] and flux["weights"] > 20 * 2**30
+    out = capsys.readouterr().out
+    assert "| Flux.1-dev 1024² | branch | 95 | 2.00 GiB | 6.01 GiB |" in out
+    assert "| Flux.1-dev 1024² | 4096x3072 | 24.00 MiB | 78.00 MiB | 51.00 MiB |" in out

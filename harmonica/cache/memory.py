@@ -72,7 +72,7 @@ class CacheMemory:
     dtype: torch.dtype
 
     def stream_bytes(self, stream: str) -> int:
-        return self.entries[stream] * _numel(self.shapes[stream]) * _itemsize(self.dtype)
+        return self.entries[stream] * numel(self.shapes[stream]) * _itemsize(self.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -85,7 +85,7 @@ class CacheMemory:
         return f"{format_bytes(self.nbytes)} ({'; '.join(parts)})"
 
 
-def _numel(shape) -> int:
+def numel(shape) -> int:
     n = 1
     for s in shape:
         n *= int(s)
