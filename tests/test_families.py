@@ -15,9 +15,11 @@ import torch
 from conftest import one_thread_for_tiny_models
 from accelerate import Accelerator
 from diffusers import DiffusionPipeline
-from tiny_models import (flux_call_kwargs, qwenimage_call_kwargs, sana_call_kwargs, sd3_call_kwargs, tiny_flux_pipeline,
-                         tiny_qwenimage_pipeline, tiny_sana_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline,
-                         wan_call_kwargs)
+from tiny_models import (cogvideox_call_kwargs, flux_call_kwargs, hunyuan_video_call_kwargs, ltx_call_kwargs,
+                         qwenimage_call_kwargs, sana_call_kwargs, sd3_call_kwargs, tiny_cogvideox_pipeline,
+                         tiny_flux_pipeline, tiny_hunyuan_video_pipeline, tiny_ltx_pipeline, tiny_qwenimage_pipeline,
+                         tiny_sana_pipeline, tiny_sd3_pipeline, tiny_wan_i2v_pipeline, tiny_wan_pipeline,
+                         wan_call_kwargs, wan_i2v_call_kwargs)
 
 import harmonica
 from harmonica import HarmoniCaRouter, RouterError
@@ -46,7 +48,16 @@ CASES = {
     "wan22-ti2v": (lambda: tiny_wan_pipeline(ti2v=True), {"no-cfg": (wan_call_kwargs(guidance_scale=1.0), 1)}),
     "qwenimage": (tiny_qwenimage_pipeline, {"true-cfg": (qwenimage_call_kwargs(true_cfg=True), 2),
                                             "no-cfg": (qwenimage_call_kwargs(true_cfg=False), 1)}),
+    # Wan 2.1 I2V: the first frame's latents beside the noise, a CLIP image embedding in every attn2
+    "wan-i2v": (tiny_wan_i2v_pipeline, {"cfg": (wan_i2v_call_kwargs(), 2),
+                                        "no-cfg": (wan_i2v_call_kwargs(guidance_scale=1.0), 1)}),
+    "hunyuan-video": (tiny_hunyuan_video_pipeline, {"guidance-embedding": (hunyuan_video_call_kwargs(), 1),
+                                                    "true-cfg": (hunyuan_video_call_kwargs(true_cfg=True), 2)}),
+    "ltx": (tiny_ltx_pipeline, {"cfg": (ltx_call_kwargs(), 1), "no-cfg": (ltx_call_kwargs(guidance_scale=1.0), 1)}),
+    "cogvideox": (tiny_cogvideox_pipeline, {"cfg": (cogvideox_call_kwargs(), 1),
+                                            "no-cfg": (cogvideox_call_kwargs(guidance_scale=1.0), 1)}),
 }
+NEEDS = {"wan-i2v": "ftfy"}  # WanImageToVideoPipeline cleans prompts with ftfy (the test extra installs it)
 VARIANTS = [(name, variant) for name, (_, variants) in CASES.items() for variant in variants]
 
 
@@ -58,6 +69,8 @@ def family_paths(tmp_path_factory):
     paths = {}
 
     def path(name):
+        if name in NEEDS:
+            pytest.importorskip(NEEDS[name], reason=f"{name} needs {NEEDS[name]}: pip install -e .[test]")
         if name not in paths:
             paths[name] = tmp_path_factory.mktemp(name)
             CASES[name][0]().save_pretrained(paths[name])
@@ -246,7 +259,7 @@ def test_router_training_runs(family_paths, name, tmp_path):
     config = RouterTrainingConfig(num_steps=steps_of(kwargs), trajectories=2, batch_size=2, lambda_every=3,
                                   lambda_samples=2, output_dir=str(tmp_path), prompts=["a red circle", "a blue star"],
                                   guidance_scale=kwargs.get("true_cfg_scale", kwargs.get("guidance_scale", 1.0)),
-                                  target_usage=0.4, init="random", **_sizes(kwargs))
+                                  target_usage=0.4, init="random", **_sizes(kwargs, tmp_path))
     trainer = RouterTrainer(pipe, config, Accelerator(cpu=True))
     summary = trainer.train()
     assert summary["iterations"] == 2 * (steps_of(kwargs) - 1)
@@ -274,7 +287,7 @@ def test_gradient_checkpointing_gives_the_plain_gradients(family_paths, name, tm
                                       output_dir=str(tmp_path / str(checkpointing)), prompts=["a red circle"],
                                       guidance_scale=kwargs.get("true_cfg_scale", kwargs.get("guidance_scale", 1.0)),
                                       target_usage=0.4, init="random", gradient_checkpointing=checkpointing,
-                                      **_sizes(kwargs))
+                                      **_sizes(kwargs, tmp_path))
         trainer = RouterTrainer(load(family_paths(name)), config, Accelerator(cpu=True))
         grads = recording_gradients(trainer)
         trainer.sdt_trajectory(0)
@@ -316,8 +329,15 @@ def test_denoiser_steps_reproduce_the_pipeline(family_paths, name):
     assert torch.equal(x, expected.to(x.dtype)), (x - expected).abs().max()
 
 
-def _sizes(kwargs) -> dict:
-    return {k: kwargs[k] for k in ("height", "width", "max_sequence_length", "num_frames") if k in kwargs}
+def _sizes(kwargs, folder: Path | None = None) -> dict:
+    """The call's sizes as router training options; an image-to-video call's image as ``images`` (a file in
+    ``folder`` for a training config, else the image itself for a denoiser)."""
+    sizes = {k: kwargs[k] for k in ("height", "width", "max_sequence_length", "num_frames") if k in kwargs}
+    if "image" in kwargs:
+        if folder is not None:
+            kwargs["image"].save(folder / "first-frame.png")
+        sizes["images"] = [str(folder / "first-frame.png") if folder is not None else kwargs["image"]]
+    return sizes
 
 
 # --------------------------------------------------------------------------------- recipes

@@ -89,6 +89,8 @@ class RouterTrainer:
         layout = describe(pipe)
         options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length", "num_frames")
                    if getattr(config, k) is not None}
+        if config.images:
+            options["images"] = config.images
         try:
             self.denoiser = denoiser(pipe, config.guidance_scale, config.prompts, **options)
         except TypeError as err:
