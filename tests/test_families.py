@@ -8,6 +8,7 @@ hold only settings train_router.py reads."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -251,26 +252,48 @@ def test_router_training_runs(family_paths, name, tmp_path):
 
     kwargs, _ = next(iter(CASES[name][1].values()))
     pipe = load(family_paths(name))
-    if len(transformers_of(pipe)) > 1:  # Wan 2.2 A14B: training drives one expert and says so
-        config = RouterTrainingConfig(num_steps=steps_of(kwargs), output_dir=str(tmp_path), prompts=["a red circle"])
-        with pytest.raises(ValueError, match="router training drives one transformer"):
-            RouterTrainer(pipe, config, Accelerator(cpu=True))
-        return
     config = RouterTrainingConfig(num_steps=steps_of(kwargs), trajectories=2, batch_size=2, lambda_every=3,
                                   lambda_samples=2, output_dir=str(tmp_path), prompts=["a red circle", "a blue star"],
                                   guidance_scale=kwargs.get("true_cfg_scale", kwargs.get("guidance_scale", 1.0)),
                                   target_usage=0.4, init="random", **_sizes(kwargs, tmp_path))
     trainer = RouterTrainer(pipe, config, Accelerator(cpu=True))
     summary = trainer.train()
-    assert summary["iterations"] == 2 * (steps_of(kwargs) - 1)
+    # Wan 2.2 A14B: the step at which the second expert takes over fills its cache (as at inference): no update
+    assert summary["iterations"] == 2 * (steps_of(kwargs) - len(transformers_of(pipe)))
     router = HarmoniCaRouter.from_pretrained(tmp_path / "router")
     assert abs(router.cache_usage() - 0.4) <= 0.05
-    harmonica.enable(pipe, router)
+    experts = [name for name, _ in pipeline_transformers(pipe, family_for(pipe))][1:]
+    assert sorted(router.training_info.get("expert_weights", {})) == experts  # Wan 2.2 A14B: transformer_2's
+    with warnings.catch_warnings():  # the weights it was trained on, every expert's own
+        warnings.filterwarnings("error", message="this router was trained on other transformer weights")
+        harmonica.enable(pipe, router)
     images = run(pipe, kwargs)
     assert torch.isfinite(images).all()
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if n != "wan22-two-experts"])
+def test_two_expert_training_fills_the_expert_taking_over(family_paths, tmp_path):
+    """Wan 2.2 A14B: one router, each expert driven with its own caches; the step at which transformer_2 takes over
+    fills them (inference computes everything there too) and trains nothing; the first expert's are dropped."""
+    from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+
+    kwargs, _ = next(iter(CASES["wan22-two-experts"][1].values()))
+    pipe = load(family_paths("wan22-two-experts"))
+    config = RouterTrainingConfig(num_steps=steps_of(kwargs), trajectories=1, batch_size=1, output_dir=str(tmp_path),
+                                  prompts=["a red circle"], guidance_scale=kwargs["guidance_scale"], target_usage=0.4,
+                                  **_sizes(kwargs))
+    trainer = RouterTrainer(pipe, config, Accelerator(cpu=True))
+    experts = []
+    for index, (transformer, _) in enumerate(transformers_of(pipe)):
+        transformer.register_forward_pre_hook(lambda *_, _i=index: experts.append((_i, trainer.cache.mode)))
+    rows = trainer.sdt_trajectory(0)
+    assert [row["step"] for row in rows] == [1, 2, 4]  # transformer_2 from step 3 (t = 667 < 0.8 * 1000)
+    # the student's forwards (cond, uncond): expert 0 fills and mixes, expert 1 runs from step 3
+    students = [e for e, mode in experts if mode != "off"]
+    assert students == [0] * 6 + [1] * 4
+    assert sorted(trainer.cache.states) == [(1, "cond"), (1, "uncond")]
+
+
+@pytest.mark.parametrize("name", list(CASES))
 def test_gradient_checkpointing_gives_the_plain_gradients(family_paths, name, tmp_path, monkeypatch):
     """Per-block gradient checkpointing of the student (history 3: forecasts), on every family's blocks and branch
     outputs: every step's router gradients and the caches after the trajectory are the plain backward's."""
@@ -293,14 +316,15 @@ def test_gradient_checkpointing_gives_the_plain_gradients(family_paths, name, tm
         trainer.sdt_trajectory(0)
         runs.append((grads, trainer.cache.snapshot()))
     (plain, plain_cache), (checkpointed, checkpointed_cache) = runs
-    assert len(plain) == len(checkpointed) == steps_of(kwargs) - 1
+    experts = transformers_of(load(family_paths(name)))
+    mixed = steps_of(kwargs) - len(experts)  # Wan 2.2 A14B: the second expert's first step fills its cache
+    assert len(plain) == len(checkpointed) == mixed
     for a, b in zip(plain, checkpointed):
         for x, y in zip(a, b):
             assert torch.allclose(x, y, rtol=1e-5, atol=1e-6 * x.abs().max().item())
     assert same_cache(plain_cache, checkpointed_cache)
     # every block of every student forward was checkpointed, read the cache and was recomputed
-    blocks = sum(len(b) for _, b in transformers_of(load(family_paths(name))))
-    assert len(regions) == (steps_of(kwargs) - 1) * forwards * blocks and all(r.reads and r.replaying for r in regions)
+    assert len(regions) == mixed * forwards * len(experts[0][1]) and all(r.reads and r.replaying for r in regions)
 
 
 @pytest.mark.parametrize("name", list(CASES))

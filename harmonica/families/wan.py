@@ -15,7 +15,8 @@ The pipeline runs the conditional and unconditional forwards separately, each in
 ``transformer.cache_context("cond" / "uncond", step_index=i, num_inference_steps=n)``: the step comes
 from that context, not from the timestep. Wan 2.2 A14B has two experts, ``transformer`` (high noise)
 and ``transformer_2`` (low noise), the second taking over once ``t < boundary_ratio * 1000``; both are
-hooked, one router serves both, and the first forward of an expert fills its own cache. Wan 2.2
+hooked, one router serves both, and the first forward of an expert fills its own cache (router training
+drives both the same way: the step at which the second expert takes over fills and trains nothing). Wan 2.2
 TI2V-5B passes per-token timesteps (``expand_timesteps=True``); the step still comes from the context.
 
 Image-to-video is its own family (``wan-i2v``: its router training and harness adapters need the image) with the
@@ -44,7 +45,7 @@ WAN = Family(
     kinds=(WAN_BLOCK,),
     transformers=("transformer", "transformer_2"),
     notes="video; cond and uncond forwards under cache contexts carrying the step; Wan 2.2 A14B's two experts "
-          "share one router, each filling its own cache when it takes over; router training drives one expert",
+          "share one router, each filling its own cache when it takes over, in router training too",
 )
 
 
