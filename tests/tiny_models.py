@@ -440,7 +440,8 @@ def hunyuan_video_call_kwargs(true_cfg: bool = False, **extra):
 
 def tiny_ltx_pipeline(num_layers: int = 2):
     """LTX-Video: packed latent tokens, ``LTXVideoTransformerBlock``s (attn1, attn2, ff), CFG batched."""
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
 
     tokenizer, text_encoder = tiny_t5()
     torch.manual_seed(0)

@@ -4,11 +4,13 @@
 returns what the harness passes to ``pipe(...)`` for a batch whose ``conditions`` are class labels or
 prompts (the family's ``conditioning``), plus what the family needs to run reproducibly offline
 (resolution binning off, max_sequence_length, the unconditional prompt of true CFG, ...); arguments
-it does not use arrive in ``**extra`` (``sampling.family_call_kwargs`` is the caller). Image-to-video (the
-``wan-i2v`` family) has none: the harness draws prompts, and such a pipeline needs an image per sample. A family registered with
-``harmonica.register_family`` gets the harness by registering its function under the family's name::
+it does not use arrive in ``**extra`` (``sampling.family_call_kwargs`` is the caller). A family registered
+with ``harmonica.register_family`` gets the harness by registering its function under the family's name::
 
     register_call_kwargs("my-family", text_call_kwargs)
+
+Image-to-video (the ``wan-i2v`` family) has none: the harness draws prompts, and such a pipeline needs an image
+per sample.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ class CogVideoXDenoiser(BatchedCFGMixin, PromptsMixin, Denoiser):
         self.width = width or config.sample_width * pipe.vae_scale_factor_spatial
         num_frames = num_frames or 49
         latent_frames = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
-        if config.patch_size_t is not None and latent_frames % config.patch_size_t:  # CogVideoX 1.5 pads, as the pipeline
+        if config.patch_size_t is not None and latent_frames % config.patch_size_t:  # CogVideoX 1.5 pads, as its pipe
             num_frames += (config.patch_size_t - latent_frames % config.patch_size_t) * pipe.vae_scale_factor_temporal
         self.num_frames = num_frames
         self.max_sequence_length = max_sequence_length

@@ -29,8 +29,9 @@ class LTXDenoiser(BatchedCFGMixin, PromptsMixin, Denoiser):
 
         frames, h, w = self.latent_size
         config = scheduler.config
-        mu = calculate_shift(frames * h * w, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        mu = calculate_shift(frames * h * w, config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                             config.get("max_shift", 1.15))
         retrieve_timesteps(scheduler, num_steps, self.device, sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
 
     def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:
