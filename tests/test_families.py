@@ -47,7 +47,10 @@ CASES = {
                           {"cfg": (wan_call_kwargs(num_inference_steps=5), 2)}),
     # Wan 2.2 TI2V-5B-like: per-token timesteps (expand_timesteps=True), 48-channel VAE
     "wan22-ti2v": (lambda: tiny_wan_pipeline(ti2v=True), {"no-cfg": (wan_call_kwargs(guidance_scale=1.0), 1)}),
-    "qwenimage": (tiny_qwenimage_pipeline, {"true-cfg": (qwenimage_call_kwargs(true_cfg=True), 2),
+    # 160 tokens: the prompt template's first 34 tokens are dropped, and the tiny byte-level tokenizer spends 162
+    # on the template: with fewer, every prompt (and the negative one) embeds the same and true CFG's two
+    # contexts cannot be told apart (test_cfg_contexts_keep_their_own_caches)
+    "qwenimage": (tiny_qwenimage_pipeline, {"true-cfg": (qwenimage_call_kwargs(max_sequence_length=160), 2),
                                             "no-cfg": (qwenimage_call_kwargs(true_cfg=False), 1)}),
     # Wan 2.1 I2V: the first frame's latents beside the noise, a CLIP image embedding in every attn2
     "wan-i2v": (tiny_wan_i2v_pipeline, {"cfg": (wan_i2v_call_kwargs(), 2),
@@ -124,11 +127,11 @@ def test_all_compute_router_is_exact(family_paths, name, variant):
     assert harmonica.stats(pipe).cache_usage == 0.0
 
 
-def reference_images(pipe, kwargs, schedule, forwards_per_step, fills: set | None = None):
+def reference_images(pipe, kwargs, schedule, forwards_per_step, fills: set | None = None, shared: bool = False):
     """The same schedule applied by patched branch-module forwards: step = forward count // forwards per
-    step, one cache per guidance branch (forward count % forwards per step) and per transformer; a
-    transformer computes everything at the first step it runs (Wan 2.2: the expert taking over refills);
-    those steps are added to ``fills``."""
+    step, one cache per guidance branch (forward count % forwards per step; ``shared``: one for all, the
+    mistake of a cache that ignores the cache context) and per transformer; a transformer computes everything
+    at the first step it runs (Wan 2.2: the expert taking over refills); those steps are added to ``fills``."""
     counter = {"n": -1}
     first_step = {}
     cache = {}
@@ -146,6 +149,7 @@ def reference_images(pipe, kwargs, schedule, forwards_per_step, fills: set | Non
 
                 def forward(*args, _original=original, _slot=slot, _e=expert, **kw):
                     step, branch = divmod(counter["n"], forwards_per_step)
+                    branch = 0 if shared else branch
                     if step == first_step[_e] or schedule[step][_slot]:
                         cache[_e, branch, _slot] = _original(*args, **kw)
                     return cache[_e, branch, _slot]
@@ -179,6 +183,27 @@ def test_matches_hand_written_reference_cache(family_paths, name, variant, fused
     reused = sum(not c for step, row in enumerate(schedule) if step not in fills for c in row)
     assert harmonica.stats(pipe).cache_usage == pytest.approx(reused / (len(schedule) * len(schedule[0])))
     assert len(fills) == len(transformers_of(pipe))
+
+
+SAME_LENGTH_NEGATIVES = {"qwenimage": {"negative_prompt": ["a small square", "a big green square small"]}}
+
+
+@pytest.mark.parametrize("name, variant", [(n, v) for n, v in VARIANTS if CASES[n][1][v][1] == 2])
+def test_cfg_contexts_keep_their_own_caches(family_paths, name, variant):
+    """Guidance as two forwards per step (cond, uncond): each keeps its own cache. The tiny model tells the two
+    apart: a reference whose contexts share one cache gives other images than the per-context one harmonica
+    matches (test_matches_hand_written_reference_cache), so that match proves the isolation."""
+    kwargs, forwards = CASES[name][1][variant]
+    # the tiny VAEs' decoding can hide a small difference; Qwen-Image cuts the text to the batch's longest prompt:
+    # negative prompts as long as the prompts, so that a shared cache would fit both contexts
+    kwargs = {**kwargs, "output_type": "latent", **SAME_LENGTH_NEGATIVES.get(name, {})}
+    path = family_paths(name)
+    pipe = load(path)
+    router = mixed_router(pipe, steps_of(kwargs))
+    harmonica.enable(pipe, router)
+    got = run(pipe, kwargs)
+    assert torch.equal(got, reference_images(load(path), kwargs, router.schedule(), forwards))
+    assert not torch.equal(got, reference_images(load(path), kwargs, router.schedule(), forwards, shared=True))
 
 
 @pytest.mark.parametrize("fused", [True, False])
