@@ -55,13 +55,16 @@ CASES = {
     # Wan 2.1 I2V: the first frame's latents beside the noise, a CLIP image embedding in every attn2
     "wan-i2v": (tiny_wan_i2v_pipeline, {"cfg": (wan_i2v_call_kwargs(), 2),
                                         "no-cfg": (wan_i2v_call_kwargs(guidance_scale=1.0), 1)}),
+    # Wan 2.2 TI2V-5B-like image-to-video: per-token timesteps, 0 on the given first frame
+    "wan22-ti2v-i2v": (lambda: tiny_wan_i2v_pipeline(ti2v=True),
+                       {"cfg": (wan_i2v_call_kwargs(max_sequence_length=8), 2)}),
     "hunyuan-video": (tiny_hunyuan_video_pipeline, {"guidance-embedding": (hunyuan_video_call_kwargs(), 1),
                                                     "true-cfg": (hunyuan_video_call_kwargs(true_cfg=True), 2)}),
     "ltx": (tiny_ltx_pipeline, {"cfg": (ltx_call_kwargs(), 1), "no-cfg": (ltx_call_kwargs(guidance_scale=1.0), 1)}),
     "cogvideox": (tiny_cogvideox_pipeline, {"cfg": (cogvideox_call_kwargs(), 1),
                                             "no-cfg": (cogvideox_call_kwargs(guidance_scale=1.0), 1)}),
 }
-NEEDS = {"wan-i2v": "ftfy"}  # WanImageToVideoPipeline cleans prompts with ftfy (the test extra installs it)
+NEEDS = {"wan-i2v": "ftfy", "wan22-ti2v-i2v": "ftfy"}  # WanImageToVideoPipeline cleans prompts with ftfy (the test extra installs it)
 VARIANTS = [(name, variant) for name, (_, variants) in CASES.items() for variant in variants]
 
 
@@ -371,6 +374,7 @@ def test_denoiser_steps_reproduce_the_pipeline(family_paths, name):
     with torch.no_grad():
         for t in sched.timesteps:
             x = sched.step(denoiser.guided(denoiser.forward(x, t, cond)), t, x).prev_sample
+    x = denoiser.final(x, cond)
     call = {**kwargs, "prompt": [prompt], "latents": noise.clone(), "output_type": "latent"}
     if "negative_prompt" in call:
         call["negative_prompt"] = call["negative_prompt"][:1]

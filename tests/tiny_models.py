@@ -352,12 +352,19 @@ def tiny_clip_vision(hidden: int = 32, image_size: int = 32):
     return processor, CLIPVisionModel(config).eval()
 
 
-def tiny_wan_i2v_pipeline():
+def tiny_wan_i2v_pipeline(ti2v: bool = False):
     """Wan 2.1 I2V: a CLIP image embedding attended by every block's attn2 (``add_k_proj`` / ``add_v_proj``), and
-    the first frame's latents (with a 4-channel frame mask) concatenated to the noise: 16 + 4 + 16 input channels."""
+    the first frame's latents (with a 4-channel frame mask) concatenated to the noise: 16 + 4 + 16 input channels.
+    ``ti2v``: Wan 2.2 TI2V-5B-like (``expand_timesteps``): no image encoder, the first frame's latents written over
+    the first latent frame, whose per-token timestep is 0."""
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
 
     tokenizer, text_encoder = tiny_t5(umt5=True)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    if ti2v:
+        return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_wan_vae(ti2v=True),
+                                       transformer=tiny_wan_transformer(48), scheduler=scheduler,
+                                       expand_timesteps=True)
     image_processor, image_encoder = tiny_clip_vision()
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
@@ -365,7 +372,6 @@ def tiny_wan_i2v_pipeline():
                                         num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                                         rope_max_seq_len=32, image_dim=32, added_kv_proj_dim=16).eval()
     randomize_zero_init(transformer)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_wan_vae(),
                                    transformer=transformer, scheduler=scheduler, image_processor=image_processor,
                                    image_encoder=image_encoder)

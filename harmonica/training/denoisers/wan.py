@@ -150,3 +150,9 @@ class WanI2VDenoiser(WanDenoiser):
 
     def extra_inputs(self, cond: dict) -> dict:
         return {"encoder_hidden_states_image": cond["image_embeds"]}
+
+    def final(self, x: torch.Tensor, cond: dict) -> torch.Tensor:
+        if not self.pipe.config.expand_timesteps:
+            return x
+        mask = cond["first_frame_mask"]  # the pipeline writes the given first frame back over the denoised one
+        return (1 - mask) * cond["condition"] + mask * x
