@@ -382,6 +382,31 @@ def test_denoiser_steps_reproduce_the_pipeline(family_paths, name):
     assert torch.equal(x, expected.to(x.dtype)), (x - expected).abs().max()
 
 
+def test_cogvideox_dpm_scheduler_serves_inference_and_training_refuses_it(family_paths, tmp_path):
+    """CogVideoX-5B samples with CogVideoXDPMScheduler (a two-step solver): the cache follows its loop (an
+    all-compute router is exact, a static one reuses every other step); router training, which steps a scheduler
+    as step(output, t, latents), refuses it and names the way out."""
+    from diffusers import CogVideoXDPMScheduler
+
+    from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+
+    kwargs, _ = CASES["cogvideox"][1]["cfg"]
+    path = family_paths("cogvideox")
+    pipe = load(path)
+    pipe.scheduler = CogVideoXDPMScheduler.from_config(pipe.scheduler.config)
+    expected = run(pipe, kwargs)
+    harmonica.enable(pipe, HarmoniCaRouter.for_layout(harmonica.describe(pipe), steps_of(kwargs), init="compute"))
+    assert torch.equal(run(pipe, kwargs), expected)
+    harmonica.disable(pipe)
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), steps_of(kwargs), compute_every=2))
+    run(pipe, kwargs)
+    assert harmonica.stats(pipe).cache_usage == 0.5
+    config = RouterTrainingConfig(num_steps=steps_of(kwargs), output_dir=str(tmp_path), prompts=["a red circle"],
+                                  scheduler="CogVideoXDPMScheduler", **_sizes(kwargs))
+    with pytest.raises(ValueError, match="train with --scheduler CogVideoXDDIMScheduler"):
+        RouterTrainer(load(path), config, Accelerator(cpu=True))
+
+
 def _sizes(kwargs, folder: Path | None = None) -> dict:
     """The call's sizes as router training options; an image-to-video call's image as ``images`` (a file in
     ``folder`` for a training config, else the image itself for a denoiser)."""

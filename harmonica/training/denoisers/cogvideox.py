@@ -25,12 +25,17 @@ class CogVideoXDenoiser(BatchedCFGMixin, PromptsMixin, Denoiser):
             num_frames += (config.patch_size_t - latent_frames % config.patch_size_t) * pipe.vae_scale_factor_temporal
         self.num_frames = num_frames
         self.max_sequence_length = max_sequence_length
+        self._check(pipe.scheduler)
 
-    def set_timesteps(self, scheduler, num_steps: int) -> None:
+    @staticmethod
+    def _check(scheduler) -> None:
         if type(scheduler).__name__ == "CogVideoXDPMScheduler":
             raise ValueError("router training steps the scheduler as step(output, t, latents); CogVideoXDPMScheduler "
                              "(CogVideoX-5B's) also takes the previous step's prediction: train with --scheduler "
                              "CogVideoXDDIMScheduler and sample with that scheduler")
+
+    def set_timesteps(self, scheduler, num_steps: int) -> None:
+        self._check(scheduler)
         scheduler.set_timesteps(num_steps, device=self.device)
 
     def _dtype(self) -> torch.dtype:
