@@ -56,5 +56,6 @@ WAN_I2V = Family(
     kinds=(WAN_BLOCK,),
     transformers=("transformer", "transformer_2"),
     notes="video from an image; attn2 also attends to the CLIP image embedding (one branch); cond and uncond "
-          "forwards under cache contexts, the step found from the scheduler's timesteps; Wan 2.2 experts as in 'wan'",
+          "forwards under cache contexts, the step found from the scheduler's timesteps; Wan 2.2 experts as in 'wan'; "
+          "router training draws first frames from images; no harness call arguments (it draws prompts only)",
 )
