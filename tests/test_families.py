@@ -382,6 +382,27 @@ def test_denoiser_steps_reproduce_the_pipeline(family_paths, name):
     assert torch.equal(x, expected.to(x.dtype)), (x - expected).abs().max()
 
 
+@pytest.mark.parametrize("name", ["hunyuan-video", "ltx", "cogvideox", "wan-i2v"])
+def test_harness_call_arguments_of_the_video_families(family_paths, name):
+    """The evaluation harness's call arguments (registered by family name) run each video pipeline on its prompts
+    and sizes; image-to-video has none (the harness draws prompts only) and says so."""
+    from harmonica_bench.evaluation.sampling import SamplingSetup
+
+    kwargs, _ = next(iter(CASES[name][1].values()))
+    pipe = load(family_paths(name))
+    setup = SamplingSetup(num_inference_steps=2, guidance_scale=kwargs["guidance_scale"], batch_size=2,
+                          prompts=["a red circle", "a blue star"], height=kwargs["height"], width=kwargs["width"],
+                          max_sequence_length=kwargs["max_sequence_length"])
+    if name == "wan-i2v":
+        with pytest.raises(ValueError, match="no call arguments for the 'wan-i2v' family"):
+            setup.call_kwargs(pipe, [0, 1])
+        return
+    call = setup.call_kwargs(pipe, [0, 1], {"num_frames": kwargs["num_frames"]})
+    assert call["prompt"] == ["a red circle", "a blue star"] and "negative_prompt" not in call
+    frames = pipe(**call).frames
+    assert frames.shape[:2] == (2, kwargs["num_frames"]) and frames.shape[-2:] == (kwargs["height"], kwargs["width"])
+
+
 def test_cogvideox_dpm_scheduler_serves_inference_and_training_refuses_it(family_paths, tmp_path):
     """CogVideoX-5B samples with CogVideoXDPMScheduler (a two-step solver): the cache follows its loop (an
     all-compute router is exact, a static one reuses every other step); router training, which steps a scheduler
