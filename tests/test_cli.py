@@ -184,7 +184,8 @@ def test_recipe_names_and_relative_paths(tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv, expected", [
     (["--pipeline", "/nowhere/pipeline"], "error: pipeline /nowhere/pipeline: no such folder (nor a hub id, org/name)"),
     (["--pipeline", "../pipeline"], "error: pipeline ../pipeline: no such folder"),
-    (["--recipe", "no-such-recipe"], "error: recipe no-such-recipe: no such file (shipped recipes: dit-xl-2-256, "),
+    (["--recipe", "no-such-recipe"],
+     "error: recipe no-such-recipe: no such file (shipped recipes: cogvideox-2b, dit-xl-2-256, "),
 ])
 def test_missing_pipeline_or_recipe_is_one_line(argv, expected, tmp_path, monkeypatch, capsys, no_pipeline_loading):
     from harmonica.training import cli

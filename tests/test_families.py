@@ -8,6 +8,7 @@ hold only settings train_router.py reads."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,11 @@ import torch
 from conftest import one_thread_for_tiny_models
 from accelerate import Accelerator
 from diffusers import DiffusionPipeline
-from tiny_models import (flux_call_kwargs, qwenimage_call_kwargs, sana_call_kwargs, sd3_call_kwargs, tiny_flux_pipeline,
-                         tiny_qwenimage_pipeline, tiny_sana_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline,
-                         wan_call_kwargs)
+from tiny_models import (cogvideox_call_kwargs, flux_call_kwargs, hunyuan_video_call_kwargs, ltx_call_kwargs,
+                         qwenimage_call_kwargs, sana_call_kwargs, sd3_call_kwargs, tiny_cogvideox_pipeline,
+                         tiny_flux_pipeline, tiny_hunyuan_video_pipeline, tiny_ltx_pipeline, tiny_qwenimage_pipeline,
+                         tiny_sana_pipeline, tiny_sd3_pipeline, tiny_wan_i2v_pipeline, tiny_wan_pipeline,
+                         wan_call_kwargs, wan_i2v_call_kwargs)
 
 import harmonica
 from harmonica import HarmoniCaRouter, RouterError
@@ -44,9 +47,24 @@ CASES = {
                           {"cfg": (wan_call_kwargs(num_inference_steps=5), 2)}),
     # Wan 2.2 TI2V-5B-like: per-token timesteps (expand_timesteps=True), 48-channel VAE
     "wan22-ti2v": (lambda: tiny_wan_pipeline(ti2v=True), {"no-cfg": (wan_call_kwargs(guidance_scale=1.0), 1)}),
-    "qwenimage": (tiny_qwenimage_pipeline, {"true-cfg": (qwenimage_call_kwargs(true_cfg=True), 2),
+    # 160 tokens: the prompt template's first 34 tokens are dropped, and the tiny byte-level tokenizer spends 162
+    # on the template: with fewer, every prompt (and the negative one) embeds the same and true CFG's two
+    # contexts cannot be told apart (test_cfg_contexts_keep_their_own_caches)
+    "qwenimage": (tiny_qwenimage_pipeline, {"true-cfg": (qwenimage_call_kwargs(max_sequence_length=160), 2),
                                             "no-cfg": (qwenimage_call_kwargs(true_cfg=False), 1)}),
+    # Wan 2.1 I2V: the first frame's latents beside the noise, a CLIP image embedding in every attn2
+    "wan-i2v": (tiny_wan_i2v_pipeline, {"cfg": (wan_i2v_call_kwargs(), 2),
+                                        "no-cfg": (wan_i2v_call_kwargs(guidance_scale=1.0), 1)}),
+    # Wan 2.2 TI2V-5B-like image-to-video: per-token timesteps, 0 on the given first frame
+    "wan22-ti2v-i2v": (lambda: tiny_wan_i2v_pipeline(ti2v=True),
+                       {"cfg": (wan_i2v_call_kwargs(max_sequence_length=8), 2)}),
+    "hunyuan-video": (tiny_hunyuan_video_pipeline, {"guidance-embedding": (hunyuan_video_call_kwargs(), 1),
+                                                    "true-cfg": (hunyuan_video_call_kwargs(true_cfg=True), 2)}),
+    "ltx": (tiny_ltx_pipeline, {"cfg": (ltx_call_kwargs(), 1), "no-cfg": (ltx_call_kwargs(guidance_scale=1.0), 1)}),
+    "cogvideox": (tiny_cogvideox_pipeline, {"cfg": (cogvideox_call_kwargs(), 1),
+                                            "no-cfg": (cogvideox_call_kwargs(guidance_scale=1.0), 1)}),
 }
+NEEDS = {"wan-i2v": "ftfy", "wan22-ti2v-i2v": "ftfy"}  # WanImageToVideoPipeline cleans prompts with ftfy (the test extra installs it)
 VARIANTS = [(name, variant) for name, (_, variants) in CASES.items() for variant in variants]
 
 
@@ -58,6 +76,8 @@ def family_paths(tmp_path_factory):
     paths = {}
 
     def path(name):
+        if name in NEEDS:
+            pytest.importorskip(NEEDS[name], reason=f"{name} needs {NEEDS[name]}: pip install -e .[test]")
         if name not in paths:
             paths[name] = tmp_path_factory.mktemp(name)
             CASES[name][0]().save_pretrained(paths[name])
@@ -110,11 +130,11 @@ def test_all_compute_router_is_exact(family_paths, name, variant):
     assert harmonica.stats(pipe).cache_usage == 0.0
 
 
-def reference_images(pipe, kwargs, schedule, forwards_per_step, fills: set | None = None):
+def reference_images(pipe, kwargs, schedule, forwards_per_step, fills: set | None = None, shared: bool = False):
     """The same schedule applied by patched branch-module forwards: step = forward count // forwards per
-    step, one cache per guidance branch (forward count % forwards per step) and per transformer; a
-    transformer computes everything at the first step it runs (Wan 2.2: the expert taking over refills);
-    those steps are added to ``fills``."""
+    step, one cache per guidance branch (forward count % forwards per step; ``shared``: one for all, the
+    mistake of a cache that ignores the cache context) and per transformer; a transformer computes everything
+    at the first step it runs (Wan 2.2: the expert taking over refills); those steps are added to ``fills``."""
     counter = {"n": -1}
     first_step = {}
     cache = {}
@@ -132,6 +152,7 @@ def reference_images(pipe, kwargs, schedule, forwards_per_step, fills: set | Non
 
                 def forward(*args, _original=original, _slot=slot, _e=expert, **kw):
                     step, branch = divmod(counter["n"], forwards_per_step)
+                    branch = 0 if shared else branch
                     if step == first_step[_e] or schedule[step][_slot]:
                         cache[_e, branch, _slot] = _original(*args, **kw)
                     return cache[_e, branch, _slot]
@@ -165,6 +186,27 @@ def test_matches_hand_written_reference_cache(family_paths, name, variant, fused
     reused = sum(not c for step, row in enumerate(schedule) if step not in fills for c in row)
     assert harmonica.stats(pipe).cache_usage == pytest.approx(reused / (len(schedule) * len(schedule[0])))
     assert len(fills) == len(transformers_of(pipe))
+
+
+SAME_LENGTH_NEGATIVES = {"qwenimage": {"negative_prompt": ["a small square", "a big green square small"]}}
+
+
+@pytest.mark.parametrize("name, variant", [(n, v) for n, v in VARIANTS if CASES[n][1][v][1] == 2])
+def test_cfg_contexts_keep_their_own_caches(family_paths, name, variant):
+    """Guidance as two forwards per step (cond, uncond): each keeps its own cache. The tiny model tells the two
+    apart: a reference whose contexts share one cache gives other images than the per-context one harmonica
+    matches (test_matches_hand_written_reference_cache), so that match proves the isolation."""
+    kwargs, forwards = CASES[name][1][variant]
+    # the tiny VAEs' decoding can hide a small difference; Qwen-Image cuts the text to the batch's longest prompt:
+    # negative prompts as long as the prompts, so that a shared cache would fit both contexts
+    kwargs = {**kwargs, "output_type": "latent", **SAME_LENGTH_NEGATIVES.get(name, {})}
+    path = family_paths(name)
+    pipe = load(path)
+    router = mixed_router(pipe, steps_of(kwargs))
+    harmonica.enable(pipe, router)
+    got = run(pipe, kwargs)
+    assert torch.equal(got, reference_images(load(path), kwargs, router.schedule(), forwards))
+    assert not torch.equal(got, reference_images(load(path), kwargs, router.schedule(), forwards, shared=True))
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -238,26 +280,48 @@ def test_router_training_runs(family_paths, name, tmp_path):
 
     kwargs, _ = next(iter(CASES[name][1].values()))
     pipe = load(family_paths(name))
-    if len(transformers_of(pipe)) > 1:  # Wan 2.2 A14B: training drives one expert and says so
-        config = RouterTrainingConfig(num_steps=steps_of(kwargs), output_dir=str(tmp_path), prompts=["a red circle"])
-        with pytest.raises(ValueError, match="router training drives one transformer"):
-            RouterTrainer(pipe, config, Accelerator(cpu=True))
-        return
     config = RouterTrainingConfig(num_steps=steps_of(kwargs), trajectories=2, batch_size=2, lambda_every=3,
                                   lambda_samples=2, output_dir=str(tmp_path), prompts=["a red circle", "a blue star"],
                                   guidance_scale=kwargs.get("true_cfg_scale", kwargs.get("guidance_scale", 1.0)),
-                                  target_usage=0.4, init="random", **_sizes(kwargs))
+                                  target_usage=0.4, init="random", **_sizes(kwargs, tmp_path))
     trainer = RouterTrainer(pipe, config, Accelerator(cpu=True))
     summary = trainer.train()
-    assert summary["iterations"] == 2 * (steps_of(kwargs) - 1)
+    # Wan 2.2 A14B: the step at which the second expert takes over fills its cache (as at inference): no update
+    assert summary["iterations"] == 2 * (steps_of(kwargs) - len(transformers_of(pipe)))
     router = HarmoniCaRouter.from_pretrained(tmp_path / "router")
     assert abs(router.cache_usage() - 0.4) <= 0.05
-    harmonica.enable(pipe, router)
+    experts = [name for name, _ in pipeline_transformers(pipe, family_for(pipe))][1:]
+    assert sorted(router.training_info.get("expert_weights", {})) == experts  # Wan 2.2 A14B: transformer_2's
+    with warnings.catch_warnings():  # the weights it was trained on, every expert's own
+        warnings.filterwarnings("error", message="this router was trained on other transformer weights")
+        harmonica.enable(pipe, router)
     images = run(pipe, kwargs)
     assert torch.isfinite(images).all()
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if n != "wan22-two-experts"])
+def test_two_expert_training_fills_the_expert_taking_over(family_paths, tmp_path):
+    """Wan 2.2 A14B: one router, each expert driven with its own caches; the step at which transformer_2 takes over
+    fills them (inference computes everything there too) and trains nothing; the first expert's are dropped."""
+    from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+
+    kwargs, _ = next(iter(CASES["wan22-two-experts"][1].values()))
+    pipe = load(family_paths("wan22-two-experts"))
+    config = RouterTrainingConfig(num_steps=steps_of(kwargs), trajectories=1, batch_size=1, output_dir=str(tmp_path),
+                                  prompts=["a red circle"], guidance_scale=kwargs["guidance_scale"], target_usage=0.4,
+                                  **_sizes(kwargs))
+    trainer = RouterTrainer(pipe, config, Accelerator(cpu=True))
+    experts = []
+    for index, (transformer, _) in enumerate(transformers_of(pipe)):
+        transformer.register_forward_pre_hook(lambda *_, _i=index: experts.append((_i, trainer.cache.mode)))
+    rows = trainer.sdt_trajectory(0)
+    assert [row["step"] for row in rows] == [1, 2, 4]  # transformer_2 from step 3 (t = 667 < 0.8 * 1000)
+    # the student's forwards (cond, uncond): expert 0 fills and mixes, expert 1 runs from step 3
+    students = [e for e, mode in experts if mode != "off"]
+    assert students == [0] * 6 + [1] * 4
+    assert sorted(trainer.cache.states) == [(1, "cond"), (1, "uncond")]
+
+
+@pytest.mark.parametrize("name", list(CASES))
 def test_gradient_checkpointing_gives_the_plain_gradients(family_paths, name, tmp_path, monkeypatch):
     """Per-block gradient checkpointing of the student (history 3: forecasts), on every family's blocks and branch
     outputs: every step's router gradients and the caches after the trajectory are the plain backward's."""
@@ -274,20 +338,21 @@ def test_gradient_checkpointing_gives_the_plain_gradients(family_paths, name, tm
                                       output_dir=str(tmp_path / str(checkpointing)), prompts=["a red circle"],
                                       guidance_scale=kwargs.get("true_cfg_scale", kwargs.get("guidance_scale", 1.0)),
                                       target_usage=0.4, init="random", gradient_checkpointing=checkpointing,
-                                      **_sizes(kwargs))
+                                      **_sizes(kwargs, tmp_path))
         trainer = RouterTrainer(load(family_paths(name)), config, Accelerator(cpu=True))
         grads = recording_gradients(trainer)
         trainer.sdt_trajectory(0)
         runs.append((grads, trainer.cache.snapshot()))
     (plain, plain_cache), (checkpointed, checkpointed_cache) = runs
-    assert len(plain) == len(checkpointed) == steps_of(kwargs) - 1
+    experts = transformers_of(load(family_paths(name)))
+    mixed = steps_of(kwargs) - len(experts)  # Wan 2.2 A14B: the second expert's first step fills its cache
+    assert len(plain) == len(checkpointed) == mixed
     for a, b in zip(plain, checkpointed):
         for x, y in zip(a, b):
             assert torch.allclose(x, y, rtol=1e-5, atol=1e-6 * x.abs().max().item())
     assert same_cache(plain_cache, checkpointed_cache)
     # every block of every student forward was checkpointed, read the cache and was recomputed
-    blocks = sum(len(b) for _, b in transformers_of(load(family_paths(name))))
-    assert len(regions) == (steps_of(kwargs) - 1) * forwards * blocks and all(r.reads and r.replaying for r in regions)
+    assert len(regions) == mixed * forwards * len(experts[0][1]) and all(r.reads and r.replaying for r in regions)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -309,6 +374,7 @@ def test_denoiser_steps_reproduce_the_pipeline(family_paths, name):
     with torch.no_grad():
         for t in sched.timesteps:
             x = sched.step(denoiser.guided(denoiser.forward(x, t, cond)), t, x).prev_sample
+    x = denoiser.final(x, cond)
     call = {**kwargs, "prompt": [prompt], "latents": noise.clone(), "output_type": "latent"}
     if "negative_prompt" in call:
         call["negative_prompt"] = call["negative_prompt"][:1]
@@ -316,8 +382,61 @@ def test_denoiser_steps_reproduce_the_pipeline(family_paths, name):
     assert torch.equal(x, expected.to(x.dtype)), (x - expected).abs().max()
 
 
-def _sizes(kwargs) -> dict:
-    return {k: kwargs[k] for k in ("height", "width", "max_sequence_length", "num_frames") if k in kwargs}
+@pytest.mark.parametrize("name", ["hunyuan-video", "ltx", "cogvideox", "wan-i2v"])
+def test_harness_call_arguments_of_the_video_families(family_paths, name):
+    """The evaluation harness's call arguments (registered by family name) run each video pipeline on its prompts
+    and sizes; image-to-video has none (the harness draws prompts only) and says so."""
+    from harmonica_bench.evaluation.sampling import SamplingSetup
+
+    kwargs, _ = next(iter(CASES[name][1].values()))
+    pipe = load(family_paths(name))
+    setup = SamplingSetup(num_inference_steps=2, guidance_scale=kwargs["guidance_scale"], batch_size=2,
+                          prompts=["a red circle", "a blue star"], height=kwargs["height"], width=kwargs["width"],
+                          max_sequence_length=kwargs["max_sequence_length"])
+    if name == "wan-i2v":
+        with pytest.raises(ValueError, match="no call arguments for the 'wan-i2v' family"):
+            setup.call_kwargs(pipe, [0, 1])
+        return
+    call = setup.call_kwargs(pipe, [0, 1], {"num_frames": kwargs["num_frames"]})
+    assert call["prompt"] == ["a red circle", "a blue star"] and "negative_prompt" not in call
+    frames = pipe(**call).frames
+    assert frames.shape[:2] == (2, kwargs["num_frames"]) and frames.shape[-2:] == (kwargs["height"], kwargs["width"])
+
+
+def test_cogvideox_dpm_scheduler_serves_inference_and_training_refuses_it(family_paths, tmp_path):
+    """CogVideoX-5B samples with CogVideoXDPMScheduler (a two-step solver): the cache follows its loop (an
+    all-compute router is exact, a static one reuses every other step); router training, which steps a scheduler
+    as step(output, t, latents), refuses it and names the way out."""
+    from diffusers import CogVideoXDPMScheduler
+
+    from harmonica.training.router_training import RouterTrainer, RouterTrainingConfig
+
+    kwargs, _ = CASES["cogvideox"][1]["cfg"]
+    path = family_paths("cogvideox")
+    pipe = load(path)
+    pipe.scheduler = CogVideoXDPMScheduler.from_config(pipe.scheduler.config)
+    expected = run(pipe, kwargs)
+    harmonica.enable(pipe, HarmoniCaRouter.for_layout(harmonica.describe(pipe), steps_of(kwargs), init="compute"))
+    assert torch.equal(run(pipe, kwargs), expected)
+    harmonica.disable(pipe)
+    harmonica.enable(pipe, HarmoniCaRouter.static(harmonica.describe(pipe), steps_of(kwargs), compute_every=2))
+    run(pipe, kwargs)
+    assert harmonica.stats(pipe).cache_usage == 0.5
+    config = RouterTrainingConfig(num_steps=steps_of(kwargs), output_dir=str(tmp_path), prompts=["a red circle"],
+                                  scheduler="CogVideoXDPMScheduler", **_sizes(kwargs))
+    with pytest.raises(ValueError, match="train with --scheduler CogVideoXDDIMScheduler"):
+        RouterTrainer(load(path), config, Accelerator(cpu=True))
+
+
+def _sizes(kwargs, folder: Path | None = None) -> dict:
+    """The call's sizes as router training options; an image-to-video call's image as ``images`` (a file in
+    ``folder`` for a training config, else the image itself for a denoiser)."""
+    sizes = {k: kwargs[k] for k in ("height", "width", "max_sequence_length", "num_frames") if k in kwargs}
+    if "image" in kwargs:
+        if folder is not None:
+            kwargs["image"].save(folder / "first-frame.png")
+        sizes["images"] = [str(folder / "first-frame.png") if folder is not None else kwargs["image"]]
+    return sizes
 
 
 # --------------------------------------------------------------------------------- recipes

@@ -345,6 +345,20 @@ def test_forecast_router_trains_scores_and_coefficients(dit_path, tmp_path):
     assert not torch.equal(saved.coefficients, start)
 
 
+def test_a_fill_starts_the_cache_afresh(dit_path, tmp_path):
+    """A trajectory's first step fills the student's cache from nothing, as a pipeline call's first step does: with
+    history 3 no output of the trajectory before is kept, which a forecast at step 1 would combine (and whose
+    shapes may differ: Qwen-Image cuts prompts to the batch's longest)."""
+    trainer = make_trainer(dit_path, tmp_path, history=3, init="static:2", target_usage=0.4, trajectories=2)
+    trainer.sdt_trajectory(0)
+    assert any(len(h) > 1 for state in trainer.cache.snapshot().values() for h in state.values())
+    timesteps = trainer._timesteps()
+    x, cond = trainer._trajectory_inputs(1)
+    trainer._fill(x, timesteps[0], 0, cond)
+    snapshot = trainer.cache.snapshot()
+    assert snapshot and all(len(h) == 1 for state in snapshot.values() for h in state.values())
+
+
 def test_reuse_router_keeps_its_coefficients(dit_path, tmp_path):
     trainer = make_trainer(dit_path, tmp_path, trajectories=1)
     trainer.train()

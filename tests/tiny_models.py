@@ -337,3 +337,167 @@ def qwenimage_call_kwargs(true_cfg: bool = True, **extra):
         kw.update(negative_prompt=[" ", " "], true_cfg_scale=4.0)
     kw.update(extra)
     return kw
+
+
+# ----------------------------------------------------------------------------------- video
+def tiny_clip_vision(hidden: int = 32, image_size: int = 32):
+    """A tiny CLIP image processor (32x32 crops) and a 2-layer random CLIP vision encoder (Wan 2.1 I2V)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                   crop_size={"height": image_size, "width": image_size})
+    config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, projection_dim=hidden,
+                              num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=8)
+    torch.manual_seed(5)
+    return processor, CLIPVisionModel(config).eval()
+
+
+def tiny_wan_i2v_pipeline(ti2v: bool = False):
+    """Wan 2.1 I2V: a CLIP image embedding attended by every block's attn2 (``add_k_proj`` / ``add_v_proj``), and
+    the first frame's latents (with a 4-channel frame mask) concatenated to the noise: 16 + 4 + 16 input channels.
+    ``ti2v``: Wan 2.2 TI2V-5B-like (``expand_timesteps``): no image encoder, the first frame's latents written over
+    the first latent frame, whose per-token timestep is 0."""
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+
+    tokenizer, text_encoder = tiny_t5(umt5=True)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    if ti2v:
+        return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_wan_vae(ti2v=True),
+                                       transformer=tiny_wan_transformer(48), scheduler=scheduler,
+                                       expand_timesteps=True)
+    image_processor, image_encoder = tiny_clip_vision()
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
+                                        in_channels=36, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32, image_dim=32, added_kv_proj_dim=16).eval()
+    randomize_zero_init(transformer)
+    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_wan_vae(),
+                                   transformer=transformer, scheduler=scheduler, image_processor=image_processor,
+                                   image_encoder=image_encoder)
+
+
+def tiny_image(seed: int = 0, size: int = 32):
+    """A random RGB image (PIL) to condition image-to-video pipelines on."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    pixels = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(pixels)
+
+
+def wan_i2v_call_kwargs(**extra):
+    """Wan 2.1 I2V splits attn2's context at a hard-coded 512 text tokens: max_sequence_length must be 512."""
+    kw = wan_call_kwargs(image=tiny_image(), max_sequence_length=512)
+    kw.update(extra)
+    return kw
+
+
+def tiny_llama(hidden: int = 16):
+    """A byte-level Llama tokenizer built in memory and a 2-layer random Llama encoder (HunyuanVideo). The
+    pipeline's prompt template crops its first 95 tokens (the real tokenizer's template prefix): with this
+    tokenizer they are template characters, and the prompt reaches the transformer through CLIP's pooled
+    embedding."""
+    from tokenizers import pre_tokenizers
+    from transformers import LlamaConfig, LlamaModel, LlamaTokenizer
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=[], pad_token="<pad>")
+    torch.manual_seed(6)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         max_position_embeddings=512)
+    return tokenizer, LlamaModel(config).eval()
+
+
+def tiny_hunyuan_video_pipeline(num_layers: int = 2, num_single_layers: int = 2):
+    """HunyuanVideo: dual-stream blocks then single-stream blocks (like Flux), guidance-distilled (guidance
+    embedding), a token refiner on the Llama prompt embeddings."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+
+    tokenizer, text_encoder = tiny_llama()
+    tokenizer_2, text_encoder_2 = tiny_clip(hidden=16, projection=16)
+    torch.manual_seed(0)
+    transformer = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2,
+                                                 attention_head_dim=8, num_layers=num_layers,
+                                                 num_single_layers=num_single_layers, num_refiner_layers=1,
+                                                 patch_size=1, patch_size_t=1, guidance_embeds=True,
+                                                 text_embed_dim=16, pooled_projection_dim=16,
+                                                 rope_axes_dim=(2, 2, 4)).eval()
+    randomize_zero_init(transformer)
+    torch.manual_seed(0)
+    vae = AutoencoderKLHunyuanVideo(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                    norm_num_groups=4).eval()
+    return HunyuanVideoPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
+                                tokenizer_2=tokenizer_2)
+
+
+def hunyuan_video_call_kwargs(true_cfg: bool = False, **extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=16, width=16,
+              num_frames=5, max_sequence_length=16, output_type="pt", guidance_scale=6.0)
+    if true_cfg:
+        kw.update(negative_prompt=["", ""], true_cfg_scale=4.0)
+    kw.update(extra)
+    return kw
+
+
+def tiny_ltx_pipeline(num_layers: int = 2):
+    """LTX-Video: packed latent tokens, ``LTXVideoTransformerBlock``s (attn1, attn2, ff), CFG batched."""
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
+
+    tokenizer, text_encoder = tiny_t5()
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                             num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                             num_layers=num_layers, caption_channels=32).eval()
+    randomize_zero_init(transformer)
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTXVideo(latent_channels=8, block_out_channels=(8, 8, 8, 8),
+                                decoder_block_out_channels=(8, 8, 8, 8),
+                                spatio_temporal_scaling=(True, True, False, False),
+                                decoder_spatio_temporal_scaling=(True, True, False, False),
+                                layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+                                patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False).eval()
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                       tokenizer=tokenizer, transformer=transformer)
+
+
+def ltx_call_kwargs(**extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=32, width=32,
+              num_frames=9, max_sequence_length=16, output_type="pt", guidance_scale=3.0)
+    kw.update(extra)
+    return kw
+
+
+def tiny_cogvideox_pipeline(num_layers: int = 2):
+    """CogVideoX: ``CogVideoXBlock``s, joint attention over text + video, one MLP over both; CFG batched."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    tokenizer, text_encoder = tiny_t5()
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                                              out_channels=4, time_embed_dim=8, text_embed_dim=32,
+                                              num_layers=num_layers, sample_width=2, sample_height=2, sample_frames=9,
+                                              patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
+                                              use_rotary_positional_embeddings=True).eval()
+    randomize_zero_init(transformer)
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
+                                 norm_num_groups=2, temporal_compression_ratio=4).eval()
+    scheduler = CogVideoXDDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       clip_sample=False, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                       set_alpha_to_one=True, timestep_spacing="trailing")
+    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                             scheduler=scheduler)
+
+
+def cogvideox_call_kwargs(**extra):
+    kw = dict(prompt=["a red circle", "a blue star on the green"], num_inference_steps=4, height=16, width=16,
+              num_frames=9, max_sequence_length=16, output_type="pt", guidance_scale=6.0)
+    kw.update(extra)
+    return kw

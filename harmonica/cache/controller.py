@@ -62,8 +62,8 @@ class HarmoniCa:
         self.named_transformers = pipeline_transformers(pipe, self.family)
         check_no_diffusers_cache(self.named_transformers, enabling=True)
         self.transformers = [t for _, t in self.named_transformers]
-        for transformer in self.transformers:
-            router.check_weights(transformer)
+        for name, transformer in self.named_transformers:
+            router.check_weights(transformer, name)
         self.adapters = [lora_adapters(t) for t in self.transformers]  # peft LoRA adapters (follow_module_changes)
         self.blocks = [transformer_blocks(self.family, t) for t in self.transformers]
         self.locators = [StepLocator(self.family, t) for t in self.transformers]
@@ -77,6 +77,7 @@ class HarmoniCa:
         self.active = True
         self.drive: Drive | None = None  # set by router training for the forwards it drives
         self.driven_states: dict[tuple[int, str], CacheState] = {}
+        self.took_over = False  # a driven forward filled a cache another transformer's forwards had left
         self.current: Forward | None = None
         self.lock = threading.RLock()
         self.records: dict[int, CallRecord] = {}
@@ -165,11 +166,11 @@ class HarmoniCa:
         unloaded (peft wraps the layers it targets, Flux's single-block ``proj_out`` branch among them) replaces a
         branch module: its hook moves to the module now there, or a reused branch would drop the LoRA's part.
         LoRA adapters loaded, fused or unloaded re-run the router's weights check (it names them)."""
-        for t_index, transformer in enumerate(self.transformers):
+        for t_index, (name, transformer) in enumerate(self.named_transformers):
             adapters = lora_adapters(transformer)
             if adapters != self.adapters[t_index]:
                 self.adapters[t_index] = adapters
-                self.router.check_weights(transformer)
+                self.router.check_weights(transformer, name)
         for block in (b for blocks in self.blocks for b in blocks if not self.layout.units):  # units hook no branch
             for i, (slot, branch, module) in enumerate(zip(block.slots, block.branches, block.modules)):
                 now = branch.resolve(block.module)
@@ -324,12 +325,22 @@ class HarmoniCa:
         return self.call_plans[key]
 
     def driven_forward(self, hook: StepHook) -> Forward:
-        """A forward router training drives: its step and mode are given; one cache per cache context."""
+        """A forward router training drives: its step and mode are given; one cache per cache context and
+        transformer. A "fill" starts that cache afresh (a trajectory's first step, LTC's clean pass: nothing of an
+        earlier trajectory is kept, whatever its shapes). A transformer's first forward since another one ran in
+        the context (Wan 2.2 A14B's expert taking over) fills its own cache, whatever the mode, as inference does;
+        ``took_over`` records it."""
         drive, context = self.drive, hook.context._context
-        key = (hook.transformer_index, context.name if context is not None else "")
+        t_index = hook.transformer_index
+        key = (t_index, context.name if context is not None else "")
         state = self.driven_states.get(key)
-        if state is None:
-            state = self.driven_states[key] = CacheState(self.plans[hook.transformer_index], self.cache_dtype,
+        if state is None or drive.mode == "fill":
+            if state is None and drive.mode != "fill":
+                self.took_over = True
+                drive = dataclasses.replace(drive, mode="fill")
+            for other in [k for k in self.driven_states if k[1] == key[1] and k[0] != t_index]:
+                self.driven_states.pop(other)  # the other expert's cache is done
+            state = self.driven_states[key] = CacheState(self.plans[t_index], self.cache_dtype,
                                                          self.cache_device)
         state.step = drive.step
         compute = drive.compute if drive.mode == "hard" else [True] * state.plan.num_slots

@@ -13,8 +13,10 @@ rebuilt branch in training is exactly what inference rebuilds:
 
 A rebuilt branch is ``forecast(history, coefficients[slot, :len(history)])`` over its last computed outputs
 (at most the router's ``history``); in "mix" the coefficients carry gradients. Outputs are kept per cache
-context ("cond" / "uncond") as inference keeps them; ``isolated()`` runs forwards on fresh caches and
-restores the caller's afterwards. Fused whole-block applies are not used: branches are rebuilt one by one.
+context ("cond" / "uncond") and transformer as inference keeps them; a "fill" starts its cache afresh, and the
+first forward of a Wan 2.2 expert taking over from the other fills its own, as inference does (``took_over``);
+``isolated()`` runs forwards on fresh caches and restores the caller's afterwards. Fused whole-block applies are
+not used: branches are rebuilt one by one.
 
 Gradient checkpointing (``checkpoint_blocks``) recomputes each block of the student's forward in the backward,
 the router's mix included. The hooks are stateful (a mixed branch reads its kept outputs, then keeps its fresh
@@ -69,10 +71,6 @@ class DrivenCache:
     """The cache hooks on ``pipe``'s transformer with the forwards driven by router training."""
 
     def __init__(self, pipe, router: HarmoniCaRouter):
-        transformers = pipeline_transformers(pipe, family_for(pipe))
-        if len(transformers) > 1:
-            raise ValueError(f"router training drives one transformer; {type(pipe).__name__} has "
-                             f"{len(transformers)} ({', '.join(n for n, _ in transformers)})")
         self.pipe = pipe
         self.controller = HarmoniCa(pipe, router, None, fused=False, keep=router.history)
         self.controller.drive = Drive("off", 0)
@@ -82,6 +80,13 @@ class DrivenCache:
     def mode(self) -> str:
         """The mode of the forwards run now ("off" outside ``running``)."""
         return self.controller.drive.mode
+
+    @property
+    def took_over(self) -> bool:
+        """Whether a forward of the last ``running`` block filled a transformer's cache instead of following its
+        mode: the first forward of a Wan 2.2 expert taking over from the other (inference computes everything
+        there too, so that step trains nothing)."""
+        return self.controller.took_over
 
     @property
     def states(self) -> dict:
@@ -121,6 +126,7 @@ class DrivenCache:
             raise ValueError("mode 'mix' needs scores and write flags, and never runs at the first step (it fills)")
         saved = self.controller.drive
         self.controller.drive = Drive(mode, step, compute, scores, write, coefficients)
+        self.controller.took_over = False
         try:
             yield self
         finally:
@@ -130,15 +136,18 @@ class DrivenCache:
         """Recompute each block of the student's ("mix") forwards in the backward instead of keeping its
         activations (the transformer's own diffusers gradient checkpointing, with ``checkpoint`` as its
         function); every other forward runs as before. Raises ValueError for a transformer without it."""
-        (name, transformer), = pipeline_transformers(self.pipe, family_for(self.pipe))
+        transformers = [t for _, t in pipeline_transformers(self.pipe, family_for(self.pipe))]
         if self.controller.layout.units:
             raise ValueError(f"gradient checkpointing: not at granularity {self.controller.layout.granularity!r} "
                              "(a checkpointed block would replay its unit's cache writes); train with branch units "
                              "or without it")
-        if not getattr(transformer, "_supports_gradient_checkpointing", False):
-            raise ValueError(f"gradient checkpointing: {type(transformer).__name__} ({family_for(self.pipe).name}) has "
-                             "no diffusers gradient checkpointing to recompute its blocks with; train without it")
-        transformer.enable_gradient_checkpointing(self.checkpoint)
+        for transformer in transformers:
+            if not getattr(transformer, "_supports_gradient_checkpointing", False):
+                raise ValueError(f"gradient checkpointing: {type(transformer).__name__} ({family_for(self.pipe).name})"
+                                 " has no diffusers gradient checkpointing to recompute its blocks with; train "
+                                 "without it")
+        for transformer in transformers:
+            transformer.enable_gradient_checkpointing(self.checkpoint)
 
     def checkpoint(self, block, *args):
         """diffusers' ``_gradient_checkpointing_func``: ``block(*args)`` under non-reentrant checkpointing as a

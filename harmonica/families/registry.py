@@ -14,14 +14,17 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .cogvideox import COGVIDEOX
 from .dit import DIT
 from .flux import FLUX
+from .hunyuan_video import HUNYUAN_VIDEO
+from .ltx import LTX
 from .pixart import PIXART
 from .qwenimage import QWENIMAGE
 from .sana import SANA
 from .sd3 import SD3
 from .spec import BlockInfo, BlockKind, Family
-from .wan import WAN
+from .wan import WAN, WAN_I2V
 
 _FAMILIES: dict[str, Family] = {}  # by name, in registration order
 
@@ -102,7 +105,7 @@ def unregister_family(name: str) -> Family:
     return _FAMILIES.pop(name)
 
 
-for _builtin in (DIT, PIXART, FLUX, SD3, SANA, WAN, QWENIMAGE):
+for _builtin in (DIT, PIXART, FLUX, SD3, SANA, WAN, QWENIMAGE, WAN_I2V, HUNYUAN_VIDEO, LTX, COGVIDEOX):
     register_family(_builtin)
 del _builtin
 

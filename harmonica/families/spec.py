@@ -91,6 +91,9 @@ TEXT_IMAGE = Streams(("image", "text"),
                      returned=lambda call, out: {"image": out[1], "text": out[0]},
                      output=lambda call, streams: (streams["text"], streams["image"]))
 """Blocks returning ``(encoder_hidden_states, hidden_states)``, SD3's, Flux's and Qwen-Image's."""
+IMAGE_TEXT = Streams(TEXT_IMAGE.names, TEXT_IMAGE.inputs, returned=lambda call, out: {"image": out[0], "text": out[1]},
+                     output=lambda call, streams: (streams["image"], streams["text"]))
+"""Blocks returning ``(hidden_states, encoder_hidden_states)``, HunyuanVideo's and CogVideoX's."""
 
 
 def clip16(x):

@@ -209,7 +209,7 @@ def training_summary(info: dict) -> list[str]:
         lines.append(f"* moved from its initial schedule: {moved['decisions_changed']} of {moved['decisions']} "
                      "compute/rebuild decisions changed")
     for key, value in info.items():
-        if key not in ("objective", "config", "iterations", "lambda", "moved", "transformer_weights"):
+        if key not in ("objective", "config", "iterations", "lambda", "moved", "transformer_weights", "expert_weights"):
             lines.append(f"* {key}: {value}")
     return lines
 

@@ -241,10 +241,10 @@ class HarmoniCaRouter(
                     "settings the router was trained with, or train a router for these."
                 )
 
-    def check_weights(self, transformer: nn.Module) -> None:
+    def check_weights(self, transformer: nn.Module, component: str | None = None) -> None:
         """Warn when the router was trained on other weights of the same architecture (see
         ``weights.warn_if_other_weights``)."""
-        warn_if_other_weights(self.training_info, transformer)
+        warn_if_other_weights(self.training_info, transformer, component)
 
 
 def _short(values: Sequence[float], n: int = 4) -> str:

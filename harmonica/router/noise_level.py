@@ -245,8 +245,8 @@ class NoiseLevelRouter(
         check_threshold(self.threshold)
         return self
 
-    def check_weights(self, transformer: nn.Module) -> None:
-        warn_if_other_weights(self.training_info, transformer)
+    def check_weights(self, transformer: nn.Module, component: str | None = None) -> None:
+        warn_if_other_weights(self.training_info, transformer, component)
 
     def extra_repr(self) -> str:
         lo, hi = self.step_range

@@ -119,13 +119,15 @@ def weights_distance(recorded, module: nn.Module, summary: dict | None = None) -
                                                f"tensor, the tolerance for a cast is {WEIGHTS_SUMMARY_TOLERANCE:g}")
 
 
-def warn_if_other_weights(training_info: dict, transformer: nn.Module) -> None:
+def warn_if_other_weights(training_info: dict, transformer: nn.Module, component: str | None = None) -> None:
     """Warn when a router was trained on other weights of the same architecture (a retrained or fine-tuned model,
     or a LoRA fused into the weights): it still runs, but its schedule was not learned for these weights. The
     same weights cast to fp16 / bf16 do not warn (see ``weights_distance``). With peft LoRA layers (not fused)
     the base weights are compared, and a match warns that the router's quality with the LoRA is unmeasured (it
-    was trained on the base model)."""
-    trained_on = training_info.get("transformer_weights")
+    was trained on the base model). ``component``: the pipeline component holding ``transformer``; a router trained
+    on two experts (Wan 2.2 A14B) records the second one's weights under its name (``expert_weights``)."""
+    experts = training_info.get("expert_weights") or {}
+    trained_on = experts[component] if component in experts else training_info.get("transformer_weights")
     if trained_on is None:
         return
     unfused, fused = lora_adapters(transformer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..router import MAX_HISTORY, check_threshold, parse_init, units_for
 from .objectives import LAMBDA_VARIANTS
@@ -79,6 +80,8 @@ class RouterTrainingConfig:
     num_frames: int | None = _setting(None, "video length of the training trajectories, for video families (Wan) "
                                       "(unset: the pipeline's own)")
     prompts: list[str] = _setting([], "text-to-image families: prompts the trajectories draw from")
+    images: list[str] = _setting([], "image-to-video families (WanImageToVideoPipeline): image files the "
+                                 "trajectories draw their first frames from")
     step_counts: list[int] = _setting([], "a noise-level router (one for every step count and sampler): the step "
                                       "counts the trajectories draw from, e.g. 10 20 30 50 (objective sdt); empty: a "
                                       "step-indexed router for num_steps (then the noise-level router's reference "
@@ -129,6 +132,9 @@ class RouterTrainingConfig:
         for name in ("height", "width", "max_sequence_length", "num_frames"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 when given, got {getattr(self, name)}")
+        missing = [path for path in self.images if not Path(path).is_file()]
+        if missing:
+            raise ValueError(f"images: no such file {', '.join(missing)}")
         if not 0 <= self.lambda_floor <= 1:
             raise ValueError(f"lambda_floor must be in [0, 1], got {self.lambda_floor}")
         if self.seed < 0:

@@ -107,6 +107,12 @@ class NoiseLevelTrainer(RouterTrainer):
         self.history = [[self.levels[step]] + points[:keep - 1] if w else points
                         for w, points in zip(write, self.history)]
 
+    def _took_over(self, step: int) -> bool:
+        if not super()._took_over(step):
+            return False
+        self.history = [[self.levels[step]] for _ in range(self.router.num_slots)]  # the expert's cache starts here
+        return True
+
     # ---------------------------------------------------------------- one trajectory's setting
     def _draw_setting(self, trajectory: int) -> None:
         draw = random.Random(hash((self.config.seed, trajectory, self.accelerator.process_index, 3)))

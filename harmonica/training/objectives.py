@@ -41,7 +41,7 @@ def sample_final_latents(denoiser, cache, noise, cond, schedule, scheduler, coef
             with cache.running("hard", step, compute=schedule[step], coefficients=step_coefficients):
                 raw = denoiser.forward(x, t, cond)
             x = sched.step(denoiser.guided(raw), t, x).prev_sample
-    return x
+    return denoiser.final(x, cond)
 
 
 LAMBDA_VARIANTS = ("stake", "paper")

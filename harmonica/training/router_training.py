@@ -38,7 +38,7 @@ import torch
 from ..cache import controller as harmonica_controller
 from ..cache import describe
 from ..cache.drive import DrivenCache
-from ..families import family_for
+from ..families import family_for, pipeline_transformers
 from ..router import HarmoniCaRouter, NoiseLevelRouter, weights_summary
 from .checkpoints import resume, save_checkpoint
 from .config import OBJECTIVES, RouterTrainingConfig
@@ -82,13 +82,20 @@ class RouterTrainer:
                              "harmonica.disable(pipe) first")
         family = family_for(pipe)
         denoiser = denoiser_for(pipe)  # raises when the family has none registered
-        # the base model is frozen, in eval mode, and never receives gradients
-        pipe.transformer.eval().requires_grad_(False)
-        # the weights the router is trained for: recorded in the run folder and in the saved router
-        self.weights_summary = weights_summary(pipe.transformer)
+        # the base model (Wan 2.2 A14B: both experts) is frozen, in eval mode, and never receives gradients
+        transformers = pipeline_transformers(pipe, family)
+        for _, transformer in transformers:
+            transformer.eval().requires_grad_(False)
+        # the weights the router is trained for: recorded in the run folder and in the saved router (a second
+        # expert's under its component name)
+        self.transformer = transformers[0][1]
+        self.weights_summary = weights_summary(self.transformer)
+        self.experts = {name: (t, weights_summary(t)) for name, t in transformers[1:]}
         layout = describe(pipe, config.granularity)
         options = {k: getattr(config, k) for k in ("height", "width", "max_sequence_length", "num_frames")
                    if getattr(config, k) is not None}
+        if config.images:
+            options["images"] = config.images
         try:
             self.denoiser = denoiser(pipe, config.guidance_scale, config.prompts, **options)
         except TypeError as err:
@@ -214,10 +221,16 @@ class RouterTrainer:
         for i, t in enumerate(timesteps[1:], start=1):
             teacher = self._teacher(x, t, cond)
             student = self._student(x, t, i, cond)
-            rows.append(self._optimize(i, student, teacher))
+            if not self._took_over(i):
+                rows.append(self._optimize(i, student, teacher))
             with torch.no_grad():
                 x = sched.step(self.denoiser.guided(student.detach()), t, x).prev_sample
         return rows
+
+    def _took_over(self, step: int) -> bool:
+        """Whether the student's forward at ``step`` filled an expert's cache instead of mixing (Wan 2.2 A14B: the
+        expert taking over from the other computes everything, at inference too): no optimizer step there."""
+        return self.cache.took_over
 
     def ltc_trajectory(self, trajectory: int) -> list[dict]:
         """Learning-to-Cache: teacher trajectory, clean cache from a full pass, random step order."""
@@ -237,7 +250,8 @@ class RouterTrainer:
         for i in order:
             self._fill(xs[i - 1], timesteps[i - 1], i - 1, cond)  # a full pass at the previous step: a clean cache
             student = self._student(xs[i], timesteps[i], i, cond)
-            rows.append(self._optimize(i, student, outs[i]))
+            if not self._took_over(i):
+                rows.append(self._optimize(i, student, outs[i]))
         return rows
 
     def refresh_lambda(self) -> None:
@@ -255,7 +269,7 @@ class RouterTrainer:
     def train(self) -> dict:
         cfg, acc = self.config, self.accelerator
         self.output.mkdir(parents=True, exist_ok=True)
-        check_same_run(self.output, cfg, self.router, self.pipe.transformer, self.weights_summary, acc)
+        check_same_run(self.output, cfg, self.router, self.transformer, self.weights_summary, acc, self.experts)
         start = resume(acc, self.output / "checkpoints")
         if acc.is_main_process:
             truncate_log(self.log_path, self.state.iteration)
@@ -300,6 +314,8 @@ class RouterTrainer:
             "iterations": self.state.iteration,
             "lambda": [round(float(v), 4) for v in self.state.lam],
             "transformer_weights": self.weights_summary,
+            **({"expert_weights": {name: summary for name, (_, summary) in self.experts.items()}}
+               if self.experts else {}),
             "moved": self.movement(threshold),
         }
         summary = {

@@ -39,25 +39,34 @@ class TrainState:
         self.refreshes = int(state["refreshes"])
 
 
-def check_same_run(output: Path, config, router, transformer, weights_summary: dict, accelerator) -> None:
+def check_same_run(output: Path, config, router, transformer, weights_summary: dict, accelerator,
+                   experts: dict | None = None) -> None:
     """A run folder belongs to one set of settings: resuming its checkpoints with others would mix
-    two trainings (or, with fewer trajectories, return the old router as if newly trained)."""
+    two trainings (or, with fewer trajectories, return the old router as if newly trained). ``experts``: a
+    second expert's ``{component name: (module, weights summary)}`` (Wan 2.2 A14B), compared as the first."""
+    experts = experts or {}
     path = output / "run_config.json"
     current = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
     current["layout"] = [router.pipeline_class, router.transformer_class, router.layout.groups]
     # a router is tied to the weights it was trained on: a retrained model at the same path is another run
     # (compared with weights_distance, so that the same weights in another dtype are the same run)
     current["transformer_weights"] = weights_summary
+    if experts:
+        current["expert_weights"] = {name: summary for name, (_, summary) in experts.items()}
     current = json.loads(json.dumps(current))
     if path.exists():
         saved = json.loads(path.read_text())
         changed = sorted(k for k in set(saved) | set(current)
-                         if k != "transformer_weights" and saved.get(k) != current.get(k))
+                         if k not in ("transformer_weights", "expert_weights") and saved.get(k) != current.get(k))
         differ = [f"{k}={saved.get(k)!r} there, {current.get(k)!r} now" for k in changed]
-        distance, what = weights_distance(saved.get("transformer_weights"), transformer, weights_summary)
-        if not distance <= 1:
-            changed.append("transformer_weights")
-            differ.append(f"transformer_weights: {what}")
+        weights = [("transformer_weights", saved.get("transformer_weights"), transformer, weights_summary)]
+        weights += [(f"expert_weights[{name}]", (saved.get("expert_weights") or {}).get(name), module, summary)
+                    for name, (module, summary) in experts.items()]
+        for key, recorded, module, summary in weights:
+            distance, what = weights_distance(recorded, module, summary)
+            if not distance <= 1:
+                changed.append(key)
+                differ.append(f"{key}: {what}")
         if changed:
             raise ValueError(
                 f"{output} holds a router training run with other settings ({', '.join(changed)} "

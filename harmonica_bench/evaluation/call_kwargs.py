@@ -4,10 +4,13 @@
 returns what the harness passes to ``pipe(...)`` for a batch whose ``conditions`` are class labels or
 prompts (the family's ``conditioning``), plus what the family needs to run reproducibly offline
 (resolution binning off, max_sequence_length, the unconditional prompt of true CFG, ...); arguments
-it does not use arrive in ``**extra`` (``sampling.family_call_kwargs`` is the caller). A family registered with
-``harmonica.register_family`` gets the harness by registering its function under the family's name::
+it does not use arrive in ``**extra`` (``sampling.family_call_kwargs`` is the caller). A family registered
+with ``harmonica.register_family`` gets the harness by registering its function under the family's name::
 
     register_call_kwargs("my-family", text_call_kwargs)
+
+Image-to-video (the ``wan-i2v`` family) has none: the harness draws prompts, and such a pipeline needs an image
+per sample.
 """
 
 from __future__ import annotations
@@ -51,9 +54,20 @@ def sana_call_kwargs(pipe, conditions, guidance_scale: float | None = None, **ex
             "complex_human_instruction": None}
 
 
-def wan_call_kwargs(pipe, conditions, guidance_scale: float | None = None, num_frames: int | None = None,
-                    **extra) -> dict:
+def video_call_kwargs(pipe, conditions, guidance_scale: float | None = None, num_frames: int | None = None,
+                      **extra) -> dict:
+    """Prompts and sizes, and the video length when given (Wan, LTX-Video, CogVideoX: CFG from guidance_scale)."""
     kw = text_call_kwargs(pipe, conditions, **extra)
+    if num_frames is not None:
+        kw["num_frames"] = num_frames
+    return kw
+
+
+def hunyuan_video_call_kwargs(pipe, conditions, guidance_scale: float | None = None, num_frames: int | None = None,
+                              **extra) -> dict:
+    """guidance_scale is HunyuanVideo's embedded (distilled) guidance; a model without the embedding runs true CFG
+    with an empty negative prompt, as Flux."""
+    kw = flux_call_kwargs(pipe, conditions, guidance_scale, **extra)
     if num_frames is not None:
         kw["num_frames"] = num_frames
     return kw
@@ -76,7 +90,8 @@ call_kwargs_for = CALL_KWARGS.for_pipe  # the function registered for the family
 
 
 for _name, _fn in (("dit", dit_call_kwargs), ("pixart", pixart_call_kwargs), ("flux", flux_call_kwargs),
-                   ("sd3", sd3_call_kwargs), ("sana", sana_call_kwargs), ("wan", wan_call_kwargs),
-                   ("qwenimage", qwenimage_call_kwargs)):
+                   ("sd3", sd3_call_kwargs), ("sana", sana_call_kwargs), ("wan", video_call_kwargs),
+                   ("qwenimage", qwenimage_call_kwargs), ("hunyuan-video", hunyuan_video_call_kwargs),
+                   ("ltx", video_call_kwargs), ("cogvideox", video_call_kwargs)):
     register_call_kwargs(_name, _fn)
 del _name, _fn

@@ -15,7 +15,9 @@ Interface used by ``harmonica.training``:
 * ``forward(x, t, cond)``: the raw transformer output(s) of one step (a tensor; with true CFG the
   conditional and unconditional outputs concatenated along the batch), computed under the
   transformer's ``cache_context`` names the pipeline itself uses ("cond" / "uncond");
-* ``guided(raw)``: what the scheduler steps with.
+* ``guided(raw)``: what the scheduler steps with;
+* ``final(x, cond)``: the latents the pipeline returns from those the last step gives (the same but for
+  image-to-video with ``expand_timesteps``, which writes the given first frame back).
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class Denoiser:
 
     def combine(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         return uncond + self.guidance_scale * (cond - uncond)
+
+    def final(self, x: torch.Tensor, cond: dict) -> torch.Tensor:
+        return x
 
 
 class PromptsMixin:
