@@ -71,8 +71,8 @@ def measure(name: str, dtype: torch.dtype, histories, granularities) -> dict:
     blocks = transformer_blocks(family, transformer)
     live = LiveBytes()
     with flash_attention():
-        shapes = output_shapes(family, transformer, (), model.forward_inputs(dtype), live)
-        per_block = output_shapes(family, transformer, (), model.forward_inputs(dtype), units=units_for("block", len(blocks)))
+        shapes = output_shapes(family, transformer, (), model.forward_inputs(transformer), live)
+        per_block = output_shapes(family, transformer, (), model.forward_inputs(transformer), units=units_for("block", len(blocks)))
     cache = {}
     for granularity in granularities:
         units = units_for(granularity, len(blocks))
