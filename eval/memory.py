@@ -19,6 +19,7 @@ kernel allocates it: no score matrix) and the weights.
 A call with CFG holds twice the cache column (two passes: one batched context or two contexts alike).
 
     python eval/memory.py                                   # every model, bf16, K = 1 2 3; offline, seconds
+    python eval/memory.py --history 1 --summary             # the README's table
     python eval/memory.py --model flux-dev-1024 wan21-14b-720p --history 1 --granularity block span:4
 """
 
@@ -112,6 +113,16 @@ def markdown(rows: list[dict], histories, granularities) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict], k: int, granularities) -> str:
+    """One line per model: every granularity at K = ``k`` beside FBCache and the forward's activations."""
+    head = ["model", *(f"{g}, K={k}" for g in granularities), "FBCache", "forward activations"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["model"], *(format_bytes(r["cache"][g][k]) for g in granularities),
+                                        format_bytes(r["FBCache"]), format_bytes(r["activations"])]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", nargs="+", default=list(REAL_MODELS), choices=list(REAL_MODELS))
@@ -119,11 +130,13 @@ def main(argv=None):
     p.add_argument("--history", nargs="+", type=int, default=[1, 2, 3], help="outputs kept per unit (K)")
     p.add_argument("--granularity", nargs="+", default=["branch", "block", "span:8", "body:1,1"],
                    help="cache units (harmonica.router.units_for)")
+    p.add_argument("--summary", action="store_true", help="one line per model, at the first --history (the README's)")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     rows = [measure(name, dtype, args.history, args.granularity) for name in args.model]
     print(f"Cache per CFG pass, batch 1, {args.dtype} (a call with CFG holds twice the cache):\n")
-    print(markdown(rows, args.history, args.granularity))
+    print(summary(rows, args.history[0], args.granularity) if args.summary else
+          markdown(rows, args.history, args.granularity))
     return rows
 
 
