@@ -75,9 +75,8 @@ def unit_reference_images(pipe, kwargs, schedule, units, forwards_per_step):
             del module.forward
 
 
-@pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("name, variant", VARIANTS)
-def test_all_compute_unit_router_is_exact(family_paths, name, variant, granularity):
+def test_all_compute_unit_router_is_exact(family_paths, name, variant, granularity="block"):
     kwargs, _ = CASES[name][1][variant]
     pipe = load(family_paths(name))
     expected = run(pipe, kwargs)
@@ -87,10 +86,11 @@ def test_all_compute_unit_router_is_exact(family_paths, name, variant, granulari
     assert harmonica.stats(pipe).cache_usage == 0
 
 
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("name, variant", VARIANTS)
-def test_matches_hand_written_unit_reference(family_paths, name, variant, granularity, fused):
+def test_matches_hand_written_unit_reference(family_paths, name, variant, granularity, fused=True):
+    """(fused=False differs only on CUDA, where fused=True runs the Triton kernel: both are the torch reference
+    here.)"""
     kwargs, forwards = CASES[name][1][variant]
     pipe = load(family_paths(name))
     router = unit_router(pipe, granularity, steps_of(kwargs))
