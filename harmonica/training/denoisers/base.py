@@ -90,6 +90,16 @@ class PromptsMixin:
         return [self.prompts[i] for i in idx]
 
 
+class VideoLatentsMixin:
+    """Video pipelines' ``prepare_latents(batch, channels, height, width, num_frames, ...)``: float32 latents drawn
+    on the CPU generator (the pipeline casts the model input), moved to the device."""
+
+    def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        latents = self.pipe.prepare_latents(batch, self.transformer.config.in_channels, self.height, self.width,
+                                            self.num_frames, torch.float32, "cpu", generator)
+        return latents.to(self.device)  # the pipeline keeps float32 latents and casts the model input
+
+
 class BatchedCFGMixin:
     """Pipelines that run CFG as one forward on [uncond, text] (PixArt, Sana); a learned-sigma output
     (twice the input channels) keeps only the noise half."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from ...families.flux import uses_true_cfg
-from .base import TrueCFGDenoiser
+from .base import TrueCFGDenoiser, VideoLatentsMixin
 
 
-class HunyuanVideoDenoiser(TrueCFGDenoiser):
+class HunyuanVideoDenoiser(VideoLatentsMixin, TrueCFGDenoiser):
     """One step of HunyuanVideoPipeline's loop: float32 video latents, linear sigmas, the unscaled timestep and the
     guidance scale embedded (x 1000). HunyuanVideo is guidance-distilled, so ``guidance_scale`` is the embedded
     one; true CFG (the pipeline's negative prompt + ``true_cfg_scale``) runs only on a model without a guidance
@@ -32,11 +32,6 @@ class HunyuanVideoDenoiser(TrueCFGDenoiser):
 
         retrieve_timesteps(scheduler, num_steps, self.device, sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1])
         scheduler.set_begin_index(0)
-
-    def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        latents = self.pipe.prepare_latents(batch, self.transformer.config.in_channels, self.height, self.width,
-                                            self.num_frames, torch.float32, "cpu", generator)
-        return latents.to(self.device)  # the pipeline keeps float32 latents and casts the model input
 
     @torch.no_grad()
     def conditions(self, batch: int, generator: torch.Generator) -> dict:

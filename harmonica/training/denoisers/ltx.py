@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import BatchedCFGMixin, Denoiser, PromptsMixin
+from .base import BatchedCFGMixin, Denoiser, PromptsMixin, VideoLatentsMixin
 
 
-class LTXDenoiser(BatchedCFGMixin, PromptsMixin, Denoiser):
+class LTXDenoiser(VideoLatentsMixin, BatchedCFGMixin, PromptsMixin, Denoiser):
     """One step of LTXPipeline's loop: packed float32 latents, sigmas shifted by the video's token count, CFG
     batched as [uncond; cond], the rotary interpolation of the frame rate (no guidance rescale)."""
 
@@ -33,11 +33,6 @@ class LTXDenoiser(BatchedCFGMixin, PromptsMixin, Denoiser):
                              config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
                              config.get("max_shift", 1.15))
         retrieve_timesteps(scheduler, num_steps, self.device, sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-
-    def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        latents = self.pipe.prepare_latents(batch, self.transformer.config.in_channels, self.height, self.width,
-                                            self.num_frames, torch.float32, "cpu", generator)
-        return latents.to(self.device)  # the pipeline keeps float32 latents and casts the model input
 
     @torch.no_grad()
     def conditions(self, batch: int, generator: torch.Generator) -> dict:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Denoiser, PromptsMixin, cache_context
+from .base import Denoiser, PromptsMixin, VideoLatentsMixin, cache_context
 
 
-class WanDenoiser(PromptsMixin, Denoiser):
+class WanDenoiser(VideoLatentsMixin, PromptsMixin, Denoiser):
     """One step of WanPipeline's loop: float32 video latents, cond and uncond forwards in their cache
     contexts, the expert chosen by the timestep (Wan 2.2 A14B), per-token timesteps for TI2V."""
 
@@ -29,11 +29,6 @@ class WanDenoiser(PromptsMixin, Denoiser):
     def set_timesteps(self, scheduler, num_steps: int) -> None:
         scheduler.set_timesteps(num_steps, device=self.device)
         scheduler.set_begin_index(0)
-
-    def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        latents = self.pipe.prepare_latents(batch, self.transformer.config.in_channels, self.height, self.width,
-                                            self.num_frames, torch.float32, "cpu", generator)
-        return latents.to(self.device)  # the pipeline keeps float32 latents and casts the model input
 
     @torch.no_grad()
     def conditions(self, batch: int, generator: torch.Generator) -> dict:
