@@ -194,11 +194,13 @@ ONE_COUNT_CASES = {  # the kinds of branch the meter must find as the cache does
 }
 
 
-@pytest.mark.parametrize("case", sorted(ONE_COUNT_CASES))
+@pytest.mark.parametrize("case, granularity", [(case, "branch") for case in sorted(ONE_COUNT_CASES)]
+                         + [("flux (whole-block single blocks)", "span:2")])
 @pytest.mark.parametrize("fused", [True, False])
-def test_harness_meter_and_harmonica_stats_are_one_count(case, fused):
+def test_harness_meter_and_harmonica_stats_are_one_count(case, granularity, fused):
     """The harness's per-call meter and harmonica.stats agree exactly on forwards, branch computations and MACs:
-    a rebuilt whole block still pays its gates, a Sana MLP is convolutions, Wan 2.2's second expert is metered."""
+    a rebuilt whole block still pays its gates, a Sana MLP is convolutions, Wan 2.2's second expert is metered;
+    at a coarse granularity (stats count units) on forwards and MACs."""
     import tiny_models
 
     from harmonica_bench.evaluation import CallMeter, check_one_count
@@ -207,7 +209,8 @@ def test_harness_meter_and_harmonica_stats_are_one_count(case, fused):
     pipe = getattr(tiny_models, build)(**options)
     pipe.set_progress_bar_config(disable=True)
     kwargs = getattr(tiny_models, call)(num_inference_steps=5)
-    harmonica.enable(pipe, harmonica.HarmoniCaRouter.static(harmonica.describe(pipe), 5, compute_every=2), fused=fused)
+    harmonica.enable(pipe, harmonica.HarmoniCaRouter.static(harmonica.describe(pipe, granularity), 5, compute_every=2),
+                     fused=fused)
     meter = CallMeter(pipe, track_memory=False)
     with torch.no_grad(), meter.measure():
         pipe(**kwargs, generator=generator(0))

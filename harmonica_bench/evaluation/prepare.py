@@ -66,6 +66,8 @@ def check_one_count(pipe, cost: CallCost):
              "branch computations": (cost.branches_computed, stats.branch_calls - stats.reused),
              "branch slots": (cost.branch_slots, stats.branch_calls),
              "MACs": (cost.macs, stats.macs_spent)}
+    if found.layout.units:  # coarse units: harmonica.stats counts units, the meter branches; the MACs still agree
+        pairs = {k: v for k, v in pairs.items() if not k.startswith("branch")}
     differ = [f"{what}: meter {a}, harmonica.stats {b}" for what, (a, b) in pairs.items() if a != b]
     if differ:
         raise RuntimeError("the harness's meter and harmonica.stats disagree on one call (" + "; ".join(differ)
