@@ -20,7 +20,7 @@ from .coexist import check_no_diffusers_cache
 from .hooks import (BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, UNIT_HOOK, BlockHook, BranchHook, StepHook, UnitHook,
                     remove_hook)
 from .layout import describe
-from .memory import CacheMemoryError, check_cache_dtype, format_bytes, output_shapes, parse_bytes, plan_memory
+from .memory import CacheMemoryError, check_budget, check_cache_dtype, output_shapes, parse_bytes
 from .plan import Plan
 from .state import CacheState, CallRecord, Forward
 from .stats import CacheStats
@@ -258,19 +258,8 @@ class HarmoniCa:
 
     def check_memory(self, plan: Plan, shape: tuple) -> None:
         """Raise CacheMemoryError when ``plan``'s pools at this input shape exceed ``max_cache_memory``."""
-        shapes = self.output_shapes.get(shape)
-        if shapes is None:
-            return
-        memory = plan_memory(plan, shapes, self.cache_dtype)
-        if memory.nbytes <= self.max_cache_memory:
-            return
-        least = plan_memory(plan.one_output_each(), shapes, torch.bfloat16).nbytes
-        raise CacheMemoryError(
-            f"harmonica: this call's cache would hold {memory} per cache context, over max_cache_memory="
-            f"{format_bytes(self.max_cache_memory)}. Nothing has run. This router keeps {plan.num_entries} branch "
-            f"outputs' histories at this input shape; the least it can hold is {format_bytes(least)} (one output per "
-            "rebuilt branch, in 16 bits): pass cache_dtype=torch.bfloat16 to harmonica.enable, use a router with "
-            "a shorter history or fewer rebuilt branches, a smaller batch or resolution, or raise the budget.")
+        if shape in self.output_shapes:
+            check_budget(plan, self.output_shapes[shape], self.max_cache_memory, self.cache_dtype)
 
     def check_call(self, position) -> None:
         """At a call's first forward: the router against the call's scheduler (swapped after enable too), its

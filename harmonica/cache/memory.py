@@ -193,3 +193,19 @@ def plan_memory(plan, shapes: dict, cache_dtype: torch.dtype | None = None) -> C
     dtype = cache_dtype or (dtypes.pop() if len(dtypes) == 1 else torch.float32)
     entries = {stream: plan.capacity[stream] for stream in stream_shapes}  # a stream's pool holds its capacity
     return CacheMemory(entries, stream_shapes, dtype)
+
+
+def check_budget(plan, shapes: dict, budget: int, cache_dtype: torch.dtype | None = None) -> None:
+    """Raise CacheMemoryError when ``plan``'s pools for outputs of ``shapes`` would hold more than ``budget``."""
+    memory = plan_memory(plan, shapes, cache_dtype)
+    if memory.nbytes <= budget:
+        return
+    least = plan_memory(plan.one_output_each(), shapes, torch.bfloat16).nbytes
+    unit = "unit" if plan.units else "branch"
+    raise CacheMemoryError(
+        f"harmonica: this call's cache would hold {memory} per cache context, over max_cache_memory="
+        f"{format_bytes(budget)}. Nothing has run. This router keeps {plan.num_entries} {unit} outputs' histories "
+        f"at this input shape; the least it can hold is {format_bytes(least)} (one output per rebuilt {unit}, in 16 "
+        "bits): pass cache_dtype=torch.bfloat16 to harmonica.enable, use a router with a shorter history, fewer "
+        "rebuilt units or a coarser granularity (span:N, body:F,B), a smaller batch or resolution, or raise the "
+        "budget.")
