@@ -173,7 +173,8 @@ def bind_call(module: nn.Module, args: tuple, kwargs: dict) -> dict:
     klass = type(module)
     names = _PARAMS.get(klass)
     if names is None:
-        names = _PARAMS[klass] = [p for p in inspect.signature(module.forward).parameters if p != "self"]
+        # the class's own forward: an instance's forward may be wrapped (hooks, a user's patch) by then
+        names = _PARAMS[klass] = [p for p in inspect.signature(klass.forward).parameters if p != "self"]
     call = dict(zip(names, args))
     call.update(kwargs)
     return call
