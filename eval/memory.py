@@ -14,8 +14,8 @@ Beside it, on the same residual streams, what the one-residual caches hold:
 * DBCache (cache-dit, without its TaylorSeer): the first Fn blocks' residual (image) and the middle span's
   residual (image and text): 2 image + 1 text tensors;
 
-and, for scale, the forward's own activation peak (inference, tensors alive at once, attention as a flash
-kernel allocates it: no score matrix) and the weights.
+and, for scale, the forward's own activation peak (inference, tensors alive at once, its inputs included:
+the harness's ``LiveTensorBytes``; attention as a flash kernel allocates it: no score matrix) and the weights.
 A call with CFG holds twice the cache column (two passes: one batched context or two contexts alike).
 
     python eval/memory.py                                   # every model, bf16, K = 1 2 3; offline, seconds
@@ -26,6 +26,7 @@ A call with CFG holds twice the cache column (two passes: one batched context or
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,11 +36,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harmonica.cache.memory import LiveBytes, numel, format_bytes, output_shapes, plan_memory  # noqa: E402
+from harmonica.cache.memory import format_bytes, output_shapes, plan_memory  # noqa: E402
 from harmonica.cache.plan import Plan  # noqa: E402
 from harmonica.cli import HelpFormatter  # noqa: E402
 from harmonica.families import FAMILIES, transformer_blocks  # noqa: E402
 from harmonica.router import units_for  # noqa: E402
+from harmonica_bench.evaluation.cost import LiveTensorBytes  # noqa: E402
 from harmonica_bench.real_models import REAL_MODELS  # noqa: E402
 
 ONE_RESIDUAL = {"FBCache": (3, 2), "DBCache": (2, 1)}  # (image, text) tensors kept, see the docstring
@@ -70,22 +72,22 @@ def measure(name: str, dtype: torch.dtype, histories, granularities) -> dict:
     family = family_of(model.pipeline)
     transformer = model.build(dtype)
     blocks = transformer_blocks(family, transformer)
-    live = LiveBytes()
+    live = LiveTensorBytes()
     with flash_attention():
-        shapes = output_shapes(family, transformer, (), model.forward_inputs(transformer), live)
+        with live:
+            shapes = output_shapes(family, transformer, (), model.forward_inputs(transformer))
         per_block = output_shapes(family, transformer, (), model.forward_inputs(transformer), units=units_for("block", len(blocks)))
     cache = {}
     for granularity in granularities:
         units = units_for(granularity, len(blocks))
         unit_shapes = shapes if not units else {(slot, e): per_block[b, e] for slot, (_, b) in enumerate(units)
-                                                for e in range(2) if (b, e) in per_block}
-        slots = len(units) or sum(len(b.branches) for b in blocks)
-        cache[granularity] = {k: plan_memory(Plan(blocks, [[True] * slots], [[[1.0]] * slots], False, keep=k,
-                                                  units=units), unit_shapes).nbytes for k in histories}
-        cache[granularity]["units"] = slots
+                                                for e in range(len(blocks[b].kind.streams.names)) if (b, e) in per_block}
+        cache[granularity] = {k: plan_memory(Plan.keeping(blocks, k, units=units), unit_shapes).nbytes
+                              for k in histories}
+        cache[granularity]["units"] = Plan.count_slots(blocks, units)
     one = {s: shape for (slot, e), (shape, _) in per_block.items() if slot == 0
            for s in [blocks[0].kind.streams.names[e]]}
-    size = {s: numel(shape) * torch.empty((), dtype=dtype).element_size() for s, shape in one.items()}
+    size = {s: math.prod(shape) * dtype.itemsize for s, shape in one.items()}
     image, text = size["image"], size.get("text", 0)
     return {
         "model": model.title, "tokens_x_width": "x".join(map(str, one["image"][1:])), "tensor": image,

@@ -19,7 +19,7 @@ import torch
 
 from ..router import ROUTERS, HarmoniCaRouter, NoiseLevelRouter, check_threshold
 from .controller import HarmoniCa
-from .memory import CacheMemoryError, check_cache_dtype, parse_bytes
+from .memory import check_cache_device, check_cache_dtype, parse_bytes
 
 
 @dataclass
@@ -65,12 +65,7 @@ class HarmoniCaConfig:
         if self.max_cache_memory is not None:
             parse_bytes(self.max_cache_memory)
         check_cache_dtype(self.cache_dtype)
-        if self.cache_device is not None:
-            try:
-                torch.device(self.cache_device)
-            except (RuntimeError, TypeError) as err:
-                raise CacheMemoryError(f"cache_device must be a torch device such as 'cpu', got "
-                                       f"{self.cache_device!r} ({err})") from err
+        check_cache_device(self.cache_device)
         if not isinstance(self.fused, bool):
             raise TypeError(f"fused must be True or False, got {self.fused!r}")
 

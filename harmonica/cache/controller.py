@@ -20,7 +20,7 @@ from .coexist import check_no_diffusers_cache
 from .hooks import (BLOCK_HOOK, BRANCH_HOOK, STEP_HOOK, UNIT_HOOK, BlockHook, BranchHook, StepHook, UnitHook,
                     remove_hook)
 from .layout import describe
-from .memory import CacheMemoryError, check_budget, check_cache_dtype, output_shapes, parse_bytes
+from .memory import CacheMemoryError, check_budget, check_cache_device, check_cache_dtype, output_shapes, parse_bytes
 from .plan import Plan
 from .state import CacheState, CallRecord, Forward
 from .stats import CacheStats
@@ -52,7 +52,7 @@ class HarmoniCa:
         self.fused = bool(fused)
         self.max_cache_memory = None if max_cache_memory is None else parse_bytes(max_cache_memory)
         self.cache_dtype = check_cache_dtype(cache_dtype)
-        self.cache_device = None if cache_device is None else torch.device(cache_device)
+        self.cache_device = check_cache_device(cache_device)
         self.output_shapes: dict[tuple, dict] = {}  # per input shape: the branch outputs' shapes (budget checks)
         self.threshold = router.threshold if threshold is None else check_threshold(threshold)
         self.layout = describe(pipe)
@@ -233,16 +233,12 @@ class HarmoniCa:
         shape = self.shape_key(t_index, args, kwargs)
         if state is None:
             plan = self.plan_for(t_index, position, shape)
-            if self.max_cache_memory is not None:
-                if shape not in self.output_shapes:
-                    self.output_shapes[shape] = output_shapes(self.family, module, args, kwargs,
-                                                              units=self.layout.units)
-                try:
-                    self.check_memory(plan, shape)
-                except CacheMemoryError:
-                    if not record.states:
-                        self.records.pop(thread, None)  # nothing ran: the next call starts afresh
-                    raise
+            try:
+                self.check_memory(plan, shape, module, args, kwargs)
+            except CacheMemoryError:
+                if not record.states:
+                    self.records.pop(thread, None)  # nothing ran: the next call starts afresh
+                raise
             for other in [k for k in record.states if k[1] == key[1] and k[0] != t_index]:
                 record.states.pop(other)  # the pipeline switched experts (Wan 2.2): the other cache is done
             state = record.states[key] = CacheState(plan, self.cache_dtype, self.cache_device)
@@ -256,10 +252,15 @@ class HarmoniCa:
         return Forward(state, compute, None if fill else plan.fused[position.step], counting, values, table, position,
                        key, record, shape)
 
-    def check_memory(self, plan: Plan, shape: tuple) -> None:
-        """Raise CacheMemoryError when ``plan``'s pools at this input shape exceed ``max_cache_memory``."""
-        if shape in self.output_shapes:
-            check_budget(plan, self.output_shapes[shape], self.max_cache_memory, self.cache_dtype)
+    def check_memory(self, plan: Plan, shape: tuple, module=None, args=(), kwargs=None) -> None:
+        """With a ``max_cache_memory``: raise CacheMemoryError when ``plan``'s pools at this input shape would exceed
+        it. The outputs' shapes come once per input shape from a meta-device forward with the transformer
+        ``module``'s arguments (the first forward of that shape gives them)."""
+        if self.max_cache_memory is None:
+            return
+        if shape not in self.output_shapes:
+            self.output_shapes[shape] = output_shapes(self.family, module, args, kwargs, units=self.layout.units)
+        check_budget(plan, self.output_shapes[shape], self.max_cache_memory, self.cache_dtype)
 
     def check_call(self, position) -> None:
         """At a call's first forward: the router against the call's scheduler (swapped after enable too), its
@@ -280,9 +281,7 @@ class HarmoniCa:
 
     def keeping_plan(self, t_index: int, keep: int, pending: tuple | None = None) -> Plan:
         """A plan that keeps every branch's last ``keep`` outputs whatever the schedule (no schedule of its own)."""
-        slots = self.layout.num_slots
-        return Plan(self.blocks[t_index], [[True] * slots], [[[1.0]] * slots], self.fused, keep=keep, pending=pending,
-                    units=self.layout.units)
+        return Plan.keeping(self.blocks[t_index], keep, self.fused, pending, self.layout.units)
 
     def plan_for(self, t_index: int, position, shape: tuple) -> Plan:
         """The plan of a new call's cache state: the enable-time plan of a step router; a noise-level router's
@@ -341,8 +340,7 @@ class HarmoniCa:
         pending = forward.state.plan.pending
         if pending is not None:  # the first call of this shape: its branches' MACs are measured now
             plan = self.plan_for(forward.key[0], dataclasses.replace(position, timesteps=pending), forward.shape)
-            if self.max_cache_memory is not None:
-                self.check_memory(plan, forward.shape)
+            self.check_memory(plan, forward.shape)  # its shapes were taken at this call's first forward
             forward.state.replan(plan)
         total, per_slot = self.macs_table.get(forward.shape, (0, [0] * len(forward.compute)))
         reused = [s for s, c in enumerate(forward.compute) if not c]

@@ -11,14 +11,13 @@ device.
 
 from __future__ import annotations
 
+import math
 import re
-import weakref
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from ..families import transformer_blocks
 from ..families.spec import bind_call
@@ -56,6 +55,15 @@ def check_cache_dtype(dtype):
     return dtype
 
 
+def check_cache_device(device) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise CacheMemoryError(f"cache_device must be a torch device such as 'cpu', got {device!r} ({err})") from err
+
+
 def format_bytes(n: float) -> str:
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
@@ -72,7 +80,7 @@ class CacheMemory:
     dtype: torch.dtype
 
     def stream_bytes(self, stream: str) -> int:
-        return self.entries[stream] * numel(self.shapes[stream]) * _itemsize(self.dtype)
+        return self.entries[stream] * math.prod(self.shapes[stream]) * self.dtype.itemsize
 
     @property
     def nbytes(self) -> int:
@@ -83,17 +91,6 @@ class CacheMemory:
         parts = [f"{s}: {n} x {tuple(self.shapes[s])} {dtype} = {format_bytes(self.stream_bytes(s))}"
                  for s, n in self.entries.items()]
         return f"{format_bytes(self.nbytes)} ({'; '.join(parts)})"
-
-
-def numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def meta_twin(transformer) -> torch.nn.Module:
@@ -108,37 +105,10 @@ def meta_twin(transformer) -> torch.nn.Module:
     return twin.eval()
 
 
-class LiveBytes(TorchDispatchMode):
-    """Peak bytes of the tensors an operation creates while they are alive (storages, so views count once):
-    the forward's own activation memory, on any device, meta included."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self._seen: weakref.WeakSet = weakref.WeakSet()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {id(a.untyped_storage()) for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)}
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            if torch.is_tensor(t):
-                storage = t.untyped_storage()
-                if id(storage) not in inputs and storage not in self._seen:  # not a view or in-place result
-                    self._seen.add(storage)
-                    self.live += storage.nbytes()
-                    weakref.finalize(storage, self._free, storage.nbytes())
-        self.peak = max(self.peak, self.live)
-        return out
-
-    def _free(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-
-def output_shapes(family, transformer, args=(), kwargs=None, live: LiveBytes | None = None, units=()) -> dict:
+def output_shapes(family, transformer, args=(), kwargs=None, units=()) -> dict:
     """``(slot, element) -> (shape, dtype)`` of every branch output (or, with ``units``, every unit's residual
     stream) of a forward with these inputs (tensors of any device: they are replaced by meta tensors of their
-    shape), from the forward of the meta twin. ``live``: a ``LiveBytes`` that also measures the forward's
-    activation peak."""
+    shape), from the forward of the meta twin."""
     twin = meta_twin(transformer)
     shapes, handles = {}, []
     blocks = transformer_blocks(family, twin)
@@ -161,7 +131,7 @@ def output_shapes(family, transformer, args=(), kwargs=None, live: LiveBytes | N
     on_meta = tree_map(lambda a: torch.empty_like(a, device="meta") if torch.is_tensor(a) else a,
                        (tuple(args), dict(kwargs or {})))
     try:
-        with torch.no_grad(), (live if live is not None else nullcontext()):
+        with torch.no_grad():
             twin(*on_meta[0], **on_meta[1])
     finally:
         for handle in handles:

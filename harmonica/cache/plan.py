@@ -39,7 +39,7 @@ class Plan:
         self.schedule = schedule
         self.coefficients = coefficients
         self.units = tuple(units)
-        self.num_slots = len(self.units) if self.units else sum(len(b.branches) for b in blocks)
+        self.num_slots = self.count_slots(blocks, self.units)
         self.unit_of = {i: (slot, a, b) for slot, (a, b) in enumerate(self.units) for i in range(a, b + 1)}
         depth = self._depths(schedule, coefficients) if keep is None else dict.fromkeys(range(self.num_slots), keep)
         # slots whose every rebuild is plain reuse (coefficient exactly 1 on the last output): no arithmetic
@@ -71,11 +71,21 @@ class Plan:
         """Branch outputs whose history the plan keeps."""
         return len(self.entries)
 
+    @staticmethod
+    def count_slots(blocks: list[BlockInfo], units: tuple = ()) -> int:
+        return len(units) if units else sum(len(b.branches) for b in blocks)
+
+    @classmethod
+    def keeping(cls, blocks: list[BlockInfo], keep: int, fused: bool = False, pending: tuple | None = None,
+                units: tuple = ()) -> "Plan":
+        """A plan that keeps every slot's last ``keep`` outputs whatever the schedule (no schedule of its own)."""
+        slots = cls.count_slots(blocks, units)
+        return cls(blocks, [[True] * slots], [[[1.0]] * slots], fused, keep=keep, pending=pending, units=units)
+
     def one_output_each(self) -> "Plan":
         """This plan keeping one output per rebuilt branch output (plain reuse): its least cache."""
         if self.keep is not None:
-            return Plan(self.blocks, self.schedule, self.coefficients, False, keep=1, pending=self.pending,
-                        units=self.units)
+            return Plan.keeping(self.blocks, 1, pending=self.pending, units=self.units)
         return Plan(self.blocks, self.schedule, [[[1.0]] * self.num_slots] * len(self.schedule), False,
                     units=self.units)
 

@@ -177,7 +177,9 @@ class LiveTensorBytes(TorchDispatchMode):
     """Peak bytes of tensor storage allocated while the mode is active and still alive (any device).
 
     Every op's outputs are inspected; a storage seen for the first time is counted until it is freed
-    (a weakref finalizer on the storage). Views share their base's storage and are counted once.
+    (a weakref finalizer on the storage). Views share their base's storage and are counted once; an output on
+    the storage of one of the op's inputs (a view or an in-place result of a tensor made before the mode, a
+    weight's transpose inside ``linear``) was not allocated by the op and is not counted.
     Slower than the plain call: measure in a separate, untimed call.
     """
 
@@ -192,10 +194,11 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {id(a.untyped_storage()) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
-                if storage not in self._seen:
+                if id(storage) not in inputs and storage not in self._seen:
                     nbytes = storage.nbytes()
                     self._seen[storage] = nbytes
                     self.live += nbytes
