@@ -87,7 +87,7 @@ class CacheState:
     def replan(self, plan: Plan) -> None:
         """Follow ``plan`` from now on, moving the kept outputs it needs out of the provisional pools."""
         old_plan, old_pools, old_kept = self.plan, self.pools, self.kept
-        self.plan, self.pools, self.kept = plan, {}, {}  # the streams' output dtypes stay
+        self.plan, self.pools, self.kept = plan, {}, {}  # the streams' output dtypes and devices stay
         for (slot, element), (stream, first, _) in old_plan.entries.items():
             for i in reversed(range(old_kept.get((slot, element), 0))):  # oldest first
                 self.store(slot, element, old_pools[stream].read(first + i).to(self.devices[stream],

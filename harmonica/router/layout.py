@@ -167,23 +167,18 @@ def units_for(granularity: str, num_blocks: int) -> tuple[tuple[int, int], ...]:
     * ``"body:F,B"``: one residual of the blocks between F always-run front blocks and B back blocks.
     """
     kind, _, arg = str(granularity).partition(":")
-    try:
-        if kind == "branch" and not arg:
-            return ()
-        if kind == "block" and not arg:
-            return tuple((i, i) for i in range(num_blocks))
-        if kind == "span" and arg.isdigit() and int(arg) >= 1:
-            n = int(arg)
-            return tuple((a, min(a + n, num_blocks) - 1) for a in range(0, num_blocks, n))
-        if kind == "body":
-            front, back = (int(v) for v in arg.split(","))
-            if front >= 0 and back >= 0:
-                if front + back >= num_blocks:
-                    raise RouterError(f"granularity {granularity!r} leaves no block between its front and back "
-                                      f"blocks: this transformer has {num_blocks}")
-                return ((front, num_blocks - 1 - back),)
-    except ValueError as err:
-        if isinstance(err, RouterError):
-            raise
+    front, _, back = arg.partition(",")
+    if kind == "branch" and not arg:
+        return ()
+    if kind == "block" and not arg:
+        return tuple((i, i) for i in range(num_blocks))
+    if kind == "span" and arg.isdigit() and int(arg) >= 1:
+        n = int(arg)
+        return tuple((a, min(a + n, num_blocks) - 1) for a in range(0, num_blocks, n))
+    if kind == "body" and front.isdigit() and back.isdigit():
+        if int(front) + int(back) >= num_blocks:
+            raise RouterError(f"granularity {granularity!r} leaves no block between its front and back blocks: "
+                              f"this transformer has {num_blocks}")
+        return ((int(front), num_blocks - 1 - int(back)),)
     raise RouterError(f"granularity must be one of {', '.join(GRANULARITIES)} (N >= 1, F >= 0, B >= 0), got "
                       f"{granularity!r}")
